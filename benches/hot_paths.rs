@@ -1,0 +1,70 @@
+//! Criterion benchmarks of the hot paths: one training step per model, the negative sampler,
+//! and top-k scoring against the whole catalogue. `cargo bench -p ncf-trainer`.
+
+use std::hint::black_box;
+
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use criterion::{Criterion, criterion_group, criterion_main};
+use ncf_datasets::{BatchBuilder, NegativeSampler, SamplerConfig, UserItems};
+use ncf_model::{LossKind, ModelConfig, ModelKind, Ncf, OptimConfig, Optimizer, StepInput, train_step};
+
+const USERS: usize = 6040;
+const ITEMS: usize = 3706;
+
+fn steps(c: &mut Criterion) {
+    let device = Device::flex();
+    for kind in [ModelKind::Gmf, ModelKind::Mlp, ModelKind::Neumf, ModelKind::Mf] {
+        for batch in [256usize, 4096] {
+            let cfg = ModelConfig { kind, ..Default::default() };
+            let mut model = Some(Ncf::init(&cfg, USERS, ITEMS, 1, &device));
+            let mut optim = Optimizer::new(OptimConfig::default());
+            let mut builder = BatchBuilder::new(USERS, ITEMS);
+            let users: Vec<u32> = (0..batch as u32).map(|k| (k * 7919) % USERS as u32).collect();
+            let items: Vec<u32> = (0..batch as u32).map(|k| (k * 104_729) % ITEMS as u32).collect();
+            let labels: Vec<f32> = (0..batch).map(|k| (k % 5 == 0) as u8 as f32).collect();
+            let b = builder.build(&users, &items, &labels);
+            c.bench_function(&format!("step/{}/batch{batch}/flex", kind.name()), |bench| {
+                bench.iter(|| {
+                    let n = b.packed.len();
+                    let packed = Tensor::<1, Int>::from_data(TensorData::new(b.packed.clone(), [n]), &device);
+                    let input = StepInput::from_packed(packed, b.n_users, b.n_items, b.len);
+                    let (m, loss) = train_step(model.take().unwrap(), &mut optim, input, LossKind::Bce, 1);
+                    model = Some(m);
+                    black_box(loss.into_data());
+                })
+            });
+        }
+    }
+}
+
+fn sampler(c: &mut Criterion) {
+    let train = UserItems::from_pairs(USERS, (0..USERS as u32).flat_map(|u| (0..100u32).map(move |k| (u, (u * 31 + k * 17) % ITEMS as u32))));
+    let s = NegativeSampler::new(&train, ITEMS, SamplerConfig::default(), 3);
+    let mut epoch = 0;
+    c.bench_function("sampler/epoch/604k-positives-x4", |b| {
+        b.iter(|| {
+            epoch += 1;
+            black_box(s.epoch(epoch).len())
+        })
+    });
+}
+
+fn scoring(c: &mut Criterion) {
+    let device = Device::flex();
+    for kind in [ModelKind::Mf, ModelKind::Neumf] {
+        let cfg = ModelConfig { kind, factors: 64, ..Default::default() };
+        let model = Ncf::init(&cfg, 1024, ITEMS, 1, &device);
+        let side = model.item_side();
+        let users = Tensor::<1, Int>::from_data(TensorData::new((0..256).collect::<Vec<i32>>(), [256]), &device);
+        c.bench_function(&format!("score_all/{}/256-users/flex", kind.name()), |b| {
+            b.iter(|| black_box(model.score_all(users.clone(), &side).into_data()))
+        });
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(10);
+    targets = steps, sampler, scoring
+}
+criterion_main!(benches);

@@ -1,0 +1,110 @@
+//! Row-indexed training batches: the unique users and items of a batch and, per sample, the
+//! position of its user and item among them. Models gather only these rows, so gradients and
+//! optimizer updates touch only the rows in the batch.
+
+/// One training batch in row-indexed form, packed into a single integer buffer for upload.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    /// `[uniq_users | user_pos | uniq_items | item_pos | labels]`, all as i32.
+    pub packed: Vec<i32>,
+    pub n_users: usize,
+    pub n_items: usize,
+    pub len: usize,
+}
+
+impl Batch {
+    /// Ranges of the five parts inside [`Batch::packed`].
+    pub fn layout(&self) -> [std::ops::Range<usize>; 5] {
+        let a = self.n_users;
+        let b = a + self.len;
+        let c = b + self.n_items;
+        let d = c + self.len;
+        [0..a, a..b, b..c, c..d, d..d + self.len]
+    }
+
+    pub fn uniq_users(&self) -> &[i32] {
+        &self.packed[self.layout()[0].clone()]
+    }
+    pub fn user_pos(&self) -> &[i32] {
+        &self.packed[self.layout()[1].clone()]
+    }
+    pub fn uniq_items(&self) -> &[i32] {
+        &self.packed[self.layout()[2].clone()]
+    }
+    pub fn item_pos(&self) -> &[i32] {
+        &self.packed[self.layout()[3].clone()]
+    }
+    pub fn labels(&self) -> &[i32] {
+        &self.packed[self.layout()[4].clone()]
+    }
+}
+
+/// Builds batches with O(batch) work: stamp arrays sized to the tables are allocated once.
+pub struct BatchBuilder {
+    user_stamp: Vec<(u32, i32)>,
+    item_stamp: Vec<(u32, i32)>,
+    generation: u32,
+}
+
+impl BatchBuilder {
+    pub fn new(n_users: usize, n_items: usize) -> Self {
+        Self { user_stamp: vec![(0, 0); n_users], item_stamp: vec![(0, 0); n_items], generation: 0 }
+    }
+
+    /// Packs samples `user[k], item[k], label[k]` into a row-indexed batch.
+    pub fn build(&mut self, user: &[u32], item: &[u32], label: &[f32]) -> Batch {
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.user_stamp.iter_mut().for_each(|s| s.0 = 0);
+            self.item_stamp.iter_mut().for_each(|s| s.0 = 0);
+            self.generation = 1;
+        }
+        let g = self.generation;
+        let len = user.len();
+        let dedupe = |ids: &[u32], stamp: &mut [(u32, i32)]| {
+            let mut uniq = Vec::new();
+            let pos: Vec<i32> = ids
+                .iter()
+                .map(|&id| {
+                    let s = &mut stamp[id as usize];
+                    if s.0 != g {
+                        *s = (g, uniq.len() as i32);
+                        uniq.push(id as i32);
+                    }
+                    s.1
+                })
+                .collect();
+            (uniq, pos)
+        };
+        let (uu, up) = dedupe(user, &mut self.user_stamp);
+        let (ui, ip) = dedupe(item, &mut self.item_stamp);
+        let mut packed = Vec::with_capacity(uu.len() + ui.len() + 3 * len);
+        packed.extend_from_slice(&uu);
+        packed.extend_from_slice(&up);
+        packed.extend_from_slice(&ui);
+        packed.extend_from_slice(&ip);
+        packed.extend(label.iter().map(|&l| (l > 0.5) as i32));
+        Batch { packed, n_users: uu.len(), n_items: ui.len(), len }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_index_the_unique_rows() {
+        let mut b = BatchBuilder::new(10, 10);
+        let (u, i, l) = ([3, 1, 3, 7], [2, 2, 5, 2], [1.0, 0.0, 0.0, 1.0]);
+        for _ in 0..2 {
+            let batch = b.build(&u, &i, &l);
+            assert_eq!(batch.uniq_users(), &[3, 1, 7]);
+            assert_eq!(batch.uniq_items(), &[2, 5]);
+            for k in 0..4 {
+                assert_eq!(batch.uniq_users()[batch.user_pos()[k] as usize], u[k] as i32);
+                assert_eq!(batch.uniq_items()[batch.item_pos()[k] as usize], i[k] as i32);
+            }
+            assert_eq!(batch.labels(), &[1, 0, 0, 1]);
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! Interaction data for ncf: read files, re-index ids, clean, split, and sample negatives.
+//!
+//! Data flows one way: files → [`Interactions`] → [`Split`] → per-epoch samples → [`Batch`]es.
+//! Nothing here knows about models or devices.
+
+pub mod batch;
+pub mod candidates;
+pub mod clean;
+pub mod error;
+pub mod interactions;
+pub mod reader;
+pub mod rng;
+pub mod sampler;
+pub mod split;
+pub mod stats;
+pub mod synthetic;
+pub mod user_items;
+
+pub use batch::{Batch, BatchBuilder};
+pub use candidates::SampledCandidates;
+pub use clean::{CleanConfig, CleanReport};
+pub use error::DataError;
+pub use interactions::{IdMap, Interactions};
+pub use reader::{ColumnRef, Format, ReadOptions};
+pub use sampler::{EpochSamples, NegativeSampler, SamplerConfig};
+pub use split::{Split, SplitConfig, SplitMethod};
+pub use stats::{Quantiles, Stats};
+pub use synthetic::DemoConfig;
+pub use user_items::UserItems;

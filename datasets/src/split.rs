@@ -1,0 +1,176 @@
+//! Train/test splits: leave-one-out (NCF paper), per-user random holdout, global temporal cut.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{DataError, Result};
+use crate::interactions::Interactions;
+use crate::rng::{self, RngExt};
+use crate::user_items::UserItems;
+
+/// How interactions are divided into train and test.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplitMethod {
+    /// Each user's latest interaction is the test item (ties broken by file order).
+    #[default]
+    LeaveOneOut,
+    /// Per user, a random `test_ratio` share of interactions (at least one train item kept).
+    Random,
+    /// One global time cut: the latest `test_ratio` share of all interactions is test.
+    Temporal,
+}
+
+/// Split settings. Defaults: leave-one-out, test ratio 0.25 for the ratio-based methods.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SplitConfig {
+    pub method: SplitMethod,
+    /// Share of interactions held out by `random` and `temporal`.
+    pub test_ratio: f64,
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        Self { method: SplitMethod::LeaveOneOut, test_ratio: 0.25 }
+    }
+}
+
+/// Train and test items per user, over the same dense ids as the interactions.
+#[derive(Debug, Clone)]
+pub struct Split {
+    pub train: UserItems,
+    pub test: UserItems,
+    pub n_items: usize,
+    pub method: SplitMethod,
+}
+
+impl Split {
+    /// Splits `data`; every random choice comes from `seed`.
+    pub fn new(data: &Interactions, config: &SplitConfig, seed: u64) -> Result<Self> {
+        if data.is_empty() {
+            return Err(DataError::Invalid("no interactions to split".into()));
+        }
+        let order = data.chronological_order();
+        let mut is_test = vec![false; data.len()];
+        match config.method {
+            SplitMethod::LeaveOneOut => {
+                for (k, &r) in order.iter().enumerate() {
+                    let last = order.get(k + 1).is_none_or(|&n| data.user[n] != data.user[r]);
+                    is_test[r] = last;
+                }
+            }
+            SplitMethod::Random => {
+                let mut rng = rng::stream(seed, &[0x5_9117]);
+                let mut start = 0;
+                while start < order.len() {
+                    let u = data.user[order[start]];
+                    let end = start + order[start..].iter().take_while(|&&r| data.user[r] == u).count();
+                    let mut rows: Vec<usize> = order[start..end].to_vec();
+                    // Fisher–Yates, then hold out the first round(ratio * n), keeping one train row.
+                    for k in (1..rows.len()).rev() {
+                        rows.swap(k, rng.random_range(0..=k));
+                    }
+                    let n_test = ((rows.len() as f64 * config.test_ratio).round() as usize).min(rows.len() - 1);
+                    for &r in &rows[..n_test] {
+                        is_test[r] = true;
+                    }
+                    start = end;
+                }
+            }
+            SplitMethod::Temporal => {
+                let mut rows: Vec<usize> = (0..data.len()).collect();
+                match &data.time {
+                    Some(t) => rows.sort_by_key(|&r| (t[r], r)),
+                    None => {}
+                }
+                let n_test = (data.len() as f64 * config.test_ratio).round() as usize;
+                for &r in &rows[data.len() - n_test..] {
+                    is_test[r] = true;
+                }
+            }
+        }
+        let is_test = &is_test;
+        let pairs = |test: bool| {
+            (0..data.len()).filter(move |&r| is_test[r] == test).map(|r| (data.user[r], data.item[r]))
+        };
+        let train = UserItems::from_pairs(data.n_users(), pairs(false));
+        let mut test = UserItems::from_pairs(data.n_users(), pairs(true));
+        if config.method == SplitMethod::Temporal {
+            // A test item the user also had before the cut is not a new interaction to predict.
+            let kept = test.pairs().filter(|&(u, i)| !train.contains(u, i)).collect::<Vec<_>>();
+            test = UserItems::from_pairs(data.n_users(), kept);
+        }
+        if config.method != SplitMethod::Temporal {
+            if let Some(u) = (0..data.n_users() as u32).find(|&u| train.items(u).is_empty()) {
+                let name = match config.method {
+                    SplitMethod::LeaveOneOut => "leave-one-out",
+                    _ => "random",
+                };
+                return Err(DataError::EmptyTrainUser { user: data.users.raw(u).to_owned(), split: name, need: 2 });
+            }
+        }
+        Ok(Self { train, test, n_items: data.n_items(), method: config.method })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::interactions::IdMap;
+
+    fn data(user: Vec<u32>, item: Vec<u32>, time: Option<Vec<i64>>) -> Interactions {
+        let nu = *user.iter().max().unwrap() as usize + 1;
+        let ni = *item.iter().max().unwrap() as usize + 1;
+        Interactions {
+            user,
+            item,
+            time,
+            users: IdMap::from_raw((0..nu).map(|u| format!("u{u}")).collect()),
+            items: IdMap::from_raw((0..ni).map(|i| format!("i{i}")).collect()),
+            rating: None,
+        }
+    }
+
+    #[test]
+    fn leave_one_out_takes_latest_with_file_order_ties() {
+        let d = data(vec![0, 0, 0, 1, 1], vec![0, 1, 2, 0, 3], Some(vec![5, 9, 9, 1, 0]));
+        let s = Split::new(&d, &SplitConfig::default(), 0).unwrap();
+        assert_eq!(s.test.items(0), &[2]); // items 1 and 2 tie at t=9: the later row wins
+        assert_eq!(s.test.items(1), &[0]);
+        assert_eq!(s.train.items(0), &[0, 1]);
+        assert_eq!(s.train.items(1), &[3]);
+    }
+
+    #[test]
+    fn leave_one_out_rejects_single_interaction_users() {
+        let d = data(vec![0, 0, 1], vec![0, 1, 2], None);
+        let err = Split::new(&d, &SplitConfig::default(), 0).unwrap_err().to_string();
+        assert!(err.contains("\"u1\"") && err.contains("min_user_interactions"), "{err}");
+    }
+
+    #[test]
+    fn random_split_keeps_ratio_and_disjointness() {
+        let n = 40u32;
+        let d = data((0..n * 8).map(|r| r / 8).collect(), (0..n * 8).map(|r| r % 8 + (r / 8) % 3).collect(), None);
+        let cfg = SplitConfig { method: SplitMethod::Random, test_ratio: 0.25 };
+        let s = Split::new(&d, &cfg, 3).unwrap();
+        for u in 0..n {
+            assert_eq!(s.test.items(u).len(), 2);
+            assert_eq!(s.train.items(u).len(), 6);
+            assert!(s.test.items(u).iter().all(|&i| !s.train.contains(u, i)));
+        }
+        let again = Split::new(&d, &cfg, 3).unwrap();
+        assert_eq!(again.test, s.test);
+        assert_ne!(Split::new(&d, &cfg, 4).unwrap().test, s.test);
+    }
+
+    #[test]
+    fn temporal_split_cuts_globally() {
+        let d = data(vec![0, 1, 0, 1], vec![0, 1, 2, 3], Some(vec![1, 2, 3, 4]));
+        let cfg = SplitConfig { method: SplitMethod::Temporal, test_ratio: 0.5 };
+        let s = Split::new(&d, &cfg, 0).unwrap();
+        assert_eq!(s.test.items(0), &[2]);
+        assert_eq!(s.test.items(1), &[3]);
+        assert_eq!(s.train.nnz(), 2);
+    }
+}

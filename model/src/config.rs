@@ -1,0 +1,109 @@
+//! Model settings: which model, its widths, and how it is initialised.
+
+use serde::{Deserialize, Serialize};
+
+/// The models of He et al. 2017 and a matrix-factorisation baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// Generalized matrix factorisation: element-wise product into a linear output.
+    Gmf,
+    /// Multi-layer perceptron over concatenated user and item embeddings.
+    Mlp,
+    /// GMF ⊕ MLP into one output layer.
+    #[default]
+    Neumf,
+    /// Dot product plus user and item biases.
+    Mf,
+}
+
+impl ModelKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Gmf => "gmf",
+            Self::Mlp => "mlp",
+            Self::Neumf => "neumf",
+            Self::Mf => "mf",
+        }
+    }
+}
+
+impl std::str::FromStr for ModelKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "gmf" => Ok(Self::Gmf),
+            "mlp" => Ok(Self::Mlp),
+            "neumf" => Ok(Self::Neumf),
+            "mf" => Ok(Self::Mf),
+            other => Err(format!("unknown model {other:?}: use gmf, mlp, neumf or mf")),
+        }
+    }
+}
+
+/// Model settings. Defaults follow the paper's factor-8 NeuMF: GMF factors 8, MLP tower
+/// [64, 32, 16, 8] whose first width is the concatenated user+item embedding, N(0, 0.01) embeddings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    pub kind: ModelKind,
+    /// Predictive factors of GMF and MF.
+    pub factors: usize,
+    /// MLP tower widths; `layers[0]` is the input (user and item embeddings of `layers[0]/2` each).
+    pub layers: Vec<usize>,
+    /// Standard deviation of the normal embedding initialisation.
+    pub init_std: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self { kind: ModelKind::Neumf, factors: 8, layers: vec![64, 32, 16, 8], init_std: 0.01 }
+    }
+}
+
+/// Column layout of the user and item tables: `[gmf | mlp]` for NeuMF, one part for GMF/MLP,
+/// `[factors | bias]` for MF. One table per side lets a step gather each row once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableLayout {
+    pub kind: ModelKind,
+    /// Width of the GMF (or MF) factor part.
+    pub gmf: usize,
+    /// Width of the MLP embedding part.
+    pub mlp: usize,
+}
+
+impl TableLayout {
+    pub fn width(&self) -> usize {
+        self.gmf + self.mlp + (self.kind == ModelKind::Mf) as usize
+    }
+}
+
+impl ModelConfig {
+    /// Checks widths before any tensor is made.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.factors == 0 && self.kind != ModelKind::Mlp {
+            return Err("model.factors must be at least 1".into());
+        }
+        if matches!(self.kind, ModelKind::Mlp | ModelKind::Neumf) {
+            if self.layers.len() < 2 {
+                return Err("model.layers needs an input width and at least one hidden width".into());
+            }
+            if self.layers[0] % 2 != 0 || self.layers.contains(&0) {
+                return Err(format!("model.layers {:?}: widths must be positive and the first even", self.layers));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn layout(&self) -> TableLayout {
+        let mlp = match self.kind {
+            ModelKind::Mlp | ModelKind::Neumf => self.layers[0] / 2,
+            _ => 0,
+        };
+        let gmf = match self.kind {
+            ModelKind::Mlp => 0,
+            _ => self.factors,
+        };
+        TableLayout { kind: self.kind, gmf, mlp }
+    }
+}

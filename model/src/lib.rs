@@ -1,0 +1,17 @@
+//! NCF models on burn: GMF, MLP, NeuMF (He et al. 2017) and an MF baseline behind one contract,
+//! with their losses, row-sparse optimizers, training step and metrics. Knows nothing of files
+//! or command lines; every tensor lives on the `Device` the caller picks.
+
+pub mod config;
+pub mod eval;
+pub mod loss;
+pub mod metrics;
+pub mod ncf;
+pub mod optim;
+pub mod step;
+
+pub use config::{ModelConfig, ModelKind, TableLayout};
+pub use loss::LossKind;
+pub use ncf::{Head, ItemSide, Ncf};
+pub use optim::{OptimConfig, OptimKind, Optimizer};
+pub use step::{StepInput, train_step};

@@ -1,0 +1,144 @@
+//! End-to-end tests of the `ncf` binary: train on a small demo set, write a checkpoint, and
+//! recommend from it in a separate process, on flex and on wgpu.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use ncf_datasets::{DemoConfig, Split, SplitConfig};
+
+const USERS: usize = 120;
+const ITEMS: usize = 150;
+const SEED: u64 = 5;
+
+fn ncf() -> Command {
+    Command::cargo_bin("ncf").expect("ncf binary")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ncf-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Trains the small demo set and returns the combined stdout.
+fn train(backend: &str, out: &Path, epochs: usize) -> String {
+    let output = ncf()
+        .args(["train", "--backend", backend, "--seed", &SEED.to_string(), "--epochs", &epochs.to_string()])
+        .args(["--set", &format!("data.demo.users={USERS}"), "--set", &format!("data.demo.items={ITEMS}")])
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "train failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+/// Training items per raw user id, rebuilt independently from the same demo config and seed.
+fn training_items() -> HashMap<String, HashSet<String>> {
+    let data = DemoConfig { users: USERS, items: ITEMS, ..Default::default() }.generate(SEED);
+    let split = Split::new(&data, &SplitConfig::default(), SEED).unwrap();
+    (0..data.n_users() as u32)
+        .map(|u| {
+            let items = split.train.items(u).iter().map(|&i| data.items.raw(i).to_owned()).collect();
+            (data.users.raw(u).to_owned(), items)
+        })
+        .collect()
+}
+
+fn end_to_end(backend: &str) {
+    let dir = temp_dir(backend);
+    let run = dir.join("run");
+    let stdout = train(backend, &run, 2);
+    assert!(stdout.contains(&format!("backend: {backend}")), "{stdout}");
+    assert!(stdout.contains("HR@10") && stdout.contains("NDCG@10"), "{stdout}");
+    assert!(stdout.contains("next: ncf recommend --checkpoint"), "{stdout}");
+    for f in ["config.toml", "metrics.csv", "best/model.safetensors", "last/checkpoint.json"] {
+        assert!(run.join(f).exists(), "missing {f}");
+    }
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 3, "{metrics}");
+    assert!(metrics.starts_with("epoch,loss,hr@10,ndcg@10,"), "{metrics}");
+
+    let top_n = 7;
+    let recs = dir.join("recs.csv");
+    let output = ncf()
+        .args(["recommend", "--backend", backend, "--top-n", &top_n.to_string()])
+        .arg("--checkpoint")
+        .arg(&run)
+        .arg("--out")
+        .arg(&recs)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "recommend failed: {}", String::from_utf8_lossy(&output.stderr));
+
+    let seen = training_items();
+    let text = std::fs::read_to_string(&recs).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("user,rank,item,score"));
+    let mut per_user: HashMap<String, Vec<(usize, String, f32)>> = HashMap::new();
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f.len(), 4, "{line}");
+        let score: f32 = f[3].parse().unwrap();
+        assert!(score.is_finite(), "{line}");
+        per_user.entry(f[0].to_owned()).or_default().push((f[1].parse().unwrap(), f[2].to_owned(), score));
+    }
+    assert_eq!(per_user.len(), seen.len(), "every user gets recommendations");
+    for (user, rows) in &per_user {
+        assert_eq!(rows.len(), top_n, "user {user}");
+        let ranks: Vec<usize> = rows.iter().map(|r| r.0).collect();
+        assert_eq!(ranks, (1..=top_n).collect::<Vec<_>>(), "user {user}");
+        assert!(rows.windows(2).all(|w| w[0].2 >= w[1].2), "scores descend for {user}");
+        let items: HashSet<&String> = rows.iter().map(|r| &r.1).collect();
+        assert_eq!(items.len(), top_n, "distinct items for {user}");
+        for (_, item, _) in rows {
+            assert!(!seen[user].contains(item), "user {user} got training item {item}");
+        }
+    }
+}
+
+#[test]
+fn train_then_recommend_on_flex() {
+    end_to_end("flex");
+}
+
+/// Runs on wgpu when an adapter exists (lavapipe in CI). With NCF_REQUIRE_WGPU=1 a missing
+/// adapter fails the test instead of skipping it.
+#[test]
+fn train_then_recommend_on_wgpu() {
+    let probe = ncf().args(["train", "--backend", "wgpu", "--epochs", "0", "--set", "data.demo.users=20", "--set", "data.demo.items=30"])
+        .arg("--out")
+        .arg(temp_dir("wgpu-probe").join("run"))
+        .output()
+        .unwrap();
+    if !probe.status.success() {
+        let err = String::from_utf8_lossy(&probe.stderr);
+        if std::env::var("NCF_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
+            panic!("NCF_REQUIRE_WGPU=1 but wgpu is unavailable: {err}");
+        }
+        eprintln!("skipping: no wgpu adapter ({err}); install mesa-vulkan-drivers to run it");
+        return;
+    }
+    end_to_end("wgpu");
+}
+
+#[test]
+fn same_seed_same_metrics_on_flex() {
+    let dir = temp_dir("determinism");
+    let strip = |p: PathBuf| -> Vec<String> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_owned()) // drop the seconds column
+            .collect()
+    };
+    train("flex", &dir.join("a"), 2);
+    train("flex", &dir.join("b"), 2);
+    let (a, b) = (strip(dir.join("a/metrics.csv")), strip(dir.join("b/metrics.csv")));
+    assert_eq!(a, b);
+    assert_eq!(a.len(), 3);
+}

@@ -1,0 +1,178 @@
+//! Backend choice: `auto` takes a hardware wgpu adapter (discrete, then integrated) and otherwise
+//! flex; software adapters (lavapipe, llvmpipe) report a CPU type and are never auto-picked.
+
+use anyhow::{Result, bail};
+use burn::tensor::Device;
+use clap::ValueEnum;
+
+/// The compute backends ncf can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendName {
+    Auto,
+    Flex,
+    Wgpu,
+    Ndarray,
+    Cuda,
+}
+
+/// A ready device and how it was chosen.
+#[derive(Debug, Clone)]
+pub struct Selected {
+    pub device: Device,
+    pub name: BackendName,
+    /// Adapter or CPU description.
+    pub adapter: String,
+    /// Why this backend, for the one line printed at start.
+    pub reason: String,
+}
+
+impl Selected {
+    /// The one line naming the backend, the adapter and why.
+    pub fn line(&self) -> String {
+        format!("backend: {} ({}) — {}", self.name.as_str(), self.adapter, self.reason)
+    }
+
+    /// Whether device memory is host memory, so reading scores back costs no transfer.
+    pub fn host_memory(&self) -> bool {
+        matches!(self.name, BackendName::Flex | BackendName::Ndarray)
+    }
+}
+
+impl BackendName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Flex => "flex",
+            Self::Wgpu => "wgpu",
+            Self::Ndarray => "ndarray",
+            Self::Cuda => "cuda",
+        }
+    }
+}
+
+fn cpu_name() -> String {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("CPU, {threads} threads")
+}
+
+/// Opens the requested backend.
+pub fn select(name: BackendName) -> Result<Selected> {
+    match name {
+        BackendName::Auto => auto(),
+        BackendName::Flex => flex("requested"),
+        BackendName::Wgpu => wgpu_device(None, "requested"),
+        BackendName::Ndarray => ndarray(),
+        BackendName::Cuda => cuda(),
+    }
+}
+
+#[cfg(feature = "flex")]
+fn flex(reason: &str) -> Result<Selected> {
+    Ok(Selected { device: Device::flex(), name: BackendName::Flex, adapter: cpu_name(), reason: reason.into() })
+}
+
+#[cfg(not(feature = "flex"))]
+fn flex(_: &str) -> Result<Selected> {
+    bail!("this ncf was built without the `flex` feature")
+}
+
+#[cfg(feature = "ndarray")]
+#[allow(deprecated)] // burn-ndarray is deprecated upstream; kept as an opt-in backend.
+fn ndarray() -> Result<Selected> {
+    Ok(Selected { device: Device::ndarray(), name: BackendName::Ndarray, adapter: cpu_name(), reason: "requested".into() })
+}
+
+#[cfg(not(feature = "ndarray"))]
+fn ndarray() -> Result<Selected> {
+    bail!("this ncf was built without the `ndarray` feature: rebuild with `--features ndarray`")
+}
+
+#[cfg(feature = "cuda")]
+fn cuda() -> Result<Selected> {
+    // Enumeration checks for the driver library first; opening a device without one panics.
+    if Device::enumerate(burn::tensor::DeviceType::Cuda).is_empty() {
+        bail!("--backend cuda: no NVIDIA driver or CUDA device found; use --backend wgpu or flex");
+    }
+    Ok(Selected { device: Device::cuda(0), name: BackendName::Cuda, adapter: "CUDA device 0".into(), reason: "requested".into() })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda() -> Result<Selected> {
+    bail!("this ncf was built without the `cuda` feature: rebuild with `--features cuda`")
+}
+
+#[cfg(feature = "wgpu")]
+mod gpu {
+    use burn::tensor::wgpu::wgpu;
+
+    /// Adapters wgpu can see: (name, type, backend).
+    pub fn adapters() -> Vec<wgpu::AdapterInfo> {
+        let instance = wgpu::Instance::default();
+        burn::tensor::read_sync(instance.enumerate_adapters(wgpu::Backends::all())).iter().map(|a| a.get_info()).collect()
+    }
+
+    pub fn is_hardware(info: &wgpu::AdapterInfo) -> bool {
+        matches!(info.device_type, wgpu::DeviceType::DiscreteGpu | wgpu::DeviceType::IntegratedGpu)
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn auto() -> Result<Selected> {
+    use burn::tensor::wgpu::wgpu::DeviceType;
+    let infos = gpu::adapters();
+    let pick = [DeviceType::DiscreteGpu, DeviceType::IntegratedGpu]
+        .iter()
+        .find_map(|t| infos.iter().find(|i| i.device_type == *t));
+    match pick {
+        Some(info) => wgpu_device(Some(info.device_type), &format!("auto: hardware {:?} adapter found", info.device_type)),
+        None => {
+            let seen: Vec<String> = infos.iter().map(|i| format!("{} ({:?})", i.name, i.device_type)).collect();
+            let why = if seen.is_empty() {
+                "auto: no wgpu adapter found, using the CPU".to_string()
+            } else {
+                format!("auto: only software adapters ({}), using the CPU", seen.join(", "))
+            };
+            flex(&why)
+        }
+    }
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn auto() -> Result<Selected> {
+    flex("auto: built without wgpu, using the CPU")
+}
+
+#[cfg(feature = "wgpu")]
+fn wgpu_device(kind: Option<burn::tensor::wgpu::wgpu::DeviceType>, reason: &str) -> Result<Selected> {
+    use burn::tensor::DeviceKind;
+    use burn::tensor::wgpu::wgpu::DeviceType;
+    let infos = gpu::adapters();
+    let want = kind.or_else(|| {
+        [DeviceType::DiscreteGpu, DeviceType::IntegratedGpu, DeviceType::Cpu, DeviceType::VirtualGpu, DeviceType::Other]
+            .into_iter()
+            .find(|t| infos.iter().any(|i| i.device_type == *t))
+    });
+    let Some(want) = want else {
+        bail!("--backend wgpu: no wgpu adapter found (install a Vulkan driver, e.g. mesa-vulkan-drivers for the CPU)");
+    };
+    let info = infos.iter().find(|i| i.device_type == want).expect("adapter of the chosen type");
+    let device_kind = match want {
+        DeviceType::DiscreteGpu => DeviceKind::DiscreteGpu(0),
+        DeviceType::IntegratedGpu => DeviceKind::IntegratedGpu(0),
+        DeviceType::VirtualGpu => DeviceKind::VirtualGpu(0),
+        _ => DeviceKind::Cpu,
+    };
+    let device = Device::wgpu_options()
+        .device_kind(device_kind)
+        .init()
+        .map_err(|e| anyhow::anyhow!("--backend wgpu: could not open {}: {e}", info.name))?;
+    let adapter = format!("{} ({:?}, {:?})", info.name, info.device_type, info.backend);
+    let reason = if gpu::is_hardware(info) { reason.to_string() } else { format!("{reason}; software adapter, slow") };
+    Ok(Selected { device, name: BackendName::Wgpu, adapter, reason })
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_device(_: Option<()>, _: &str) -> Result<Selected> {
+    bail!("this ncf was built without the `wgpu` feature")
+}

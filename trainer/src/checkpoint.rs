@@ -1,0 +1,176 @@
+//! Checkpoint directories: self-contained, written atomically (temp dir + rename).
+//!
+//! ```text
+//! DIR/checkpoint.json   format version, model kind, sizes, epoch, metrics
+//! DIR/config.toml       the resolved run configuration
+//! DIR/model.safetensors weights (burn-store; PyTorch can read it)
+//! DIR/train.safetensors each user's training items (CSR) and item popularity
+//! DIR/users.txt         raw user ids, one per line, in dense-id order
+//! DIR/items.txt         raw item ids, likewise
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::Device;
+use ncf_datasets::{IdMap, UserItems};
+use ncf_model::Ncf;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use serde::{Deserialize, Serialize};
+
+use crate::config::RunConfig;
+
+/// Bumped whenever the directory layout or meaning of a file changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// `checkpoint.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Meta {
+    pub format_version: u32,
+    pub model: String,
+    pub n_users: usize,
+    pub n_items: usize,
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Metrics of that epoch, named like `hr@10`.
+    pub metrics: HashMap<String, f64>,
+}
+
+/// Everything `recommend` needs from a run.
+pub struct Checkpoint {
+    pub meta: Meta,
+    pub config: RunConfig,
+    pub model: Ncf,
+    pub train: UserItems,
+    pub users: IdMap,
+    pub items: IdMap,
+}
+
+/// What a run saves besides the model.
+pub struct Saved<'a> {
+    pub meta: &'a Meta,
+    pub config: &'a RunConfig,
+    pub model: &'a Ncf,
+    pub train: &'a UserItems,
+    pub users: &'a IdMap,
+    pub items: &'a IdMap,
+}
+
+fn bytes<T: Copy>(v: &[T]) -> Vec<u8> {
+    // Safetensors is little-endian; so is every target ncf builds for.
+    let n = std::mem::size_of_val(v);
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, n) }.to_vec()
+}
+
+/// Writes `saved` into `dir`, replacing any previous checkpoint there only once complete.
+pub fn save(dir: &Path, saved: &Saved) -> Result<()> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let name = dir.file_name().context("checkpoint dir has no name")?.to_string_lossy().into_owned();
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let write = |file: &str, data: &[u8]| -> Result<()> {
+        std::fs::write(tmp.join(file), data).with_context(|| format!("writing {}", tmp.join(file).display()))
+    };
+    write("checkpoint.json", serde_json::to_string_pretty(saved.meta)?.as_bytes())?;
+    write("config.toml", saved.config.to_toml().as_bytes())?;
+    let ids = |m: &IdMap| m.raw_ids().iter().map(|s| format!("{s}\n")).collect::<String>();
+    write("users.txt", ids(saved.users).as_bytes())?;
+    write("items.txt", ids(saved.items).as_bytes())?;
+    let offsets: Vec<i64> = saved.train.offsets().iter().map(|&o| o as i64).collect();
+    let items: Vec<i32> = saved.train.all_items().iter().map(|&i| i as i32).collect();
+    let pop: Vec<i32> = saved.train.item_counts(saved.meta.n_items).iter().map(|&c| c as i32).collect();
+    let (ob, ib, pb) = (bytes(&offsets), bytes(&items), bytes(&pop));
+    let views = [
+        ("offsets", TensorView::new(Dtype::I64, vec![offsets.len()], &ob)?),
+        ("items", TensorView::new(Dtype::I32, vec![items.len()], &ib)?),
+        ("popularity", TensorView::new(Dtype::I32, vec![pop.len()], &pb)?),
+    ];
+    safetensors::serialize_to_file(views, None, &tmp.join("train.safetensors"))?;
+    saved
+        .model
+        .save_into(&mut SafetensorsStore::from_file(tmp.join("model.safetensors")))
+        .map_err(|e| anyhow::anyhow!("saving weights: {e}"))?;
+    // Swap in: the old checkpoint disappears only after the new one is complete.
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    if dir.exists() {
+        std::fs::rename(dir, &old).with_context(|| format!("replacing {}", dir.display()))?;
+    }
+    std::fs::rename(&tmp, dir).with_context(|| format!("renaming into {}", dir.display()))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// The directory holding the weights: `RUN/best` when given a run, else `dir` itself.
+pub fn resolve_dir(dir: &Path) -> PathBuf {
+    if dir.join("best").join("checkpoint.json").exists() { dir.join("best") } else { dir.to_path_buf() }
+}
+
+/// Loads a checkpoint onto `device`.
+pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
+    let dir = resolve_dir(dir);
+    let file = |name: &str| dir.join(name);
+    let meta_path = file("checkpoint.json");
+    if !dir.exists() {
+        bail!("{}: no such checkpoint directory (pass a run directory or its best/ or last/)", dir.display());
+    }
+    let text = std::fs::read_to_string(&meta_path)
+        .with_context(|| format!("{}: not a checkpoint (missing checkpoint.json)", dir.display()))?;
+    let meta: Meta = serde_json::from_str(&text).with_context(|| format!("{}: malformed", meta_path.display()))?;
+    if meta.format_version != FORMAT_VERSION {
+        bail!(
+            "{}: checkpoint format version {} but this ncf reads version {FORMAT_VERSION}; retrain or use a matching ncf",
+            dir.display(),
+            meta.format_version
+        );
+    }
+    let config_text = std::fs::read_to_string(file("config.toml")).with_context(|| format!("{}", file("config.toml").display()))?;
+    let config: RunConfig =
+        toml::from_str(&config_text).with_context(|| format!("{}: malformed", file("config.toml").display()))?;
+    let read_ids = |name: &str, n: usize| -> Result<IdMap> {
+        let text = std::fs::read_to_string(file(name)).with_context(|| format!("{}", file(name).display()))?;
+        let raw: Vec<String> = text.lines().map(str::to_owned).collect();
+        if raw.len() != n {
+            bail!("{}: {} ids but the checkpoint has {n}", file(name).display(), raw.len());
+        }
+        Ok(IdMap::from_raw(raw))
+    };
+    let users = read_ids("users.txt", meta.n_users)?;
+    let items = read_ids("items.txt", meta.n_items)?;
+
+    let train_path = file("train.safetensors");
+    let buf = std::fs::read(&train_path).with_context(|| format!("{}", train_path.display()))?;
+    let st = SafeTensors::deserialize(&buf).with_context(|| format!("{}: corrupted", train_path.display()))?;
+    let get = |name: &str, dtype: Dtype| -> Result<Vec<u8>> {
+        let t = st.tensor(name).with_context(|| format!("{}: no tensor {name}", train_path.display()))?;
+        if t.dtype() != dtype {
+            bail!("{}: tensor {name} has type {:?}, expected {dtype:?}", train_path.display(), t.dtype());
+        }
+        Ok(t.data().to_vec())
+    };
+    let offsets: Vec<usize> = get("offsets", Dtype::I64)?
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as usize)
+        .collect();
+    let train_items: Vec<u32> =
+        get("items", Dtype::I32)?.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32).collect();
+    if get("popularity", Dtype::I32)?.len() != meta.n_items * 4 {
+        bail!("{}: item popularity has the wrong length", train_path.display());
+    }
+    let train = UserItems::from_csr(offsets, train_items)
+        .filter(|t| t.n_users() == meta.n_users && t.all_items().iter().all(|&i| (i as usize) < meta.n_items))
+        .with_context(|| format!("{}: inconsistent training items", train_path.display()))?;
+
+    let mut model = Ncf::init(&config.model, meta.n_users, meta.n_items, config.seed, device);
+    let weights = file("model.safetensors");
+    let result = model
+        .load_from(&mut SafetensorsStore::from_file(&weights))
+        .map_err(|e| anyhow::anyhow!("{}: corrupted or unreadable weights: {e}", weights.display()))?;
+    if !result.is_success() || !result.missing.is_empty() {
+        bail!("{}: weights do not match the model in config.toml: {result}", weights.display());
+    }
+    Ok(Checkpoint { meta, config, model, train, users, items })
+}

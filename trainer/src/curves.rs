@@ -1,0 +1,75 @@
+//! `RUN/curves.png`: training loss and ranking metrics per epoch.
+
+use std::path::Path;
+
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+
+/// The embedded font (DejaVu Sans, see assets/DejaVuSans-LICENSE.txt): one binary, no system fonts.
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+/// One labelled series of per-epoch values.
+pub struct Series<'a> {
+    pub name: &'a str,
+    pub values: &'a [f64],
+}
+
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+fn panel(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, title: &str, series: &[Series]) -> Result<()> {
+    let n = series.iter().map(|s| s.values.len()).max().unwrap_or(0).max(2);
+    let (lo, hi) = series
+        .iter()
+        .flat_map(|s| s.values.iter().copied())
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+    let pad = ((hi - lo) * 0.08).max(1e-3);
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(35)
+        .y_label_area_size(55)
+        .build_cartesian_2d(1f64..n as f64, (lo - pad)..(hi + pad))
+        .map_err(|e| anyhow!("{e}"))?;
+    chart.configure_mesh().x_desc("epoch").x_labels(n.min(10)).draw().map_err(|e| anyhow!("{e}"))?;
+    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    for (s, &color) in series.iter().zip(colors.iter().cycle()) {
+        let pts: Vec<(f64, f64)> = s.values.iter().enumerate().map(|(i, &v)| ((i + 1) as f64, v)).collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(|e| anyhow!("{e}"))?
+            .label(s.name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled()))).map_err(|e| anyhow!("{e}"))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+/// Writes a two-panel PNG: loss on the left, metrics on the right (written to a temp file, then renamed).
+pub fn write(path: &Path, loss: &[f64], metrics: &[Series]) -> Result<()> {
+    register_font();
+    let tmp = path.with_extension("tmp.png");
+    {
+        let root = BitMapBackend::new(&tmp, (1200, 450)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        let (left, right) = root.split_horizontally(520);
+        panel(&left, "training loss", &[Series { name: "loss", values: loss }])?;
+        panel(&right, "evaluation", metrics)?;
+        root.present().map_err(|e| anyhow!("writing {}: {e}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

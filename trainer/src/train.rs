@@ -1,0 +1,328 @@
+//! `ncf train`: interactions → split → epochs of row-sparse steps → per-epoch evaluation →
+//! checkpoints and metrics in the run directory.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use ncf_datasets::{BatchBuilder, EpochSamples, NegativeSampler, SampledCandidates, Split};
+use ncf_model::eval::{RankingChunk, full_ranking_sums, sampled_sums};
+use ncf_model::{LossKind, Ncf, Optimizer, StepInput, train_step};
+
+use crate::backend;
+use crate::checkpoint::{self, FORMAT_VERSION, Meta, Saved};
+use crate::cli::TrainArgs;
+use crate::config::RunConfig;
+use crate::curves;
+use crate::host;
+use crate::progress::Progress;
+
+/// Candidate rows evaluated per device call; bounds evaluation memory.
+const EVAL_ROWS: usize = 2048;
+
+/// The sampled-protocol candidates, uploaded once.
+struct SampledEval {
+    chunks: Vec<(Tensor<1, Int>, Tensor<2, Int>)>,
+    rows: usize,
+    negatives: usize,
+}
+
+impl SampledEval {
+    fn upload(c: &SampledCandidates, device: &Device) -> Self {
+        let w = c.width();
+        let chunks = (0..c.rows())
+            .step_by(EVAL_ROWS)
+            .map(|start| {
+                let end = (start + EVAL_ROWS).min(c.rows());
+                let users: Vec<i32> = c.user[start..end].iter().map(|&u| u as i32).collect();
+                let items: Vec<i32> = c.items[start * w..end * w].iter().map(|&i| i as i32).collect();
+                (
+                    Tensor::from_data(TensorData::new(users, [end - start]), device),
+                    Tensor::from_data(TensorData::new(items, [end - start, w]), device),
+                )
+            })
+            .collect();
+        Self { chunks, rows: c.rows(), negatives: c.negatives }
+    }
+
+    /// (HR@k, NDCG@k), with one device→host read.
+    fn evaluate(&self, model: &Ncf, k: usize) -> (f64, f64) {
+        let mut sum: Option<Tensor<1>> = None;
+        for (u, items) in &self.chunks {
+            let s = sampled_sums(model, u.clone(), items.clone(), k);
+            sum = Some(match sum {
+                Some(acc) => acc + s,
+                None => s,
+            });
+        }
+        let Some(sum) = sum else { return (0.0, 0.0) };
+        let v = host::read_f32(sum);
+        (v[0] as f64 / self.rows as f64, v[1] as f64 / self.rows as f64)
+    }
+}
+
+/// Full-ranking evaluation: every test user's chunk uploaded once.
+struct FullEval {
+    chunks: Vec<RankingChunk>,
+    users: usize,
+}
+
+impl FullEval {
+    fn upload(split: &Split, model: &Ncf, k: usize, device: &Device) -> Self {
+        let users: Vec<u32> = (0..split.test.n_users() as u32).filter(|&u| !split.test.items(u).is_empty()).collect();
+        let n = split.n_items;
+        let width = model.head.mlp.first().map_or(1, |l| l.weight.val().dims()[1]);
+        let per_chunk = ((16 << 20) / (n * width).max(1)).clamp(1, 4096);
+        let chunks = users
+            .chunks(per_chunk)
+            .map(|ids| {
+                let train: Vec<Vec<u32>> = ids.iter().map(|&u| split.train.items(u).to_vec()).collect();
+                let test: Vec<Vec<u32>> = ids.iter().map(|&u| split.test.items(u).to_vec()).collect();
+                RankingChunk::new(ids, &train, &test, n, k, device)
+            })
+            .collect();
+        Self { chunks, users: users.len() }
+    }
+
+    /// Mean (recall, precision, ndcg, map) at k and catalogue coverage, with one read.
+    fn evaluate(&self, model: &Ncf, k: usize, device: &Device) -> [f64; 5] {
+        let side = model.item_side();
+        let mut covered = Tensor::<1>::zeros([model.n_items()], device);
+        let mut sum: Option<Tensor<1>> = None;
+        for chunk in &self.chunks {
+            let s = full_ranking_sums(model, &side, chunk, k, &mut covered);
+            sum = Some(match sum {
+                Some(acc) => acc + s,
+                None => s,
+            });
+        }
+        let Some(sum) = sum else { return [0.0; 5] };
+        let n_covered = covered.greater_elem(0.0).int().sum().float();
+        let v = host::read_f32(Tensor::cat(vec![sum, n_covered], 0));
+        let u = self.users.max(1) as f64;
+        [v[0] as f64 / u, v[1] as f64 / u, v[2] as f64 / u, v[3] as f64 / u, v[4] as f64 / model.n_items() as f64]
+    }
+}
+
+/// Where an epoch's time went, for `--profile`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EpochProfile {
+    pub steps: u64,
+    /// Device→host reads made while stepping (loss logging included).
+    pub reads: u64,
+    /// Seconds the device side waited for the batch thread.
+    pub wait_batches: f64,
+    /// Seconds spent issuing steps (and, on CPU backends, running them).
+    pub steps_secs: f64,
+    /// Seconds in loss reads (which wait for queued device work).
+    pub read_secs: f64,
+}
+
+/// One epoch of steps; batches are built on a background thread while the device computes.
+/// Returns the model and the epoch's mean loss (read back once per `log_every` steps and at the end).
+fn run_epoch(
+    mut model: Ncf,
+    optim: &mut Optimizer,
+    samples: &EpochSamples,
+    (batch_size, group, loss_kind): (usize, usize, LossKind),
+    log_every: usize,
+    device: &Device,
+    bar: &indicatif::ProgressBar,
+) -> (Ncf, f64, EpochProfile) {
+    let (n_users, n_items) = (model.n_users(), model.n_items());
+    let mut prof = EpochProfile::default();
+    let reads_before = host::reads();
+    let (tx, rx) = std::sync::mpsc::sync_channel(8);
+    let mut acc: Option<Tensor<1>> = None;
+    let model = std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut builder = BatchBuilder::new(n_users, n_items);
+            for start in (0..samples.len()).step_by(batch_size) {
+                let end = (start + batch_size).min(samples.len());
+                let b = builder.build(&samples.user[start..end], &samples.item[start..end], &samples.label[start..end]);
+                if tx.send(b).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = 0usize;
+        let mut step = 0usize;
+        loop {
+            let t_wait = Instant::now();
+            let Ok(batch) = rx.recv() else { break };
+            prof.wait_batches += t_wait.elapsed().as_secs_f64();
+            let t_step = Instant::now();
+            let n = batch.packed.len();
+            let packed = Tensor::<1, Int>::from_data(TensorData::new(batch.packed, [n]), device);
+            let input = StepInput::from_packed(packed, batch.n_users, batch.n_items, batch.len);
+            let (m, loss) = train_step(model, optim, input, loss_kind, group);
+            model = m;
+            let weighted = loss.mul_scalar(batch.len as f32);
+            acc = Some(match acc.take() {
+                Some(a) => a + weighted,
+                None => weighted,
+            });
+            seen += batch.len;
+            step += 1;
+            prof.steps_secs += t_step.elapsed().as_secs_f64();
+            bar.inc(batch.len as u64);
+            if step % log_every == 0 {
+                let t_read = Instant::now();
+                let total = host::read_f32(acc.clone().unwrap())[0] as f64;
+                prof.read_secs += t_read.elapsed().as_secs_f64();
+                bar.set_message(format!("loss {:.4}", total / seen as f64));
+            }
+        }
+        prof.steps = step as u64;
+        model
+    });
+    prof.reads = host::reads() - reads_before;
+    let t_read = Instant::now();
+    let mean = acc.map_or(0.0, |a| host::read_f32(a)[0] as f64 / samples.len().max(1) as f64);
+    prof.read_secs += t_read.elapsed().as_secs_f64();
+    (model, mean, prof)
+}
+
+/// `runs/<model>-<n>` with the first free n.
+fn default_run_dir(model: &str) -> PathBuf {
+    (1..).map(|n| PathBuf::from(format!("runs/{model}-{n:03}"))).find(|p| !p.exists()).unwrap()
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let config = args.resolve_config()?;
+    let selected = backend::select(args.backend)?;
+    println!("{}", selected.line());
+    let device = &selected.device;
+
+    let (data, source) = crate::data::load(&config.data, config.seed)?;
+    println!("data: {source}: {} users, {} items, {} interactions", data.n_users(), data.n_items(), data.len());
+    let split = Split::new(&data, &config.split, config.seed)?;
+    let candidates = SampledCandidates::draw(&split, config.train.eval_negatives, config.seed);
+    let eval = SampledEval::upload(&candidates, device);
+    let sampler = NegativeSampler::new(&split.train, data.n_items(), config.sampler.clone(), config.seed);
+    let mut model = Ncf::init(&config.model, data.n_users(), data.n_items(), config.seed, device);
+    let full = config.train.full_ranking.then(|| FullEval::upload(&split, &model, config.train.k, device));
+    let mut optim = Optimizer::new(config.optim.clone());
+
+    let run_dir = args.out.clone().unwrap_or_else(|| default_run_dir(config.model.kind.name()));
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
+    write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
+    let k = config.train.k;
+    let protocol = match &full {
+        Some(_) => format!("hr/ndcg: sampled-{} + others: full ranking ({})", eval.negatives, split_name(&config)),
+        None => format!("sampled-{} ({})", eval.negatives, split_name(&config)),
+    };
+    let mut csv = format!("epoch,loss,hr@{k},ndcg@{k},recall@{k},precision@{k},full_ndcg@{k},map@{k},coverage@{k},protocol,seconds\n");
+    println!("best checkpoint: chosen on test HR@{k} ({} has no validation split, as in the paper)", split_name(&config));
+
+    let pairwise = config.train.loss == LossKind::Bpr;
+    let group = if pairwise { 1 + config.sampler.negatives } else { 1 };
+    if pairwise && config.sampler.negatives == 0 {
+        anyhow::bail!("train.loss = \"bpr\" needs sampler.negatives ≥ 1");
+    }
+    // Whole groups per batch, so every positive meets its negatives in the same step.
+    let batch_size = config.train.batch_size.div_ceil(group) * group;
+    let progress = Progress::new(config.train.epochs);
+    let mut best = f64::NEG_INFINITY;
+    let mut history: Vec<[f64; 7]> = Vec::new(); // loss, hr, ndcg, recall, full ndcg, map, coverage
+    for epoch in 1..=config.train.epochs {
+        let t0 = Instant::now();
+        let samples = sampler.epoch_grouped(epoch as u64, pairwise);
+        let bar = progress.batches(samples.len());
+        let t_sample = t0.elapsed().as_secs_f64();
+        let (m, loss, prof) = run_epoch(model, &mut optim, &samples, (batch_size, group, config.train.loss), config.train.log_every, device, &bar);
+        model = m;
+        bar.finish_and_clear();
+        let t_eval = Instant::now();
+        let eval_reads = host::reads();
+        let (hr, ndcg) = eval.evaluate(&model, k);
+        let fr = full.as_ref().map(|f| f.evaluate(&model, k, device));
+        if args.profile {
+            progress.println(&format!(
+                "profile: {} steps, {:.3} host reads/step ({} reads in the step loop, log every {}); sampling {:.2}s, waiting for batches {:.2}s, steps {:.2}s, loss reads {:.2}s, evaluation {:.2}s ({} reads)",
+                prof.steps,
+                prof.reads as f64 / prof.steps.max(1) as f64,
+                prof.reads,
+                config.train.log_every,
+                t_sample,
+                prof.wait_batches,
+                prof.steps_secs,
+                prof.read_secs,
+                t_eval.elapsed().as_secs_f64(),
+                host::reads() - eval_reads,
+            ));
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let full_text = fr.map_or(String::new(), |f| {
+            format!("  | full: Recall@{k} {:.4}  NDCG@{k} {:.4}  cov {:.3}", f[0], f[2], f[4])
+        });
+        progress.println(&format!(
+            "epoch {epoch:>3}  loss {loss:.4}  HR@{k} {hr:.4}  NDCG@{k} {ndcg:.4}{full_text}  ({secs:.1}s, {:.0} samples/s)",
+            samples.len() as f64 / secs
+        ));
+        history.push([loss, hr, ndcg, fr.map_or(f64::NAN, |f| f[0]), fr.map_or(f64::NAN, |f| f[2]), fr.map_or(f64::NAN, |f| f[3]), fr.map_or(f64::NAN, |f| f[4])]);
+        let cell = |j: usize| fr.map_or(String::new(), |f| format!("{:.6}", f[j]));
+        csv.push_str(&format!(
+            "{epoch},{loss:.6},{hr:.6},{ndcg:.6},{},{},{},{},{},\"{protocol}\",{secs:.3}\n",
+            cell(0), cell(1), cell(2), cell(3), cell(4)
+        ));
+        write_atomic(&run_dir.join("metrics.csv"), csv.as_bytes())?;
+        let meta = Meta {
+            format_version: FORMAT_VERSION,
+            model: config.model.kind.name().into(),
+            n_users: data.n_users(),
+            n_items: data.n_items(),
+            epoch,
+            metrics: [(format!("hr@{k}"), hr), (format!("ndcg@{k}"), ndcg), ("loss".into(), loss)]
+                .into_iter()
+                .chain(fr.iter().flat_map(|f| {
+                    [(format!("recall@{k}"), f[0]), (format!("precision@{k}"), f[1]), (format!("full_ndcg@{k}"), f[2]), (format!("map@{k}"), f[3])]
+                }))
+                .collect(),
+        };
+        let saved = Saved { meta: &meta, config: &config, model: &model, train: &split.train, users: &data.users, items: &data.items };
+        checkpoint::save(&run_dir.join("last"), &saved)?;
+        if hr > best {
+            best = hr;
+            checkpoint::save(&run_dir.join("best"), &saved)?;
+        }
+        progress.epochs.inc(1);
+    }
+    progress.epochs.finish_and_clear();
+    if !history.is_empty() {
+        let col = |j: usize| history.iter().map(|h| h[j]).collect::<Vec<f64>>();
+        let (hr_s, nd_s, rec_s, fnd_s) = (col(1), col(2), col(3), col(4));
+        let (hr_n, nd_n, rec_n, fnd_n) = (format!("HR@{k} (sampled)"), format!("NDCG@{k} (sampled)"), format!("Recall@{k} (full)"), format!("NDCG@{k} (full)"));
+        let mut series = vec![curves::Series { name: &hr_n, values: &hr_s }, curves::Series { name: &nd_n, values: &nd_s }];
+        if full.is_some() {
+            series.push(curves::Series { name: &rec_n, values: &rec_s });
+            series.push(curves::Series { name: &fnd_n, values: &fnd_s });
+        }
+        curves::write(&run_dir.join("curves.png"), &col(0), &series)?;
+    }
+    println!("run directory: {}", run_dir.display());
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "next: ncf recommend --checkpoint {} --top-n 10 --out {}",
+        run_dir.display(),
+        run_dir.join("recommendations.csv").display()
+    )?;
+    Ok(())
+}
+
+fn split_name(config: &RunConfig) -> &'static str {
+    match config.split.method {
+        ncf_datasets::SplitMethod::LeaveOneOut => "leave-one-out",
+        ncf_datasets::SplitMethod::Random => "random holdout",
+        ncf_datasets::SplitMethod::Temporal => "temporal",
+    }
+}
