@@ -106,24 +106,32 @@ fn train_then_recommend_on_flex() {
     end_to_end("flex");
 }
 
-/// Runs on wgpu when an adapter exists (lavapipe in CI). With NCF_REQUIRE_WGPU=1 a missing
-/// adapter fails the test instead of skipping it.
-#[test]
-fn train_then_recommend_on_wgpu() {
-    let probe = ncf().args(["train", "--backend", "wgpu", "--epochs", "0", "--set", "data.demo.users=20", "--set", "data.demo.items=30"])
+/// Whether a wgpu adapter exists (lavapipe in CI). With NCF_REQUIRE_WGPU=1 a missing adapter
+/// fails the calling test instead of skipping it.
+fn wgpu_available() -> bool {
+    static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let probe = ncf()
+        .args(["train", "--backend", "wgpu", "--epochs", "0", "--set", "data.demo.users=20", "--set", "data.demo.items=30"])
         .arg("--out")
-        .arg(temp_dir("wgpu-probe").join("run"))
+        .arg(temp_dir(&format!("wgpu-probe-{}", PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed))).join("run"))
         .output()
         .unwrap();
-    if !probe.status.success() {
-        let err = String::from_utf8_lossy(&probe.stderr);
-        if std::env::var("NCF_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
-            panic!("NCF_REQUIRE_WGPU=1 but wgpu is unavailable: {err}");
-        }
-        eprintln!("skipping: no wgpu adapter ({err}); install mesa-vulkan-drivers to run it");
-        return;
+    if probe.status.success() {
+        return true;
     }
-    end_to_end("wgpu");
+    let err = String::from_utf8_lossy(&probe.stderr);
+    if std::env::var("NCF_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
+        panic!("NCF_REQUIRE_WGPU=1 but wgpu is unavailable: {err}");
+    }
+    eprintln!("skipping: no wgpu adapter ({err}); install mesa-vulkan-drivers to run it");
+    false
+}
+
+#[test]
+fn train_then_recommend_on_wgpu() {
+    if wgpu_available() {
+        end_to_end("wgpu");
+    }
 }
 
 #[test]
@@ -141,4 +149,66 @@ fn same_seed_same_metrics_on_flex() {
     let (a, b) = (strip(dir.join("a/metrics.csv")), strip(dir.join("b/metrics.csv")));
     assert_eq!(a, b);
     assert_eq!(a.len(), 3);
+}
+
+/// The step loop reads nothing back from the device except the logged loss: over ≥ 100 steps
+/// with a logging interval longer than the epoch, the profile reports zero reads in the loop.
+fn host_reads_over_100_steps(backend: &str) {
+    let dir = temp_dir(&format!("reads-{backend}"));
+    let output = ncf()
+        .args(["train", "--backend", backend, "--epochs", "1", "--profile", "--log-every", "100000"])
+        .args(["--set", "data.demo.users=150", "--set", "data.demo.items=200", "--set", "train.full_ranking=false"])
+        .arg("--out")
+        .arg(dir.join("run"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let line = stdout.lines().find(|l| l.starts_with("profile:")).expect("a profile line");
+    let field = |after: &str| -> u64 {
+        let rest = &line[line.find(after).unwrap_or_else(|| panic!("{after} in {line}")) + after.len()..];
+        rest.trim_start().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    let steps = field("profile:");
+    let reads = field("reads/step (");
+    assert!(steps >= 100, "{line}");
+    assert_eq!(reads, 0, "{line}");
+}
+
+#[test]
+fn no_host_reads_in_training_steps_on_flex() {
+    host_reads_over_100_steps("flex");
+}
+
+#[test]
+fn no_host_reads_in_training_steps_on_wgpu() {
+    if !wgpu_available() {
+        return;
+    }
+    host_reads_over_100_steps("wgpu");
+}
+
+#[test]
+fn data_stats_and_bad_input_errors() {
+    let dir = temp_dir("data");
+    let csv = dir.join("ok.csv");
+    std::fs::write(&csv, "user,item,rating\na,x,5\na,y,3\nb,x,4\na,x,1\n").unwrap();
+    let out = ncf().args(["data", "stats"]).arg(&csv).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("users          2") && stdout.contains("interactions   4"), "{stdout}");
+    assert!(stdout.contains("duplicates     1"), "{stdout}");
+
+    let bad = dir.join("bad.csv");
+    std::fs::write(&bad, "user,item,rating\na,x,5\na,y,lots\n").unwrap();
+    let out = ncf().args(["train", "--backend", "flex"]).arg("--data").arg(&bad).arg("--out").arg(dir.join("run")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("bad.csv") && stderr.contains("line 3") && stderr.contains("lots"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let out = ncf().args(["recommend", "--checkpoint"]).arg(dir.join("missing")).arg("--out").arg(dir.join("r.csv")).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
+    assert!(!dir.join("r.csv").exists(), "no partial output");
 }
