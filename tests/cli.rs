@@ -4,6 +4,9 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
+#[path = "common.rs"]
+mod common;
+
 use assert_cmd::Command;
 use ncf_datasets::{DemoConfig, Split, SplitConfig};
 
@@ -217,11 +220,7 @@ fn data_stats_and_bad_input_errors() {
 /// measured 0.616 HR@10 at epoch 5; the floor leaves room for seed noise (±0.015).
 #[test]
 fn ml_100k_neumf_quality_floor() {
-    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/ml-100k/u.data");
-    if !data.exists() {
-        eprintln!("skipping: {} not found (the MovieLens data lives in ../shared/data)", data.display());
-        return;
-    }
+    let Some(data) = common::shared_data("ml-100k/u.data") else { return };
     let dir = temp_dir("ml100k");
     let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/ml-100k-neumf.toml");
     let out = ncf()

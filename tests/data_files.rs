@@ -1,19 +1,11 @@
 //! The data pipeline on the real MovieLens files in ../shared/data (skipped with a reason when the
 //! folder is absent; CI has it): counts and split invariants.
 
-use std::path::PathBuf;
+#[path = "common.rs"]
+mod common;
 
+use common::shared_data as shared;
 use ncf_datasets::{CleanConfig, NegativeSampler, ReadOptions, SampledCandidates, SamplerConfig, Split, SplitConfig, reader};
-
-fn shared(rel: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data").join(rel);
-    if p.exists() {
-        Some(p)
-    } else {
-        eprintln!("skipping: {} not found (the MovieLens data lives in ../shared/data)", p.display());
-        None
-    }
-}
 
 fn check_split(split: &Split, n_users: usize) {
     assert_eq!(split.test.n_users(), n_users);
