@@ -137,8 +137,10 @@ fn train_then_recommend_on_wgpu() {
     }
 }
 
+/// Same seed, same metrics; and a run stopped after one epoch and resumed (weights, optimizer
+/// state, per-row Adam steps, epoch) reaches exactly the metrics of an uninterrupted run.
 #[test]
-fn same_seed_same_metrics_on_flex() {
+fn same_seed_same_metrics_and_resume_continues_exactly_on_flex() {
     let dir = temp_dir("determinism");
     let strip = |p: PathBuf| -> Vec<String> {
         std::fs::read_to_string(p)
@@ -147,11 +149,23 @@ fn same_seed_same_metrics_on_flex() {
             .map(|l| l.rsplit_once(',').unwrap().0.to_owned()) // drop the seconds column
             .collect()
     };
-    train("flex", &dir.join("a"), 2);
-    train("flex", &dir.join("b"), 2);
+    train("flex", &dir.join("a"), 3);
+    train("flex", &dir.join("b"), 3);
     let (a, b) = (strip(dir.join("a/metrics.csv")), strip(dir.join("b/metrics.csv")));
     assert_eq!(a, b);
-    assert_eq!(a.len(), 3);
+    assert_eq!(a.len(), 4);
+
+    train("flex", &dir.join("c"), 1);
+    let resumed = ncf().args(["train", "--backend", "flex", "--epochs", "3", "--resume"]).arg(dir.join("c")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&resumed.stdout);
+    assert!(resumed.status.success(), "resume failed: {stdout}{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(stdout.contains("resuming") && stdout.contains("after epoch 1"), "{stdout}");
+    assert_eq!(strip(dir.join("c/metrics.csv")), a);
+
+    // Changing what the run trained on is refused.
+    let changed = ncf().args(["train", "--epochs", "4", "--set", "optim.lr=0.5", "--resume"]).arg(dir.join("c")).output().unwrap();
+    assert!(!changed.status.success());
+    assert!(String::from_utf8_lossy(&changed.stderr).contains("only --epochs"), "{}", String::from_utf8_lossy(&changed.stderr));
 }
 
 /// The step loop reads nothing back from the device except the logged loss: over ≥ 100 steps

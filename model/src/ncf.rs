@@ -95,6 +95,57 @@ impl Ncf {
         Self { user, item, head: Head { mlp, output, layout } }
     }
 
+    /// NeuMF initialised from trained GMF and MLP models (paper §3.4.1): the tables side by side,
+    /// the MLP tower copied, and the output layer `[α·h_GMF ; (1-α)·h_MLP]` with bias
+    /// `α·b_GMF + (1-α)·b_MLP`, so its logit starts as `α·GMF + (1-α)·MLP`.
+    pub fn from_pretrained(config: &ModelConfig, gmf: &Ncf, mlp: &Ncf, alpha: f64) -> Result<Self, String> {
+        if config.kind != ModelKind::Neumf {
+            return Err(format!("pretraining builds a NeuMF model, not {}", config.kind.name()));
+        }
+        let layout = config.layout();
+        let (g, m) = (gmf.head.layout, mlp.head.layout);
+        if g.kind != ModelKind::Gmf || m.kind != ModelKind::Mlp {
+            return Err(format!("pretraining needs a GMF and an MLP model, got {} and {}", g.kind.name(), m.kind.name()));
+        }
+        if g.gmf != layout.gmf {
+            return Err(format!("the GMF model has {} factors, the NeuMF config {}", g.gmf, layout.gmf));
+        }
+        let widths = |n: &Ncf| -> Vec<usize> {
+            n.head.mlp.first().map(|l| l.weight.val().dims()[0]).into_iter().chain(n.head.mlp.iter().map(|l| l.weight.val().dims()[1])).collect()
+        };
+        if widths(mlp) != config.layers {
+            return Err(format!("the MLP model has layers {:?}, the NeuMF config {:?}", widths(mlp), config.layers));
+        }
+        if (gmf.n_users(), gmf.n_items()) != (mlp.n_users(), mlp.n_items()) {
+            return Err(format!(
+                "the GMF model has {}×{} users×items, the MLP model {}×{}: pretrain both on the same data",
+                gmf.n_users(),
+                gmf.n_items(),
+                mlp.n_users(),
+                mlp.n_items()
+            ));
+        }
+        let join = |a: &Param<Tensor<2>>, b: &Param<Tensor<2>>| Param::from_tensor(Tensor::cat(vec![a.val(), b.val()], 1));
+        let (go, mo) = (gmf.head.output.as_ref().expect("GMF output"), mlp.head.output.as_ref().expect("MLP output"));
+        let weight = Tensor::cat(vec![go.weight.val().mul_scalar(alpha), mo.weight.val().mul_scalar(1.0 - alpha)], 0);
+        let bias = match (&go.bias, &mo.bias) {
+            (Some(a), Some(b)) => Some(Param::from_tensor(a.val().mul_scalar(alpha) + b.val().mul_scalar(1.0 - alpha))),
+            _ => None,
+        };
+        let output = Linear { weight: Param::from_tensor(weight), bias };
+        let mlp_layers = mlp
+            .head
+            .mlp
+            .iter()
+            .map(|l| Linear { weight: Param::from_tensor(l.weight.val()), bias: l.bias.as_ref().map(|b| Param::from_tensor(b.val())) })
+            .collect();
+        Ok(Self {
+            user: join(&gmf.user, &mlp.user),
+            item: join(&gmf.item, &mlp.item),
+            head: Head { mlp: mlp_layers, output: Some(output), layout },
+        })
+    }
+
     pub fn n_users(&self) -> usize {
         self.user.val().dims()[0]
     }
@@ -249,6 +300,27 @@ mod tests {
                 assert!((a - b).abs() < 1e-4, "{kind:?}: {a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn pretrained_neumf_starts_from_its_gmf_and_mlp_scores() {
+        let d = Device::flex();
+        let layers = vec![6, 4, 2];
+        let gmf = Ncf::init(&ModelConfig { kind: ModelKind::Gmf, factors: 3, layers: layers.clone(), init_std: 0.5 }, 5, 7, 1, &d);
+        let mlp = Ncf::init(&ModelConfig { kind: ModelKind::Mlp, factors: 3, layers: layers.clone(), init_std: 0.5 }, 5, 7, 2, &d);
+        let cfg = ModelConfig { kind: ModelKind::Neumf, factors: 3, layers, init_std: 0.5 };
+        let alpha = 0.3;
+        let neumf = Ncf::from_pretrained(&cfg, &gmf, &mlp, alpha).unwrap();
+        let (u, i) = (vec![0, 1, 4, 4, 2], vec![6, 0, 3, 5, 1]);
+        let score = |m: &Ncf| vecf(m.score_pairs(ints(u.clone(), &d), ints(i.clone(), &d)));
+        let (n, g, p) = (score(&neumf), score(&gmf), score(&mlp));
+        for k in 0..u.len() {
+            let want = alpha as f32 * g[k] + (1.0 - alpha as f32) * p[k];
+            assert!((n[k] - want).abs() < 1e-5, "pair {k}: {} vs {want}", n[k]);
+        }
+        let wrong = ModelConfig { factors: 4, ..cfg.clone() };
+        assert!(Ncf::from_pretrained(&wrong, &gmf, &mlp, alpha).unwrap_err().contains("factors"));
+        assert!(Ncf::from_pretrained(&cfg, &mlp, &gmf, alpha).is_err());
     }
 
     #[test]

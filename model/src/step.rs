@@ -66,7 +66,7 @@ pub fn train_step(mut model: Ncf, optim: &mut Optimizer, input: StepInput, loss:
         }
     };
     let grads = loss.backward();
-    model.head = head.map(&mut HeadUpdate { optim, grads: &grads });
+    model.head = head.map(&mut HeadUpdate::new(optim, &grads));
     let gu = user_rows.grad(&grads).expect("user rows are tracked");
     let gi = item_rows.grad(&grads).expect("item rows are tracked");
     let user = optim.update_rows(TableSide::User, user_table, input.users, gu);
@@ -138,6 +138,66 @@ mod tests {
         for (x, y) in a.0.iter().flatten().zip(b.0.iter().flatten()).chain(a.1.iter().flatten().zip(b.1.iter().flatten())) {
             assert!((x - y).abs() < 1e-6, "{x} vs {y}");
         }
+    }
+
+    #[test]
+    fn sparse_adam_catches_up_with_dense_adam_on_rarely_seen_rows() {
+        let d = Device::flex();
+        let cfg = ModelConfig { kind: ModelKind::Mf, factors: 3, init_std: 0.1, ..Default::default() };
+        let init = Ncf::init(&cfg, 4, 4, 9, &d);
+        let (u_init, i_init) = (rows(init.user.val()), rows(init.item.val()));
+        let run = |sparse: bool| {
+            let mut model = Ncf::init(&cfg, 4, 4, 9, &d);
+            let mut optim = Optimizer::new(OptimConfig { sparse, lr: 0.01, ..Default::default() });
+            for step in 0..200 {
+                // User 3 and item 3 show up only every 7th step, and in the last one, so no row
+                // has steps left to catch up; the others every step.
+                let x = if step % 7 == 6 || step == 199 {
+                    input(&[0, 3], &[0, 1, 1], &[1, 3], &[0, 1, 0], &[1, 1, 0], &d)
+                } else {
+                    input(&[0, 1, 2], &[0, 1, 2], &[0, 1, 2], &[2, 0, 1], &[1, 0, 1], &d)
+                };
+                model = train_step(model, &mut optim, x, LossKind::Bce, 1).0;
+            }
+            (rows(model.user.val()), rows(model.item.val()))
+        };
+        let (sparse, dense) = (run(true), run(false));
+        let moved = |a: &[Vec<f32>], b: &[Vec<f32>], r: usize| -> f32 {
+            a[r].iter().zip(&b[r]).map(|(x, y)| (x - y).abs()).sum()
+        };
+        for r in 0..4 {
+            let (dense_move, gap) = (moved(&dense.0, &u_init, r), moved(&sparse.0, &dense.0, r));
+            assert!(gap < 0.03 * dense_move, "user {r}: sparse differs from dense by {gap}, dense moved {dense_move}");
+            let (dense_move, gap) = (moved(&dense.1, &i_init, r), moved(&sparse.1, &dense.1, r));
+            assert!(gap < 0.03 * dense_move, "item {r}: sparse differs from dense by {gap}, dense moved {dense_move}");
+        }
+    }
+
+    #[test]
+    fn restored_optimizer_state_continues_exactly() {
+        let d = Device::flex();
+        let cfg = ModelConfig { kind: ModelKind::Neumf, factors: 3, layers: vec![6, 4], init_std: 0.1 };
+        let batch = |s: usize| {
+            let u = [(s % 4) as i32, 4];
+            input(&u, &[0, 1, 1], &[(s % 5) as i32, 5], &[0, 1, 0], &[1, 0, 1], &d)
+        };
+        let mut model = Ncf::init(&cfg, 5, 6, 1, &d);
+        let mut optim = Optimizer::new(OptimConfig { lr: 0.05, ..Default::default() });
+        for s in 0..5 {
+            model = train_step(model, &mut optim, batch(s), LossKind::Bce, 1).0;
+        }
+        let state: std::collections::HashMap<_, _> = optim.state_tensors().into_iter().collect();
+        let mut copy = Optimizer::restore(optim.config.clone(), optim.step, state.clone(), &model).unwrap();
+        let mut model_copy = model.clone();
+        for s in 5..12 {
+            model = train_step(model, &mut optim, batch(s), LossKind::Bce, 1).0;
+            model_copy = train_step(model_copy, &mut copy, batch(s), LossKind::Bce, 1).0;
+        }
+        assert_eq!(rows(model.user.val()), rows(model_copy.user.val()));
+        assert_eq!(rows(model.item.val()), rows(model_copy.item.val()));
+        let mut bad = state;
+        bad.insert("user.last".into(), Tensor::zeros([2], &d));
+        assert!(Optimizer::restore(optim.config.clone(), 5, bad, &model).unwrap_err().contains("user.last"));
     }
 
     #[test]

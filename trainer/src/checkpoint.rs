@@ -7,6 +7,7 @@
 //! DIR/train.safetensors each user's training items (CSR) and item popularity
 //! DIR/users.txt         raw user ids, one per line, in dense-id order
 //! DIR/items.txt         raw item ids, likewise
+//! DIR/optim.safetensors optimizer state (last/ only): moments, per-row last-update steps
 //! ```
 
 use std::collections::HashMap;
@@ -16,14 +17,16 @@ use anyhow::{Context, Result, bail};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::Device;
 use ncf_datasets::{IdMap, UserItems};
-use ncf_model::Ncf;
+use ncf_model::{Ncf, Optimizer};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
+use crate::history::EpochRecord;
+use crate::host;
 
 /// Bumped whenever the directory layout or meaning of a file changes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// `checkpoint.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +39,10 @@ pub struct Meta {
     pub epoch: usize,
     /// Metrics of that epoch, named like `hr@10`.
     pub metrics: HashMap<String, f64>,
+    /// Every epoch's metrics so far (what `metrics.csv` holds), so a resumed run continues it.
+    pub history: Vec<EpochRecord>,
+    /// Optimizer steps taken (Adam's bias correction continues from here on resume).
+    pub optim_step: u64,
 }
 
 /// Everything `recommend` needs from a run.
@@ -56,6 +63,8 @@ pub struct Saved<'a> {
     pub train: &'a UserItems,
     pub users: &'a IdMap,
     pub items: &'a IdMap,
+    /// Optimizer state, for checkpoints a run can resume from.
+    pub optim: Option<&'a Optimizer>,
 }
 
 fn bytes<T: Copy>(v: &[T]) -> Vec<u8> {
@@ -90,6 +99,21 @@ pub fn save(dir: &Path, saved: &Saved) -> Result<()> {
         ("popularity", TensorView::new(Dtype::I32, vec![pop.len()], &pb)?),
     ];
     safetensors::serialize_to_file(views, None, &tmp.join("train.safetensors"))?;
+    if let Some(optim) = saved.optim {
+        let state: Vec<(String, Vec<u8>, usize)> = optim
+            .state_tensors()
+            .into_iter()
+            .map(|(name, t)| {
+                let v = host::read_f32(t);
+                (name, bytes(&v), v.len())
+            })
+            .collect();
+        let views = state
+            .iter()
+            .map(|(name, b, n)| Ok((name.clone(), TensorView::new(Dtype::F32, vec![*n], b)?)))
+            .collect::<Result<Vec<_>>>()?;
+        safetensors::serialize_to_file(views, None, &tmp.join("optim.safetensors"))?;
+    }
     saved
         .model
         .save_into(&mut SafetensorsStore::from_file(tmp.join("model.safetensors")))
@@ -173,4 +197,23 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
         bail!("{}: weights do not match the model in config.toml: {result}", weights.display());
     }
     Ok(Checkpoint { meta, config, model, train, users, items })
+}
+
+/// The optimizer state saved beside `model` in checkpoint `dir` (a `last/`), on `device`.
+pub fn load_optimizer(dir: &Path, ck: &Checkpoint, device: &Device) -> Result<Optimizer> {
+    use burn::tensor::{Tensor, TensorData};
+    let path = dir.join("optim.safetensors");
+    let buf = std::fs::read(&path).with_context(|| format!("{}: no optimizer state to resume from", path.display()))?;
+    let st = SafeTensors::deserialize(&buf).with_context(|| format!("{}: corrupted", path.display()))?;
+    let mut tensors = HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 || view.shape().len() != 1 {
+            bail!("{}: tensor {name} is not a flat f32 tensor", path.display());
+        }
+        let values: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let n = values.len();
+        tensors.insert(name, Tensor::<1>::from_data(TensorData::new(values, [n]), device));
+    }
+    Optimizer::restore(ck.config.optim.clone(), ck.meta.optim_step, tensors, &ck.model)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }

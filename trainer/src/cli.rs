@@ -114,6 +114,10 @@ pub struct TrainArgs {
     /// Print host reads per step and where each epoch's time goes.
     #[arg(long)]
     pub profile: bool,
+    /// Continue RUN from its last/ checkpoint (weights, optimizer state, epoch, metrics) up to
+    /// train.epochs; only --epochs, --log-every and train.patience may change.
+    #[arg(long, value_name = "RUN", conflicts_with_all = ["config", "out", "data"])]
+    pub resume: Option<PathBuf>,
 }
 
 impl TrainArgs {
@@ -132,7 +136,9 @@ impl TrainArgs {
         if let Some(n) = self.log_every {
             sets.push(format!("train.log_every={n}"));
         }
-        let mut config = RunConfig::resolve(self.config.as_deref(), &sets)?;
+        // A resumed run starts from its own saved configuration.
+        let base = self.resume.as_ref().map(|run| run.join("config.toml"));
+        let mut config = RunConfig::resolve(base.as_deref().or(self.config.as_deref()), &sets)?;
         if let Some(path) = &self.reader.data {
             config.data.path = Some(path.clone());
         }

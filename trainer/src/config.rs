@@ -21,7 +21,8 @@ pub struct DataConfig {
 }
 
 /// Training loop settings. Defaults: 10 epochs, batch 256, evaluation at K = 10 against 100
-/// sampled negatives and over the full catalogue, loss read back every 50 steps.
+/// sampled negatives and over the full catalogue, loss read back every 50 steps, best checkpoint
+/// on HR@K, no early stopping.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -37,11 +38,35 @@ pub struct TrainConfig {
     pub full_ranking: bool,
     /// Pointwise BCE (paper) or pairwise BPR.
     pub loss: ncf_model::LossKind,
+    /// Metric choosing `best/` and driving early stopping: hr, ndcg (sampled) or recall,
+    /// precision, full_ndcg, map (full ranking), all at K.
+    pub best_metric: String,
+    /// Stop after this many epochs without a better `best_metric` (0 = run every epoch).
+    pub patience: usize,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { epochs: 10, batch_size: 256, k: 10, eval_negatives: 100, log_every: 50, full_ranking: true, loss: ncf_model::LossKind::Bce }
+        Self { epochs: 10, batch_size: 256, k: 10, eval_negatives: 100, log_every: 50, full_ranking: true, loss: ncf_model::LossKind::Bce, best_metric: "hr".into(), patience: 0 }
+    }
+}
+
+/// NeuMF pretraining (paper §3.4.1): start from a trained GMF and a trained MLP run on the same
+/// data. Defaults: no pretraining, α = 0.5.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// GMF run or checkpoint directory.
+    pub gmf: Option<PathBuf>,
+    /// MLP run or checkpoint directory.
+    pub mlp: Option<PathBuf>,
+    /// Weight of the GMF half in the joined output layer.
+    pub alpha: f64,
+}
+
+impl Default for PretrainConfig {
+    fn default() -> Self {
+        Self { gmf: None, mlp: None, alpha: 0.5 }
     }
 }
 
@@ -57,6 +82,7 @@ pub struct RunConfig {
     pub model: ModelConfig,
     pub optim: OptimConfig,
     pub train: TrainConfig,
+    pub pretrain: PretrainConfig,
 }
 
 impl Default for RunConfig {
@@ -69,6 +95,7 @@ impl Default for RunConfig {
             model: ModelConfig::default(),
             optim: OptimConfig::default(),
             train: TrainConfig::default(),
+            pretrain: PretrainConfig::default(),
         }
     }
 }
@@ -91,6 +118,13 @@ impl RunConfig {
         config.model.validate().map_err(anyhow::Error::msg)?;
         if config.train.batch_size == 0 || config.train.log_every == 0 {
             bail!("train.batch_size and train.log_every must be at least 1");
+        }
+        crate::history::check_metric(&config.train.best_metric, config.train.full_ranking)?;
+        if config.pretrain.gmf.is_some() != config.pretrain.mlp.is_some() {
+            bail!("pretrain.gmf and pretrain.mlp go together: NeuMF pretraining needs both runs");
+        }
+        if config.pretrain.gmf.is_some() && config.model.kind != ncf_model::ModelKind::Neumf {
+            bail!("[pretrain] applies to model.kind = \"neumf\" only");
         }
         Ok(config)
     }

@@ -7,6 +7,7 @@ mod config;
 mod curves;
 mod data;
 mod data_cmd;
+mod history;
 mod host;
 mod progress;
 mod recommend;

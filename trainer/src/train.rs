@@ -16,6 +16,7 @@ use crate::checkpoint::{self, FORMAT_VERSION, Meta, Saved};
 use crate::cli::TrainArgs;
 use crate::config::RunConfig;
 use crate::curves;
+use crate::history::{EpochRecord, FullMetrics};
 use crate::host;
 use crate::progress::Progress;
 
@@ -196,6 +197,55 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
 }
 
+/// The model a fresh run starts from: seeded initialisation, or NeuMF built from pretrained
+/// GMF and MLP runs on the same data.
+fn initial_model(config: &RunConfig, data: &ncf_datasets::Interactions, device: &Device) -> Result<Ncf> {
+    let (Some(gmf_dir), Some(mlp_dir)) = (&config.pretrain.gmf, &config.pretrain.mlp) else {
+        return Ok(Ncf::init(&config.model, data.n_users(), data.n_items(), config.seed, device));
+    };
+    let load = |dir: &Path| -> Result<checkpoint::Checkpoint> {
+        let ck = checkpoint::load(dir, device).with_context(|| format!("loading pretrained run {}", dir.display()))?;
+        if ck.users.raw_ids() != data.users.raw_ids() || ck.items.raw_ids() != data.items.raw_ids() {
+            anyhow::bail!("pretrained run {} was trained on other users or items than this run's data", dir.display());
+        }
+        Ok(ck)
+    };
+    let (gmf, mlp) = (load(gmf_dir)?, load(mlp_dir)?);
+    let model = Ncf::from_pretrained(&config.model, &gmf.model, &mlp.model, config.pretrain.alpha).map_err(anyhow::Error::msg)?;
+    println!(
+        "pretrained: NeuMF from GMF {} (epoch {}) and MLP {} (epoch {}), alpha {}",
+        gmf_dir.display(),
+        gmf.meta.epoch,
+        mlp_dir.display(),
+        mlp.meta.epoch,
+        config.pretrain.alpha
+    );
+    Ok(model)
+}
+
+/// What a resumed run continues from: `RUN/last` after checking it belongs to this data and config.
+fn resume_from(run: &Path, config: &RunConfig, split: &Split, device: &Device) -> Result<(Ncf, Optimizer, Vec<EpochRecord>)> {
+    let saved_path = run.join("config.toml");
+    let text = std::fs::read_to_string(&saved_path).with_context(|| format!("{}: not a run directory", saved_path.display()))?;
+    let saved: RunConfig = toml::from_str(&text).with_context(|| format!("{}: malformed", saved_path.display()))?;
+    let comparable = |c: &RunConfig| {
+        let mut c = c.clone();
+        (c.train.epochs, c.train.log_every, c.train.patience) = (0, 0, 0);
+        c
+    };
+    if comparable(&saved) != comparable(config) {
+        anyhow::bail!("--resume {}: only --epochs, --log-every and train.patience may change when resuming", run.display());
+    }
+    let last = run.join("last");
+    let ck = checkpoint::load(&last, device)?;
+    if ck.train.offsets() != split.train.offsets() || ck.train.all_items() != split.train.all_items() {
+        anyhow::bail!("{}: the data or split differs from the one this run was trained on", last.display());
+    }
+    let optim = checkpoint::load_optimizer(&last, &ck, device)?;
+    println!("resuming {} after epoch {} ({} optimizer steps)", run.display(), ck.meta.epoch, ck.meta.optim_step);
+    Ok((ck.model, optim, ck.meta.history))
+}
+
 pub fn run(args: &TrainArgs) -> Result<()> {
     let config = args.resolve_config()?;
     let selected = backend::select(args.backend)?;
@@ -208,11 +258,17 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let candidates = SampledCandidates::draw(&split, config.train.eval_negatives, config.seed);
     let eval = SampledEval::upload(&candidates, device);
     let sampler = NegativeSampler::new(&split.train, data.n_items(), config.sampler.clone(), config.seed);
-    let mut model = Ncf::init(&config.model, data.n_users(), data.n_items(), config.seed, device);
+    let (mut model, mut optim, mut history) = match &args.resume {
+        Some(run) => resume_from(run, &config, &split, device)?,
+        None => (initial_model(&config, &data, device)?, Optimizer::new(config.optim.clone()), Vec::new()),
+    };
     let full = config.train.full_ranking.then(|| FullEval::upload(&split, &model, config.train.k, device));
-    let mut optim = Optimizer::new(config.optim.clone());
 
-    let run_dir = args.out.clone().unwrap_or_else(|| default_run_dir(config.model.kind.name()));
+    let run_dir = match (&args.resume, &args.out) {
+        (Some(run), _) => run.clone(),
+        (None, Some(out)) => out.clone(),
+        (None, None) => default_run_dir(config.model.kind.name()),
+    };
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
     write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
     let k = config.train.k;
@@ -220,8 +276,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         Some(_) => format!("hr/ndcg: sampled-{} + others: full ranking ({})", eval.negatives, split_name(&config)),
         None => format!("sampled-{} ({})", eval.negatives, split_name(&config)),
     };
-    let mut csv = format!("epoch,loss,hr@{k},ndcg@{k},recall@{k},precision@{k},full_ndcg@{k},map@{k},coverage@{k},protocol,seconds\n");
-    println!("best checkpoint: chosen on test HR@{k} ({} has no validation split, as in the paper)", split_name(&config));
+    let metric = config.train.best_metric.as_str();
+    let metric_label = crate::history::label(metric, k);
+    println!("best checkpoint: chosen on test {metric_label} ({} has no validation split, as in the paper)", split_name(&config));
 
     let pairwise = config.train.loss == LossKind::Bpr;
     let group = if pairwise { 1 + config.sampler.negatives } else { 1 };
@@ -230,10 +287,13 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     }
     // Whole groups per batch, so every positive meets its negatives in the same step.
     let batch_size = config.train.batch_size.div_ceil(group) * group;
+    let first = history.len() + 1;
+    if first > config.train.epochs {
+        println!("{} already has {} epochs; pass --epochs N (N > {}) to train further", run_dir.display(), history.len(), history.len());
+    }
     let progress = Progress::new(config.train.epochs);
-    let mut best = f64::NEG_INFINITY;
-    let mut history: Vec<[f64; 7]> = Vec::new(); // loss, hr, ndcg, recall, full ndcg, map, coverage
-    for epoch in 1..=config.train.epochs {
+    progress.epochs.inc(history.len() as u64);
+    for epoch in first..=config.train.epochs {
         let t0 = Instant::now();
         let samples = sampler.epoch_grouped(epoch as u64, pairwise);
         let bar = progress.batches(samples.len());
@@ -261,52 +321,54 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             ));
         }
         let secs = t0.elapsed().as_secs_f64();
-        let full_text = fr.map_or(String::new(), |f| {
-            format!("  | full: Recall@{k} {:.4}  NDCG@{k} {:.4}  cov {:.3}", f[0], f[2], f[4])
+        let full_metrics = fr.map(|f| FullMetrics { recall: f[0], precision: f[1], ndcg: f[2], map: f[3], coverage: f[4] });
+        let full_text = full_metrics.map_or(String::new(), |f| {
+            format!("  | full: Recall@{k} {:.4}  NDCG@{k} {:.4}  cov {:.3}", f.recall, f.ndcg, f.coverage)
         });
         progress.println(&format!(
             "epoch {epoch:>3}  loss {loss:.4}  HR@{k} {hr:.4}  NDCG@{k} {ndcg:.4}{full_text}  ({secs:.1}s, {:.0} samples/s)",
             samples.len() as f64 / secs
         ));
-        history.push([loss, hr, ndcg, fr.map_or(f64::NAN, |f| f[0]), fr.map_or(f64::NAN, |f| f[2]), fr.map_or(f64::NAN, |f| f[3]), fr.map_or(f64::NAN, |f| f[4])]);
-        let cell = |j: usize| fr.map_or(String::new(), |f| format!("{:.6}", f[j]));
-        csv.push_str(&format!(
-            "{epoch},{loss:.6},{hr:.6},{ndcg:.6},{},{},{},{},{},\"{protocol}\",{secs:.3}\n",
-            cell(0), cell(1), cell(2), cell(3), cell(4)
-        ));
-        write_atomic(&run_dir.join("metrics.csv"), csv.as_bytes())?;
+        let record = EpochRecord { epoch, loss, hr, ndcg, full: full_metrics, seconds: secs };
+        let metrics = record.named(k);
+        history.push(record);
+        write_atomic(&run_dir.join("metrics.csv"), crate::history::csv(&history, k, &protocol).as_bytes())?;
         let meta = Meta {
             format_version: FORMAT_VERSION,
             model: config.model.kind.name().into(),
             n_users: data.n_users(),
             n_items: data.n_items(),
             epoch,
-            metrics: [(format!("hr@{k}"), hr), (format!("ndcg@{k}"), ndcg), ("loss".into(), loss)]
-                .into_iter()
-                .chain(fr.iter().flat_map(|f| {
-                    [(format!("recall@{k}"), f[0]), (format!("precision@{k}"), f[1]), (format!("full_ndcg@{k}"), f[2]), (format!("map@{k}"), f[3])]
-                }))
-                .collect(),
+            metrics,
+            history: history.clone(),
+            optim_step: optim.step,
         };
-        let saved = Saved { meta: &meta, config: &config, model: &model, train: &split.train, users: &data.users, items: &data.items };
-        checkpoint::save(&run_dir.join("last"), &saved)?;
-        if hr > best {
-            best = hr;
-            checkpoint::save(&run_dir.join("best"), &saved)?;
+        let saved = |optim| Saved { meta: &meta, config: &config, model: &model, train: &split.train, users: &data.users, items: &data.items, optim };
+        checkpoint::save(&run_dir.join("last"), &saved(Some(&optim)))?;
+        if crate::history::best(&history, metric).is_some_and(|b| b.epoch == epoch) {
+            checkpoint::save(&run_dir.join("best"), &saved(None))?;
         }
         progress.epochs.inc(1);
+        if crate::history::should_stop(&history, metric, config.train.patience) {
+            progress.println(&format!("early stop: no better {metric_label} in {} epochs", config.train.patience));
+            break;
+        }
     }
     progress.epochs.finish_and_clear();
+    if let Some(b) = crate::history::best(&history, metric) {
+        println!("best: epoch {} {metric_label} {:.4}", b.epoch, b.value);
+    }
     if !history.is_empty() {
-        let col = |j: usize| history.iter().map(|h| h[j]).collect::<Vec<f64>>();
-        let (hr_s, nd_s, rec_s, fnd_s) = (col(1), col(2), col(3), col(4));
+        let col = |f: fn(&EpochRecord) -> f64| history.iter().map(f).collect::<Vec<f64>>();
+        let full_col = |f: fn(&FullMetrics) -> f64| history.iter().map(|r| r.full.as_ref().map_or(f64::NAN, f)).collect::<Vec<f64>>();
+        let (hr_s, nd_s, rec_s, fnd_s) = (col(|r| r.hr), col(|r| r.ndcg), full_col(|f| f.recall), full_col(|f| f.ndcg));
         let (hr_n, nd_n, rec_n, fnd_n) = (format!("HR@{k} (sampled)"), format!("NDCG@{k} (sampled)"), format!("Recall@{k} (full)"), format!("NDCG@{k} (full)"));
         let mut series = vec![curves::Series { name: &hr_n, values: &hr_s }, curves::Series { name: &nd_n, values: &nd_s }];
         if full.is_some() {
             series.push(curves::Series { name: &rec_n, values: &rec_s });
             series.push(curves::Series { name: &fnd_n, values: &fnd_s });
         }
-        curves::write(&run_dir.join("curves.png"), &col(0), &series)?;
+        curves::write(&run_dir.join("curves.png"), &col(|r| r.loss), &series)?;
     }
     println!("run directory: {}", run_dir.display());
     let mut out = std::io::stdout().lock();
