@@ -42,7 +42,8 @@ impl std::str::FromStr for ModelKind {
 }
 
 /// Model settings. Defaults follow the paper's factor-8 NeuMF: GMF factors 8, MLP tower
-/// [64, 32, 16, 8] whose first width is the concatenated user+item embedding, N(0, 0.01) embeddings.
+/// [64, 32, 16, 8] whose first width is the concatenated user+item embedding, N(0, 0.01) embeddings,
+/// no dropout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
@@ -53,11 +54,13 @@ pub struct ModelConfig {
     pub layers: Vec<usize>,
     /// Standard deviation of the normal embedding initialisation.
     pub init_std: f64,
+    /// Dropout after each hidden MLP layer while training (0 = none, as in the paper).
+    pub dropout: f64,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { kind: ModelKind::Neumf, factors: 8, layers: vec![64, 32, 16, 8], init_std: 0.01 }
+        Self { kind: ModelKind::Neumf, factors: 8, layers: vec![64, 32, 16, 8], init_std: 0.01, dropout: 0.0 }
     }
 }
 
@@ -81,6 +84,9 @@ impl TableLayout {
 impl ModelConfig {
     /// Checks widths before any tensor is made.
     pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("model.dropout = {}: must be in [0, 1)", self.dropout));
+        }
         if self.factors == 0 && self.kind != ModelKind::Mlp {
             return Err("model.factors must be at least 1".into());
         }

@@ -4,10 +4,10 @@
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::relu;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
-use rand_distr::{Distribution, Normal, Uniform};
+use rand_distr::{Distribution as _, Normal, Uniform};
 
 use crate::config::{ModelConfig, ModelKind, TableLayout};
 
@@ -29,6 +29,9 @@ pub struct Head {
     pub output: Option<Linear>,
     #[module(skip)]
     pub layout: TableLayout,
+    /// Dropout probability after each hidden MLP layer, applied by [`Head::forward_train`] only.
+    #[module(skip)]
+    pub dropout: f64,
 }
 
 /// Item-side work shared by every user chunk when scoring against the whole catalogue.
@@ -92,7 +95,7 @@ impl Ncf {
             ModelKind::Mf => 0,
         };
         let output = (out_width > 0).then(|| linear(out_width, 1, &mut rng, device));
-        Self { user, item, head: Head { mlp, output, layout } }
+        Self { user, item, head: Head { mlp, output, layout, dropout: config.dropout } }
     }
 
     /// NeuMF initialised from trained GMF and MLP models (paper §3.4.1): the tables side by side,
@@ -142,7 +145,7 @@ impl Ncf {
         Ok(Self {
             user: join(&gmf.user, &mlp.user),
             item: join(&gmf.item, &mlp.item),
-            head: Head { mlp: mlp_layers, output: Some(output), layout },
+            head: Head { mlp: mlp_layers, output: Some(output), layout, dropout: config.dropout },
         })
     }
 
@@ -192,11 +195,21 @@ impl Ncf {
 }
 
 impl Head {
-    /// Logits from gathered user and item rows.
+    /// Logits from gathered user and item rows (inference: no dropout).
     ///
     /// # Shapes
     /// - user, item: `[batch, width]` → `[batch]`
     pub fn forward(&self, user: Tensor<2>, item: Tensor<2>) -> Tensor<1> {
+        self.forward_with(user, item, false)
+    }
+
+    /// [`Head::forward`] with dropout in the MLP tower, for training steps. Masks come from the
+    /// device's random generator, which the trainer seeds from the run's seed.
+    pub fn forward_train(&self, user: Tensor<2>, item: Tensor<2>) -> Tensor<1> {
+        self.forward_with(user, item, true)
+    }
+
+    fn forward_with(&self, user: Tensor<2>, item: Tensor<2>, train: bool) -> Tensor<1> {
         let l = self.layout;
         let [b, _] = user.dims();
         if l.kind == ModelKind::Mf {
@@ -213,16 +226,22 @@ impl Head {
                 vec![user.slice([0..b, l.gmf..l.gmf + l.mlp]), item.slice([0..b, l.gmf..l.gmf + l.mlp])],
                 1,
             );
-            parts.push(self.tower(x, 0));
+            parts.push(self.tower(x, 0, train));
         }
         let h = if parts.len() == 1 { parts.pop().unwrap() } else { Tensor::cat(parts, 1) };
         self.output.as_ref().expect("output layer").forward(h).reshape([b])
     }
 
-    /// The MLP tower from layer `from` on, ReLU after every layer (paper).
-    fn tower(&self, mut x: Tensor<2>, from: usize) -> Tensor<2> {
+    /// The MLP tower from layer `from` on, ReLU after every layer (paper), inverted dropout
+    /// after each when training.
+    fn tower(&self, mut x: Tensor<2>, from: usize, train: bool) -> Tensor<2> {
         for layer in &self.mlp[from..] {
             x = relu(layer.forward(x));
+            if train && self.dropout > 0.0 {
+                let keep = 1.0 - self.dropout;
+                let mask = Tensor::<2>::random(x.shape(), Distribution::Bernoulli(keep), &x.device());
+                x = x * mask.mul_scalar(1.0 / keep);
+            }
         }
         x
     }
@@ -258,7 +277,7 @@ impl Head {
             let pu = user.slice([0..c, l.gmf..l.gmf + l.mlp]).matmul(w1.slice([0..d_in / 2, 0..d_out]));
             let pi = items.mlp_in.clone().expect("item side built for this head");
             let x = relu(pu.unsqueeze_dim::<3>(1) + pi.unsqueeze_dim::<3>(0)).reshape([c * n, d_out]);
-            let h = self.tower(x, 1);
+            let h = self.tower(x, 1, false);
             let wm = w.slice([l.gmf..w_rows, 0..1]);
             scores = scores + h.matmul(wm).reshape([c, n]);
         }
@@ -285,7 +304,7 @@ mod tests {
         let d = Device::flex();
         let (nu, ni) = (7, 11);
         for kind in [ModelKind::Gmf, ModelKind::Mlp, ModelKind::Neumf, ModelKind::Mf] {
-            let cfg = ModelConfig { kind, factors: 4, layers: vec![8, 6, 3], init_std: 0.5 };
+            let cfg = ModelConfig { kind, factors: 4, layers: vec![8, 6, 3], init_std: 0.5, ..Default::default() };
             let model = Ncf::init(&cfg, nu, ni, 1, &d);
             assert_eq!(model.user.val().dims(), [nu, cfg.layout().width()]);
             let users = [0i32, 3, 6];
@@ -306,9 +325,9 @@ mod tests {
     fn pretrained_neumf_starts_from_its_gmf_and_mlp_scores() {
         let d = Device::flex();
         let layers = vec![6, 4, 2];
-        let gmf = Ncf::init(&ModelConfig { kind: ModelKind::Gmf, factors: 3, layers: layers.clone(), init_std: 0.5 }, 5, 7, 1, &d);
-        let mlp = Ncf::init(&ModelConfig { kind: ModelKind::Mlp, factors: 3, layers: layers.clone(), init_std: 0.5 }, 5, 7, 2, &d);
-        let cfg = ModelConfig { kind: ModelKind::Neumf, factors: 3, layers, init_std: 0.5 };
+        let gmf = Ncf::init(&ModelConfig { kind: ModelKind::Gmf, factors: 3, layers: layers.clone(), init_std: 0.5, ..Default::default() }, 5, 7, 1, &d);
+        let mlp = Ncf::init(&ModelConfig { kind: ModelKind::Mlp, factors: 3, layers: layers.clone(), init_std: 0.5, ..Default::default() }, 5, 7, 2, &d);
+        let cfg = ModelConfig { kind: ModelKind::Neumf, factors: 3, layers, init_std: 0.5, ..Default::default() };
         let alpha = 0.3;
         let neumf = Ncf::from_pretrained(&cfg, &gmf, &mlp, alpha).unwrap();
         let (u, i) = (vec![0, 1, 4, 4, 2], vec![6, 0, 3, 5, 1]);
@@ -321,6 +340,87 @@ mod tests {
         let wrong = ModelConfig { factors: 4, ..cfg.clone() };
         assert!(Ncf::from_pretrained(&wrong, &gmf, &mlp, alpha).unwrap_err().contains("factors"));
         assert!(Ncf::from_pretrained(&cfg, &mlp, &gmf, alpha).is_err());
+    }
+
+    /// Autodiff gradients of the BCE loss with respect to the gathered rows and the output layer
+    /// agree with central finite differences, for every model.
+    #[test]
+    fn gradients_match_finite_differences() {
+        use crate::loss::bce_with_logits;
+        use crate::optim::Track;
+        let d = Device::flex();
+        let h = 1e-2f32;
+        for kind in [ModelKind::Gmf, ModelKind::Mlp, ModelKind::Neumf, ModelKind::Mf] {
+            let cfg = ModelConfig { kind, factors: 3, layers: vec![6, 4, 3], init_std: 0.5, ..Default::default() };
+            let model = Ncf::init(&cfg, 4, 5, 3, &d);
+            let (users, items) = (ints(vec![0, 2, 3, 2], &d), ints(vec![1, 4, 0, 0], &d));
+            let labels = Tensor::<1>::from_data(TensorData::new(vec![1.0f32, 0.0, 1.0, 0.0], [4]), &d);
+            let u_rows = model.user.val().select(0, users);
+            let i_rows = model.item.val().select(0, items);
+            let loss_at = |u: &Tensor<2>, i: &Tensor<2>, head: &Head| -> f32 {
+                bce_with_logits(head.forward(u.clone(), i.clone()), labels.clone()).into_scalar::<f32>()
+            };
+            let (ut, it) = (u_rows.clone().autodiff().require_grad(), i_rows.clone().autodiff().require_grad());
+            let head = model.head.clone().map(&mut Track);
+            let grads = bce_with_logits(head.forward(ut.clone(), it.clone()), labels.clone()).backward();
+            let check = |name: &str, analytic: Vec<f32>, numeric: Vec<f32>| {
+                assert_eq!(analytic.len(), numeric.len());
+                for (k, (a, n)) in analytic.iter().zip(&numeric).enumerate() {
+                    assert!((a - n).abs() <= 1e-3 + 2e-2 * n.abs(), "{kind:?} {name}[{k}]: autodiff {a}, finite difference {n}");
+                }
+            };
+            let bump = |t: &Tensor<2>, k: usize, by: f32| -> Tensor<2> {
+                let mut v = vecf(t.clone());
+                v[k] += by;
+                host_tensor(v, t.dims(), &d)
+            };
+            for (name, leaf, rows) in [("user rows", &ut, &u_rows), ("item rows", &it, &i_rows)] {
+                let analytic = vecf(leaf.grad(&grads).unwrap());
+                let numeric = (0..analytic.len())
+                    .map(|k| {
+                        let (plus, minus) = (bump(rows, k, h), bump(rows, k, -h));
+                        let (lp, lm) = if name == "user rows" {
+                            (loss_at(&plus, &i_rows, &model.head), loss_at(&minus, &i_rows, &model.head))
+                        } else {
+                            (loss_at(&u_rows, &plus, &model.head), loss_at(&u_rows, &minus, &model.head))
+                        };
+                        (lp - lm) / (2.0 * h)
+                    })
+                    .collect();
+                check(name, analytic, numeric);
+            }
+            if let Some(out) = &head.output {
+                let analytic = vecf(out.weight.val().grad(&grads).unwrap());
+                let w = model.head.output.as_ref().unwrap().weight.val();
+                let numeric = (0..analytic.len())
+                    .map(|k| {
+                        let at = |by: f32| {
+                            let mut head = model.head.clone();
+                            head.output.as_mut().unwrap().weight = Param::from_tensor(bump(&w, k, by));
+                            loss_at(&u_rows, &i_rows, &head)
+                        };
+                        (at(h) - at(-h)) / (2.0 * h)
+                    })
+                    .collect();
+                check("output weight", analytic, numeric);
+            }
+        }
+    }
+
+    #[test]
+    fn dropout_applies_to_training_forward_only_and_follows_the_device_seed() {
+        let d = Device::flex();
+        let cfg = ModelConfig { kind: ModelKind::Mlp, layers: vec![8, 16, 8], dropout: 0.5, init_std: 0.5, ..Default::default() };
+        let model = Ncf::init(&cfg, 3, 3, 1, &d);
+        let (u, i) = (model.user.val(), model.item.val());
+        let eval = vecf(model.head.forward(u.clone(), i.clone()));
+        assert_eq!(eval, vecf(model.head.forward(u.clone(), i.clone())));
+        d.seed(7);
+        let a = vecf(model.head.forward_train(u.clone(), i.clone()));
+        d.seed(7);
+        let b = vecf(model.head.forward_train(u.clone(), i.clone()));
+        assert_eq!(a, b);
+        assert_ne!(a, eval);
     }
 
     #[test]

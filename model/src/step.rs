@@ -50,7 +50,7 @@ pub fn train_step(mut model: Ncf, optim: &mut Optimizer, input: StepInput, loss:
     let user_rows = user_table.clone().select(0, input.users.clone()).autodiff().require_grad();
     let item_rows = item_table.clone().select(0, input.items.clone()).autodiff().require_grad();
     let head = model.head.clone().map(&mut Track);
-    let logits = head.forward(
+    let logits = head.forward_train(
         user_rows.clone().select(0, input.user_pos),
         item_rows.clone().select(0, input.item_pos),
     );
@@ -98,7 +98,7 @@ mod tests {
     fn only_batch_rows_move_and_loss_falls() {
         let d = Device::flex();
         for kind in [ModelKind::Gmf, ModelKind::Mlp, ModelKind::Neumf, ModelKind::Mf] {
-            let cfg = ModelConfig { kind, factors: 4, layers: vec![8, 4], init_std: 0.1 };
+            let cfg = ModelConfig { kind, factors: 4, layers: vec![8, 4], init_std: 0.1, ..Default::default() };
             let mut model = Ncf::init(&cfg, 6, 8, 2, &d);
             let (u0, i0) = (rows(model.user.val()), rows(model.item.val()));
             let mut optim = Optimizer::new(OptimConfig { lr: 0.05, ..Default::default() });
@@ -176,7 +176,7 @@ mod tests {
     #[test]
     fn restored_optimizer_state_continues_exactly() {
         let d = Device::flex();
-        let cfg = ModelConfig { kind: ModelKind::Neumf, factors: 3, layers: vec![6, 4], init_std: 0.1 };
+        let cfg = ModelConfig { kind: ModelKind::Neumf, factors: 3, layers: vec![6, 4], init_std: 0.1, ..Default::default() };
         let batch = |s: usize| {
             let u = [(s % 4) as i32, 4];
             input(&u, &[0, 1, 1], &[(s % 5) as i32, 5], &[0, 1, 0], &[1, 0, 1], &d)

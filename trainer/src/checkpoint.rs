@@ -143,14 +143,17 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
     }
     let text = std::fs::read_to_string(&meta_path)
         .with_context(|| format!("{}: not a checkpoint (missing checkpoint.json)", dir.display()))?;
-    let meta: Meta = serde_json::from_str(&text).with_context(|| format!("{}: malformed", meta_path.display()))?;
-    if meta.format_version != FORMAT_VERSION {
+    // The version first, so a checkpoint of another format gets that message, not a parse error.
+    let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: malformed", meta_path.display()))?;
+    let version = value.get("format_version").and_then(|v| v.as_u64());
+    if version != Some(FORMAT_VERSION as u64) {
         bail!(
             "{}: checkpoint format version {} but this ncf reads version {FORMAT_VERSION}; retrain or use a matching ncf",
             dir.display(),
-            meta.format_version
+            version.map_or("missing".to_owned(), |v| v.to_string())
         );
     }
+    let meta: Meta = serde_json::from_value(value).with_context(|| format!("{}: malformed", meta_path.display()))?;
     let config_text = std::fs::read_to_string(file("config.toml")).with_context(|| format!("{}", file("config.toml").display()))?;
     let config: RunConfig =
         toml::from_str(&config_text).with_context(|| format!("{}: malformed", file("config.toml").display()))?;

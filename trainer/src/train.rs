@@ -295,6 +295,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     progress.epochs.inc(history.len() as u64);
     for epoch in first..=config.train.epochs {
         let t0 = Instant::now();
+        // Dropout masks come from the device's generator: seeded per epoch, so a resumed run
+        // draws the same ones.
+        device.seed(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch as u64);
         let samples = sampler.epoch_grouped(epoch as u64, pairwise);
         let bar = progress.batches(samples.len());
         let t_sample = t0.elapsed().as_secs_f64();
