@@ -205,6 +205,32 @@ fn no_host_reads_in_training_steps_on_wgpu() {
     host_reads_over_100_steps("wgpu");
 }
 
+/// An embedding table one wgpu buffer cannot bind is refused before training, naming the limit
+/// and the size, and nothing is written. The limit is lowered through NCF_MAX_BINDING_BYTES
+/// (lavapipe's real one is 128 MiB) rather than allocating a table past it.
+#[test]
+fn wgpu_refuses_tables_past_the_binding_limit() {
+    if !wgpu_available() {
+        return;
+    }
+    let dir = temp_dir("binding");
+    let run = dir.join("run");
+    // NeuMF rows are 8 + 32 floats = 160 bytes: 150 items = 24000 bytes > 20000.
+    let output = ncf()
+        .env("NCF_MAX_BINDING_BYTES", "20000")
+        .args(["train", "--backend", "wgpu", "--epochs", "1"])
+        .args(["--set", &format!("data.demo.users={USERS}"), "--set", &format!("data.demo.items={ITEMS}")])
+        .arg("--out")
+        .arg(&run)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("item embedding table is 150 × 40 f32 = 23.4 KiB, above the 19.5 KiB"), "{stderr}");
+    assert!(stderr.contains("max_storage_buffer_binding_size"), "{stderr}");
+    assert!(!run.exists(), "a refused run must not leave a run directory");
+}
+
 #[test]
 fn data_stats_and_bad_input_errors() {
     let dir = temp_dir("data");

@@ -25,12 +25,32 @@ pub struct Selected {
     pub adapter: String,
     /// Why this backend, for the one line printed at start.
     pub reason: String,
+    /// Largest buffer one kernel can bind, in bytes (wgpu: the adapter's
+    /// `max_storage_buffer_binding_size`, which ncf requests in full); `None` = no such limit.
+    pub max_binding: Option<u64>,
 }
 
 impl Selected {
     /// The one line naming the backend, the adapter and why.
     pub fn line(&self) -> String {
         format!("backend: {} ({}) — {}", self.name.as_str(), self.adapter, self.reason)
+    }
+
+    /// Refuses, before any work, a `[rows, cols]` f32 tensor that one binding cannot hold, naming
+    /// the limit, the size and what to do.
+    pub fn check_table(&self, what: &str, rows: usize, cols: usize) -> Result<()> {
+        let bytes = rows as u64 * cols as u64 * 4;
+        match self.max_binding {
+            Some(limit) if bytes > limit => bail!(
+                "{what} is {rows} × {cols} f32 = {}, above the {} this adapter ({}) can bind in one buffer \
+                 (max_storage_buffer_binding_size); use --backend flex or cuda, fewer factors/layers, or fewer items \
+                 (data.clean.min_item_interactions)",
+                human(bytes),
+                human(limit),
+                self.adapter
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// Whether device memory is host memory, so reading scores back costs no transfer.
@@ -51,6 +71,21 @@ impl BackendName {
     }
 }
 
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// Bytes as MiB, or KiB / B when smaller.
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / MIB),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+/// Environment variable lowering the wgpu binding limit ncf plans for (bytes): to try the
+/// refusal of oversized tables without allocating gigabytes, or to mimic a smaller GPU.
+pub const MAX_BINDING_ENV: &str = "NCF_MAX_BINDING_BYTES";
+
 fn cpu_name() -> String {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     format!("CPU, {threads} threads")
@@ -69,7 +104,7 @@ pub fn select(name: BackendName) -> Result<Selected> {
 
 #[cfg(feature = "flex")]
 fn flex(reason: &str) -> Result<Selected> {
-    Ok(Selected { device: Device::flex(), name: BackendName::Flex, adapter: cpu_name(), reason: reason.into() })
+    Ok(Selected { device: Device::flex(), name: BackendName::Flex, adapter: cpu_name(), reason: reason.into(), max_binding: None })
 }
 
 #[cfg(not(feature = "flex"))]
@@ -80,7 +115,7 @@ fn flex(_: &str) -> Result<Selected> {
 #[cfg(feature = "ndarray")]
 #[allow(deprecated)] // burn-ndarray is deprecated upstream; kept as an opt-in backend.
 fn ndarray() -> Result<Selected> {
-    Ok(Selected { device: Device::ndarray(), name: BackendName::Ndarray, adapter: cpu_name(), reason: "requested".into() })
+    Ok(Selected { device: Device::ndarray(), name: BackendName::Ndarray, adapter: cpu_name(), reason: "requested".into(), max_binding: None })
 }
 
 #[cfg(not(feature = "ndarray"))]
@@ -94,7 +129,7 @@ fn cuda() -> Result<Selected> {
     if Device::enumerate(burn::tensor::DeviceType::Cuda).is_empty() {
         bail!("--backend cuda: no NVIDIA driver or CUDA device found; use --backend wgpu or flex");
     }
-    Ok(Selected { device: Device::cuda(0), name: BackendName::Cuda, adapter: "CUDA device 0".into(), reason: "requested".into() })
+    Ok(Selected { device: Device::cuda(0), name: BackendName::Cuda, adapter: "CUDA device 0".into(), reason: "requested".into(), max_binding: None })
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -106,10 +141,16 @@ fn cuda() -> Result<Selected> {
 mod gpu {
     use burn::tensor::wgpu::wgpu;
 
-    /// Adapters wgpu can see: (name, type, backend).
-    pub fn adapters() -> Vec<wgpu::AdapterInfo> {
+    /// Adapters wgpu can see, with the largest buffer each can bind (bytes).
+    pub fn adapters() -> Vec<(wgpu::AdapterInfo, u64)> {
         let instance = wgpu::Instance::default();
-        burn::tensor::read_sync(instance.enumerate_adapters(wgpu::Backends::all())).iter().map(|a| a.get_info()).collect()
+        burn::tensor::read_sync(instance.enumerate_adapters(wgpu::Backends::all()))
+            .iter()
+            .map(|a| {
+                let l = a.limits();
+                (a.get_info(), l.max_storage_buffer_binding_size.min(l.max_buffer_size))
+            })
+            .collect()
     }
 
     pub fn is_hardware(info: &wgpu::AdapterInfo) -> bool {
@@ -120,7 +161,7 @@ mod gpu {
 #[cfg(feature = "wgpu")]
 fn auto() -> Result<Selected> {
     use burn::tensor::wgpu::wgpu::DeviceType;
-    let infos = gpu::adapters();
+    let infos: Vec<_> = gpu::adapters().into_iter().map(|(i, _)| i).collect();
     let pick = [DeviceType::DiscreteGpu, DeviceType::IntegratedGpu]
         .iter()
         .find_map(|t| infos.iter().find(|i| i.device_type == *t));
@@ -147,16 +188,16 @@ fn auto() -> Result<Selected> {
 fn wgpu_device(kind: Option<burn::tensor::wgpu::wgpu::DeviceType>, reason: &str) -> Result<Selected> {
     use burn::tensor::DeviceKind;
     use burn::tensor::wgpu::wgpu::DeviceType;
-    let infos = gpu::adapters();
+    let adapters = gpu::adapters();
     let want = kind.or_else(|| {
         [DeviceType::DiscreteGpu, DeviceType::IntegratedGpu, DeviceType::Cpu, DeviceType::VirtualGpu, DeviceType::Other]
             .into_iter()
-            .find(|t| infos.iter().any(|i| i.device_type == *t))
+            .find(|t| adapters.iter().any(|(i, _)| i.device_type == *t))
     });
     let Some(want) = want else {
         bail!("--backend wgpu: no wgpu adapter found (install a Vulkan driver, e.g. mesa-vulkan-drivers for the CPU)");
     };
-    let info = infos.iter().find(|i| i.device_type == want).expect("adapter of the chosen type");
+    let (info, limit) = adapters.iter().find(|(i, _)| i.device_type == want).expect("adapter of the chosen type");
     let device_kind = match want {
         DeviceType::DiscreteGpu => DeviceKind::DiscreteGpu(0),
         DeviceType::IntegratedGpu => DeviceKind::IntegratedGpu(0),
@@ -167,9 +208,11 @@ fn wgpu_device(kind: Option<burn::tensor::wgpu::wgpu::DeviceType>, reason: &str)
         .device_kind(device_kind)
         .init()
         .map_err(|e| anyhow::anyhow!("--backend wgpu: could not open {}: {e}", info.name))?;
-    let adapter = format!("{} ({:?}, {:?})", info.name, info.device_type, info.backend);
+    let lowered = std::env::var(MAX_BINDING_ENV).ok().and_then(|v| v.parse::<u64>().ok());
+    let max_binding = lowered.map_or(*limit, |l| l.min(*limit));
+    let adapter = format!("{} ({:?}, {:?}, max binding {})", info.name, info.device_type, info.backend, human(max_binding));
     let reason = if gpu::is_hardware(info) { reason.to_string() } else { format!("{reason}; software adapter, slow") };
-    Ok(Selected { device, name: BackendName::Wgpu, adapter, reason })
+    Ok(Selected { device, name: BackendName::Wgpu, adapter, reason, max_binding: Some(max_binding) })
 }
 
 #[cfg(not(feature = "wgpu"))]

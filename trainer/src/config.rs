@@ -190,4 +190,18 @@ mod tests {
         let round: RunConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(round, c);
     }
+
+    #[test]
+    fn every_preset_resolves() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                RunConfig::resolve(Some(&path), &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 10, "{n} presets");
+    }
 }

@@ -254,6 +254,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
 
     let (data, source) = crate::data::load(&config.data, config.seed)?;
     println!("data: {source}: {} users, {} items, {} interactions", data.n_users(), data.n_items(), data.len());
+    let width = config.model.layout().width();
+    selected.check_table("the user embedding table", data.n_users(), width)?;
+    selected.check_table("the item embedding table", data.n_items(), width)?;
     let split = Split::new(&data, &config.split, config.seed)?;
     let candidates = SampledCandidates::draw(&split, config.train.eval_negatives, config.seed);
     let eval = SampledEval::upload(&candidates, device);
