@@ -45,10 +45,10 @@ impl StepInput {
 /// negatives, and the loss is -log σ(pos - neg) over every (positive, negative) pair.
 pub fn train_step(mut model: Ncf, optim: &mut Optimizer, input: StepInput, loss: LossKind, group: usize) -> (Ncf, Tensor<1>) {
     optim.begin_step();
-    let user_table = model.user.val();
-    let item_table = model.item.val();
-    let user_rows = user_table.clone().select(0, input.users.clone()).autodiff().require_grad();
-    let item_rows = item_table.clone().select(0, input.items.clone()).autodiff().require_grad();
+    // The tables are read here and updated in place below: no handle to them is kept in
+    // between, so backends that update uniquely owned buffers in place (flex) never copy them.
+    let user_rows = model.user.val().select(0, input.users.clone()).autodiff().require_grad();
+    let item_rows = model.item.val().select(0, input.items.clone()).autodiff().require_grad();
     let head = model.head.clone().map(&mut Track);
     let logits = head.forward_train(
         user_rows.clone().select(0, input.user_pos),
@@ -69,10 +69,8 @@ pub fn train_step(mut model: Ncf, optim: &mut Optimizer, input: StepInput, loss:
     model.head = head.map(&mut HeadUpdate::new(optim, &grads));
     let gu = user_rows.grad(&grads).expect("user rows are tracked");
     let gi = item_rows.grad(&grads).expect("item rows are tracked");
-    let user = optim.update_rows(TableSide::User, user_table, input.users, gu);
-    let item = optim.update_rows(TableSide::Item, item_table, input.items, gi);
-    model.user = model.user.map(|_| user);
-    model.item = model.item.map(|_| item);
+    model.user = model.user.map(|table| optim.update_rows(TableSide::User, table, input.users, gu));
+    model.item = model.item.map(|table| optim.update_rows(TableSide::Item, table, input.items, gi));
     (model, loss.detach().inner())
 }
 
