@@ -10,12 +10,17 @@
 #        PYTHON  python with torch (default /root/venv-torch/bin/python)
 #        PEER    the peer script (default ../shared/tools/torch_neumf_step.py beside the repo)
 #        REPS    repetitions per figure (default 3)
+#        TORCH_THREADS  OMP_NUM_THREADS for the peer (default: torch's own choice). On a loaded
+#                machine torch's spinning OpenMP threads can be many times slower than one thread:
+#                measure both and quote the faster peer.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 NCF=${NCF:-${CARGO_TARGET_DIR:-$root/target}/release/ncf}
 PYTHON=${PYTHON:-/root/venv-torch/bin/python}
 PEER=${PEER:-$root/../shared/tools/torch_neumf_step.py}
 REPS=${REPS:-3}
+threads=()
+[ -n "${TORCH_THREADS:-}" ] && threads=(--torch-threads "$TORCH_THREADS")
 OUT=${1:-$root/runs/train-vs-torch}
 [ -x "$NCF" ] || { echo "error: no ncf binary at $NCF (cargo build --release -p ncf-trainer, or set NCF)" >&2; exit 1; }
 [ -f "$PEER" ] || { echo "error: peer script $PEER not found (set PEER)" >&2; exit 1; }
@@ -27,7 +32,7 @@ log="$OUT/log.txt"
 bench() { # OUT_SUBDIR ARGS...
     local dir=$1; shift
     "$NCF" bench --backends flex --models neumf --only train --reps "$REPS" \
-        --torch-peer "$PEER" --python "$PYTHON" --torch-device cpu --out "$OUT/$dir" "$@" | tee -a "$log"
+        --torch-peer "$PEER" --python "$PYTHON" --torch-device cpu "${threads[@]}" --out "$OUT/$dir" "$@" | tee -a "$log"
 }
 
 echo "== ML-1M catalogue, batch 256 and 4096 =="
@@ -39,7 +44,7 @@ bench items-1m --workload ml-1m --users 6040 --items 1000000 --batch 4096
 # vs-torch BACKEND/DEVICE MODEL batch B users U items I: ncf X ms/step R samples/s, torch Y ms/step S samples/s, ratio Q
 echo
 echo "== summary (same-run medians; this machine may be shared, so quote ratios, not times) =="
-grep '^vs-torch flex' "$log" | awk '{ sub(":", "", $9); printf "batch %-5s items %-8s ncf %9.3f ms/step  torch %9.3f ms/step  ncf/torch throughput %.2fx\n", $5, $9, $11, $16, $23 }'
+grep '^vs-torch flex' "$log" | awk '{ sub(":", "", $9); printf "batch %-5s items %-8s ncf %9.3f ms/step  torch %9.3f ms/step  ncf/torch throughput %.2fx\n", $5, $9, $11, $16, $21 }'
 grep '^vs-torch flex' "$log" | awk '
     $5 == 4096 { sub(":", "", $9); ncf[$9] = $11; torch[$9] = $16 }
     END {

@@ -33,6 +33,11 @@ impl Selected {
         format!("backend: {} ({}) — {}", self.name.as_str(), self.adapter, self.reason)
     }
 
+    /// Whether this is a software wgpu adapter (lavapipe, llvmpipe): real but slow, never auto-picked.
+    pub fn software_adapter(&self) -> bool {
+        self.reason.ends_with(SOFTWARE)
+    }
+
     /// Whether device memory is host memory, so reading scores back costs no transfer.
     pub fn host_memory(&self) -> bool {
         matches!(self.name, BackendName::Flex | BackendName::Ndarray)
@@ -50,6 +55,9 @@ impl BackendName {
         }
     }
 }
+
+/// How a software adapter is flagged in [`Selected::reason`].
+const SOFTWARE: &str = "software adapter, slow";
 
 fn cpu_name() -> String {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -168,7 +176,7 @@ fn wgpu_device(kind: Option<burn::tensor::wgpu::wgpu::DeviceType>, reason: &str)
         .init()
         .map_err(|e| anyhow::anyhow!("--backend wgpu: could not open {}: {e}", info.name))?;
     let adapter = format!("{} ({:?}, {:?})", info.name, info.device_type, info.backend);
-    let reason = if gpu::is_hardware(info) { reason.to_string() } else { format!("{reason}; software adapter, slow") };
+    let reason = if gpu::is_hardware(info) { reason.to_string() } else { format!("{reason}; {SOFTWARE}") };
     Ok(Selected { device, name: BackendName::Wgpu, adapter, reason })
 }
 

@@ -193,7 +193,8 @@ pub fn plan(args: &BenchArgs) -> Result<Plan> {
     })
 }
 
-/// The backends to try: a comma list, or `all-available` (every backend ncf knows).
+/// The backends to try: a comma list, or `all-available` (every backend ncf knows; software wgpu
+/// adapters are then listed as skipped, as `--backend auto` never picks them).
 pub fn parse_backends(spec: &str) -> Result<Vec<BackendName>> {
     if spec.trim() == "all-available" {
         return Ok(vec![BackendName::Flex, BackendName::Wgpu, BackendName::Ndarray, BackendName::Cuda]);
@@ -376,12 +377,18 @@ struct Peer {
     python: PathBuf,
     script: PathBuf,
     device: String,
+    /// OMP_NUM_THREADS / MKL_NUM_THREADS for the peer, when set.
+    threads: Option<usize>,
 }
 
 impl Peer {
     /// Runs one peer measurement: (samples/s, ms/step).
     fn run(&self, batch: usize, steps: usize, users: usize, items: usize) -> Result<(f64, f64)> {
-        let out = std::process::Command::new(&self.python)
+        let mut cmd = std::process::Command::new(&self.python);
+        if let Some(n) = self.threads {
+            cmd.env("OMP_NUM_THREADS", n.to_string()).env("MKL_NUM_THREADS", n.to_string());
+        }
+        let out = cmd
             .arg(&self.script)
             .args([batch.to_string(), steps.to_string(), self.device.clone(), users.to_string(), items.to_string()])
             .output()
@@ -405,48 +412,52 @@ pub fn parse_peer_line(text: &str) -> Option<(f64, f64)> {
     Some((rate, ms))
 }
 
-/// Runs the peer at every batch size for the paper-shape NeuMF, if any variant has that shape.
-fn run_peer(plan: &Plan, peer: &Peer) -> PeerReport {
-    let mut report = PeerReport {
+/// The peer's report before any figure: says so up front when no variant has the peer's shape.
+fn peer_report(plan: &Plan, peer: &Peer) -> PeerReport {
+    let matches = plan.variants.iter().any(|v| v.measures.contains(&Part::Train) && v.config == paper_shape(ModelKind::Neumf));
+    PeerReport {
         script: peer.script.display().to_string(),
         python: peer.python.display().to_string(),
         device: format!("torch-{}", peer.device),
+        threads: peer.threads,
         shape: "NeuMF factor 8, MLP [64, 32, 16, 8], BCE, dense Adam (torch.optim.Adam), uniform random batches".into(),
         figures: Vec::new(),
-        error: None,
-    };
-    let matches = plan.variants.iter().any(|v| v.measures.contains(&Part::Train) && v.config == paper_shape(ModelKind::Neumf));
-    if !matches {
-        report.error = Some("no factor-8 NeuMF variant in this run; the peer supports only that shape".into());
-        return report;
+        error: (!matches).then(|| "no factor-8 NeuMF training in this run; the peer supports only that shape".into()),
     }
-    for &batch in &plan.batches {
-        let steps = plan.steps(batch).max(5);
-        let mut runs = Vec::new();
-        for _ in 0..plan.reps.clamp(1, 3) {
-            match peer.run(batch, steps, plan.users, plan.items) {
-                Ok(r) => runs.push(r),
-                Err(e) => {
-                    eprintln!("peer: {e:#}");
-                    report.error = Some(format!("{e:#}"));
-                    return report;
-                }
+}
+
+/// Measures the peer at `batch` (once per run, just before ncf's figure at that batch, so both
+/// see the same machine load), recording a failure in the report instead of failing the run.
+fn peer_at(plan: &Plan, peer: &Peer, report: &mut PeerReport, batch: usize) {
+    if report.error.is_some() || report.figures.iter().any(|f| f.batch == batch) {
+        return;
+    }
+    let steps = plan.steps(batch).max(5);
+    let mut runs = Vec::new();
+    for _ in 0..plan.reps.clamp(1, 3) {
+        match peer.run(batch, steps, plan.users, plan.items) {
+            Ok(r) => runs.push(r),
+            Err(e) => {
+                eprintln!("peer: {e:#}");
+                report.error = Some(format!("{e:#}"));
+                return;
             }
         }
-        let mut rates: Vec<f64> = runs.iter().map(|r| r.0).collect();
-        let mut ms: Vec<f64> = runs.iter().map(|r| r.1).collect();
-        let (median, min, max) = bench_report::stats(&mut rates);
-        let (ms_median, _, _) = bench_report::stats(&mut ms);
-        eprintln!("peer {} batch {batch}: {median:.0} samples/s ({ms_median:.3} ms/step)", report.device);
-        report.figures.push(PeerFigure { batch, steps, users: plan.users, items: plan.items, reps: rates, median, min, max, ms_median });
     }
-    report
+    let mut rates: Vec<f64> = runs.iter().map(|r| r.0).collect();
+    let mut ms: Vec<f64> = runs.iter().map(|r| r.1).collect();
+    let (median, min, max) = bench_report::stats(&mut rates);
+    let (ms_median, _, _) = bench_report::stats(&mut ms);
+    println!("{:<8} {:<10} {:<20} {median:>12.0} {:<10}          {ms_median:>10.3} ms/step", report.device, "neumf-f8", format!("train b={batch}"), "samples/s");
+    report.figures.push(PeerFigure { batch, steps, users: plan.users, items: plan.items, reps: rates, median, min, max, ms_median });
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     let plan = plan(args)?;
     let default_backends = if args.suite == Some(Suite::Gpu) { "wgpu,cuda" } else { "all-available" };
-    let backends = parse_backends(args.backends.as_deref().unwrap_or(default_backends))?;
+    let spec = args.backends.as_deref().unwrap_or(default_backends);
+    let backends = parse_backends(spec)?;
+    let all_available = spec.trim() == "all-available";
     let out_dir = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/bench-{}", workload_name(plan.workload))));
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
 
@@ -462,10 +473,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         plan.reps
     );
 
-    let peer = args.torch_peer.as_ref().map(|script| {
+    let peer_cmd = args.torch_peer.as_ref().map(|script| {
         let python = args.python.clone().or_else(|| std::env::var_os("PYTHON").map(PathBuf::from)).unwrap_or_else(|| "python3".into());
-        run_peer(&plan, &Peer { python, script: script.clone(), device: args.torch_device.clone() })
+        Peer { python, script: script.clone(), device: args.torch_device.clone(), threads: args.torch_threads }
     });
+    let mut peer = peer_cmd.as_ref().map(|p| peer_report(&plan, p));
 
     let mut reports = Vec::new();
     println!("{}", bench_report::header());
@@ -478,12 +490,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 continue;
             }
         };
+        if all_available && selected.software_adapter() {
+            // As `--backend auto`: a software adapter runs, slowly, only when named.
+            let reason = format!("skipped: software adapter {} (name it in --backends to measure it)", selected.adapter);
+            println!("{:<8} {reason}", name.as_str());
+            reports.push(BackendReport { name: name.as_str().into(), available: false, reason, adapter: Some(selected.adapter.clone()), figures: Vec::new() });
+            continue;
+        }
         println!("{}", selected.line());
         let mut figures = Vec::new();
-        let emit = |mut f: Figure, paper: bool, figures: &mut Vec<Figure>| {
-            if let (true, Some(peer)) = (paper, &peer) {
-                f.attach_peer(peer);
-            }
+        let emit = |f: Figure, figures: &mut Vec<Figure>| {
             println!("{}", bench_report::row(selected.name.as_str(), &f));
             figures.push(f);
         };
@@ -491,16 +507,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             let paper = v.config == paper_shape(ModelKind::Neumf);
             if v.measures.contains(&Part::Train) {
                 for &batch in &plan.batches {
-                    emit(measure_train(&plan, v, batch, &inputs, &selected.device), paper, &mut figures);
+                    if let (true, Some(cmd), Some(report)) = (paper, &peer_cmd, peer.as_mut()) {
+                        peer_at(&plan, cmd, report, batch);
+                    }
+                    let mut f = measure_train(&plan, v, batch, &inputs, &selected.device);
+                    if let (true, Some(report)) = (paper, &peer) {
+                        f.attach_peer(report);
+                    }
+                    emit(f, &mut figures);
                 }
             }
             if v.measures.contains(&Part::Eval) {
                 for f in measure_eval(&plan, v, &inputs, &selected.device) {
-                    emit(f, false, &mut figures);
+                    emit(f, &mut figures);
                 }
             }
             if v.measures.contains(&Part::Recommend) {
-                emit(measure_recommend(&plan, v, &selected, &inputs), false, &mut figures);
+                emit(measure_recommend(&plan, v, &selected, &inputs), &mut figures);
             }
         }
         reports.push(BackendReport {

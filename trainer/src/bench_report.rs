@@ -139,7 +139,8 @@ pub fn peer_lines(peer: &PeerReport, backends: &[BackendReport]) -> Vec<String> 
         }
     }
     if !peer.figures.is_empty() {
-        lines.push(format!("vs-torch: ratio = ncf/torch throughput (medians, same run); torch: {}", peer.shape));
+        let threads = peer.threads.map_or("default threads".to_string(), |n| format!("OMP_NUM_THREADS={n}"));
+        lines.push(format!("vs-torch: ratio = ncf/torch throughput (medians, same run); torch ({threads}): {}", peer.shape));
     }
     lines
 }
@@ -186,6 +187,8 @@ pub struct PeerReport {
     pub python: String,
     /// `torch-cpu` or `torch-cuda`.
     pub device: String,
+    /// CPU threads the peer was limited to (OMP_NUM_THREADS), if any; otherwise torch's default.
+    pub threads: Option<usize>,
     pub shape: String,
     pub figures: Vec<PeerFigure>,
     /// Why the peer was not (fully) measured.

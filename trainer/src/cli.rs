@@ -236,6 +236,9 @@ pub struct BenchArgs {
     /// Device the peer runs on: cpu or cuda.
     #[arg(long, default_value = "cpu")]
     pub torch_device: String,
+    /// CPU threads for the peer (sets OMP_NUM_THREADS; default: torch's own choice).
+    #[arg(long)]
+    pub torch_threads: Option<usize>,
     /// Seed of the synthetic data and the models.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
