@@ -480,13 +480,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut peer = peer_cmd.as_ref().map(|p| peer_report(&plan, p));
 
     let mut reports = Vec::new();
+    let mut failures = 0;
     println!("{}", bench_report::header());
     for name in backends {
         let selected = match open(name) {
             Ok(s) => s,
             Err(reason) => {
                 println!("{:<8} not available: {reason}", name.as_str());
-                reports.push(BackendReport { name: name.as_str().into(), available: false, reason, adapter: None, figures: Vec::new() });
+                reports.push(BackendReport { name: name.as_str().into(), available: false, reason, adapter: None, figures: Vec::new(), failure: None });
                 continue;
             }
         };
@@ -494,7 +495,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             // As `--backend auto`: a software adapter runs, slowly, only when named.
             let reason = format!("skipped: software adapter {} (name it in --backends to measure it)", selected.adapter);
             println!("{:<8} {reason}", name.as_str());
-            reports.push(BackendReport { name: name.as_str().into(), available: false, reason, adapter: Some(selected.adapter.clone()), figures: Vec::new() });
+            reports.push(BackendReport { name: name.as_str().into(), available: false, reason, adapter: Some(selected.adapter.clone()), figures: Vec::new(), failure: None });
             continue;
         }
         println!("{}", selected.line());
@@ -503,35 +504,49 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             println!("{}", bench_report::row(selected.name.as_str(), &f));
             figures.push(f);
         };
-        for v in &plan.variants {
+        let mut failure = None;
+        'variants: for v in &plan.variants {
             let paper = v.config == paper_shape(ModelKind::Neumf);
+            // A device failure (e.g. a buffer larger than the adapter allows) becomes a recorded
+            // failure of this backend instead of aborting the other backends' figures.
+            let mut guarded = |what: String, f: &mut dyn FnMut() -> Vec<Figure>| match catch(f) {
+                Ok(fs) => Some(fs),
+                Err(msg) => {
+                    let msg = format!("{} {what} failed: {msg}", v.label);
+                    println!("{:<8} {msg}", name.as_str());
+                    failure = Some(msg);
+                    None
+                }
+            };
             if v.measures.contains(&Part::Train) {
                 for &batch in &plan.batches {
                     if let (true, Some(cmd), Some(report)) = (paper, &peer_cmd, peer.as_mut()) {
                         peer_at(&plan, cmd, report, batch);
                     }
-                    let mut f = measure_train(&plan, v, batch, &inputs, &selected.device);
+                    let Some(mut fs) = guarded(format!("train b={batch}"), &mut || vec![measure_train(&plan, v, batch, &inputs, &selected.device)]) else { break 'variants };
                     if let (true, Some(report)) = (paper, &peer) {
-                        f.attach_peer(report);
+                        fs.iter_mut().for_each(|f| f.attach_peer(report));
                     }
-                    emit(f, &mut figures);
+                    fs.into_iter().for_each(|f| emit(f, &mut figures));
                 }
             }
             if v.measures.contains(&Part::Eval) {
-                for f in measure_eval(&plan, v, &inputs, &selected.device) {
-                    emit(f, &mut figures);
-                }
+                let Some(fs) = guarded("eval".into(), &mut || measure_eval(&plan, v, &inputs, &selected.device).to_vec()) else { break 'variants };
+                fs.into_iter().for_each(|f| emit(f, &mut figures));
             }
             if v.measures.contains(&Part::Recommend) {
-                emit(measure_recommend(&plan, v, &selected, &inputs), &mut figures);
+                let Some(fs) = guarded("recommend".into(), &mut || vec![measure_recommend(&plan, v, &selected, &inputs)]) else { break 'variants };
+                fs.into_iter().for_each(|f| emit(f, &mut figures));
             }
         }
+        failures += failure.is_some() as usize;
         reports.push(BackendReport {
             name: name.as_str().into(),
             available: true,
             reason: selected.reason.clone(),
             adapter: Some(selected.adapter.clone()),
             figures,
+            failure,
         });
     }
     if let Some(peer) = &peer {
@@ -568,7 +583,20 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let png = out_dir.join("bench.png");
     bench_report::write_chart(&png, &report)?;
     println!("wrote {} and {}", json.display(), png.display());
+    if failures > 0 {
+        bail!("{failures} backend(s) failed part of the run (their `failure` in {})", json.display());
+    }
     Ok(())
+}
+
+/// Runs `f`, turning a panic (burn reports device failures by panicking) into its message.
+fn catch(f: &mut dyn FnMut() -> Vec<Figure>) -> std::result::Result<Vec<Figure>, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|e| {
+        let msg = e.downcast_ref::<String>().map(String::as_str).or_else(|| e.downcast_ref::<&str>().copied()).unwrap_or("panic");
+        // burn's device errors list every skipped kernel; keep the causes.
+        let keep = |l: &&str| !l.trim().is_empty() && !l.trim_start().starts_with("skipped `") && !l.starts_with("Caused by") && !l.starts_with("No backtrace") && !l.starts_with("Asked at");
+        msg.lines().filter(keep).map(str::trim).take(8).collect::<Vec<_>>().join(" | ")
+    })
 }
 
 pub fn workload_name(w: Workload) -> &'static str {

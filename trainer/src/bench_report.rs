@@ -219,6 +219,8 @@ pub struct BackendReport {
     pub reason: String,
     pub adapter: Option<String>,
     pub figures: Vec<Figure>,
+    /// The measurement that failed on this backend (the ones after it were not run).
+    pub failure: Option<String>,
 }
 
 /// A model shape under test.
