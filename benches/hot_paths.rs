@@ -1,11 +1,14 @@
 //! Criterion benchmarks of the hot paths: one training step per model, the negative sampler,
-//! and top-k scoring against the whole catalogue. `cargo bench -p ncf-trainer`.
+//! scoring against the whole catalogue, and top-k ranking (full-ranking evaluation: score, mask,
+//! top-k, metrics). `cargo bench -p ncf-trainer --bench hot_paths` (add `-- --quick` for a short
+//! run). Backend-to-backend comparisons of the same workloads: `ncf bench`.
 
 use std::hint::black_box;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use criterion::{Criterion, criterion_group, criterion_main};
 use ncf_datasets::{BatchBuilder, NegativeSampler, SamplerConfig, UserItems};
+use ncf_model::eval::{RankingChunk, full_ranking_sums};
 use ncf_model::{LossKind, ModelConfig, ModelKind, Ncf, OptimConfig, Optimizer, StepInput, train_step};
 
 const USERS: usize = 6040;
@@ -62,9 +65,37 @@ fn scoring(c: &mut Criterion) {
     }
 }
 
+fn top_k(c: &mut Criterion) {
+    let device = Device::flex();
+    let (users, k) = (256usize, 10);
+    for kind in [ModelKind::Mf, ModelKind::Neumf] {
+        let cfg = ModelConfig { kind, ..Default::default() };
+        let model = Ncf::init(&cfg, users, ITEMS, 1, &device);
+        let ids: Vec<u32> = (0..users as u32).collect();
+        let train: Vec<Vec<u32>> = ids
+            .iter()
+            .map(|&u| {
+                let mut v: Vec<u32> = (0..50u32).map(|j| (u * 13 + j * 71) % ITEMS as u32).collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            })
+            .collect();
+        let test: Vec<Vec<u32>> = train.iter().map(|tr| vec![(0..ITEMS as u32).find(|i| !tr.contains(i)).unwrap()]).collect();
+        let chunk = RankingChunk::new(&ids, &train, &test, ITEMS, k, &device);
+        c.bench_function(&format!("top{k}/{}/256-users-x-{ITEMS}-items/flex", kind.name()), |b| {
+            b.iter(|| {
+                let side = model.item_side();
+                let mut covered = Tensor::<1>::zeros([ITEMS], &device);
+                black_box(full_ranking_sums(&model, &side, &chunk, k, &mut covered).into_data())
+            })
+        });
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10);
-    targets = steps, sampler, scoring
+    targets = steps, sampler, scoring, top_k
 }
 criterion_main!(benches);

@@ -278,3 +278,105 @@ fn ml_100k_neumf_quality_floor() {
     let best = metrics.lines().skip(1).map(|l| l.split(',').nth(2).unwrap().parse::<f64>().unwrap()).fold(0.0, f64::max);
     assert!(best >= 0.58, "NeuMF HR@10 after 5 epochs: {best}\n{metrics}");
 }
+
+/// `ncf bench --workload small` on one backend: the table, a bench.json with every figure positive
+/// (training at both batch sizes, both evaluations and recommend for every model), the chart, and
+/// a backend that is not compiled in listed with the reason instead of dropped.
+fn bench_small(backend: &str) {
+    let dir = temp_dir(&format!("bench-{backend}"));
+    let out = ncf()
+        .args(["bench", "--workload", "small", "--backends", &format!("{backend},ndarray")])
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("backend: {backend}")) && stdout.contains("samples/s"), "{stdout}");
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("bench.json")).unwrap()).unwrap();
+    assert!(json["machine"]["threads"].as_u64().unwrap() >= 1);
+    assert!(!json["burn_version"].as_str().unwrap().is_empty() && json["date"].as_str().unwrap().ends_with('Z'));
+    let batches: Vec<u64> = json["workload"]["batches"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap()).collect();
+    assert_eq!(batches.len(), 2, "{batches:?}");
+    let reps = json["workload"]["reps"].as_u64().unwrap() as usize;
+    let backends = json["backends"].as_array().unwrap();
+    let b = backends.iter().find(|b| b["name"] == backend).expect("the backend's report");
+    assert_eq!(b["available"], true);
+    assert!(!b["adapter"].as_str().unwrap().is_empty());
+    let figures = b["figures"].as_array().unwrap();
+    for f in figures {
+        for key in ["median", "min", "max", "ms_median"] {
+            let v = f[key].as_f64().unwrap();
+            assert!(v > 0.0 && v.is_finite(), "{key} = {v} in {f}");
+        }
+        let r = f["reps"].as_array().unwrap();
+        assert!(!r.is_empty() && r.len() <= reps, "{f}");
+        assert!(r.iter().all(|x| x.as_f64().unwrap() > 0.0), "{f}");
+    }
+    for model in ["gmf", "mlp", "neumf", "mf"] {
+        let has = |measure: &str, batch: Option<u64>| {
+            figures.iter().any(|f| f["model"] == model && f["measure"] == measure && f["batch"].as_u64() == batch)
+        };
+        for &batch in &batches {
+            assert!(has("train", Some(batch)), "{model} train at {batch}");
+        }
+        for m in ["eval-sampled", "eval-full", "recommend"] {
+            assert!(has(m, None), "{model} {m}");
+        }
+    }
+    if let Some(nd) = backends.iter().find(|b| b["name"] == "ndarray" && b["available"] == false) {
+        assert_eq!(nd["reason"], "not compiled in (cargo feature ndarray)");
+        assert!(stdout.contains("ndarray  not available: not compiled in (cargo feature ndarray)"), "{stdout}");
+    }
+    let png = std::fs::read(dir.join("bench.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 2000);
+}
+
+#[test]
+fn bench_small_on_flex() {
+    bench_small("flex");
+}
+
+#[test]
+fn bench_small_on_wgpu() {
+    if wgpu_available() {
+        bench_small("wgpu");
+    }
+}
+
+/// The GPU suite's smoke run (`benches/gpu.sh --small` with this build's binary) on lavapipe: the
+/// factor-64 and factor-8 NeuMF figures at three batch sizes, recommend for the factor-64 model,
+/// cuda listed with its reason, and ncf/PyTorch ratios where a python with torch exists.
+#[test]
+fn gpu_suite_small_mode() {
+    if !wgpu_available() {
+        return;
+    }
+    let dir = temp_dir("gpu-suite");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../benches/gpu.sh");
+    let out = std::process::Command::new("bash").arg(&script).arg("--small").arg(env!("CARGO_BIN_EXE_ncf")).arg(&dir).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("bench.json")).unwrap()).unwrap();
+    let backends = json["backends"].as_array().unwrap();
+    let cuda = backends.iter().find(|b| b["name"] == "cuda").expect("cuda listed");
+    if cuda["available"] == false {
+        assert!(!cuda["reason"].as_str().unwrap().is_empty());
+    }
+    let wgpu = backends.iter().find(|b| b["name"] == "wgpu" && b["available"] == true).expect("wgpu measured");
+    let figures = wgpu["figures"].as_array().unwrap();
+    let count = |model: &str, measure: &str| figures.iter().filter(|f| f["model"] == model && f["measure"] == measure).count();
+    assert_eq!(count("neumf-f64", "train"), 3, "{stdout}");
+    assert_eq!(count("neumf-f8", "train"), 3, "{stdout}");
+    assert_eq!(count("neumf-f64", "recommend"), 1, "{stdout}");
+    assert!(figures.iter().all(|f| f["median"].as_f64().unwrap() > 0.0));
+    let peer_ran = json["peer"]["figures"].as_array().is_some_and(|p| !p.is_empty());
+    if peer_ran {
+        for f in figures.iter().filter(|f| f["model"] == "neumf-f8") {
+            assert!(f["vs_torch"].as_f64().unwrap() > 0.0, "{f}");
+        }
+        assert!(stdout.contains("vs-torch wgpu/torch-cpu neumf-f8 batch"), "{stdout}");
+    } else {
+        eprintln!("gpu suite: no PyTorch peer here; ratios not checked");
+    }
+}

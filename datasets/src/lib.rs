@@ -25,5 +25,5 @@ pub use reader::{ColumnRef, Format, ReadOptions};
 pub use sampler::{EpochSamples, NegativeSampler, SamplerConfig};
 pub use split::{Split, SplitConfig, SplitMethod};
 pub use stats::{Quantiles, Stats};
-pub use synthetic::DemoConfig;
+pub use synthetic::{DemoConfig, shaped_split};
 pub use user_items::UserItems;

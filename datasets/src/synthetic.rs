@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::interactions::{IdMap, Interactions};
 use crate::rng::{self, RngExt};
+use crate::split::{Split, SplitMethod};
+use crate::user_items::UserItems;
 
 /// Shape of the demo data. Defaults: 3000 users, 2000 items, 8 latent factors, 20–80 items per user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -91,6 +93,55 @@ impl DemoConfig {
     }
 }
 
+/// A leave-one-out split of a given shape, generated in time linear in its size, for benchmarks
+/// at sizes where [`DemoConfig::generate`] (which scores every user against every item) is too slow:
+/// ml-20m, or a catalogue of a million items. Each user gets about `per_user` distinct items (uniform
+/// between a quarter and 1¾ of it) drawn with Zipf-like popularity (rank = ⌊items^x⌋ - 1, x uniform)
+/// over a seeded permutation of the items, and no planted preferences; the last drawn is the test item.
+pub fn shaped_split(users: usize, items: usize, per_user: usize, seed: u64) -> Split {
+    let mut rng = rng::stream(seed, &[0x5A_A9ED]);
+    let mut perm: Vec<u32> = (0..items as u32).collect();
+    for k in (1..perm.len()).rev() {
+        perm.swap(k, rng.random_range(0..=k));
+    }
+    let lo = (per_user / 4).max(2);
+    let hi = (2 * per_user).saturating_sub(lo).max(lo);
+    let cap = (items / 2).max(1);
+    let mut stamp = vec![u32::MAX; items];
+    let (mut offsets, mut train, mut test_items) = (vec![0usize], Vec::new(), Vec::with_capacity(users));
+    let mut row: Vec<u32> = Vec::new();
+    for u in 0..users as u32 {
+        let n = rng.random_range(lo..=hi).min(cap);
+        row.clear();
+        let mut tries = 0;
+        while row.len() < n {
+            tries += 1;
+            let i = if tries <= 8 * n {
+                let rank = (items as f64).powf(rng.random::<f64>()) as usize - 1;
+                perm[rank.min(items - 1)]
+            } else {
+                rng.random_range(0..items as u32)
+            };
+            if stamp[i as usize] != u {
+                stamp[i as usize] = u;
+                row.push(i);
+            }
+        }
+        let test = row.pop().expect("at least one item");
+        test_items.push(test);
+        row.sort_unstable();
+        train.extend_from_slice(&row);
+        offsets.push(train.len());
+    }
+    let test_offsets = (0..=users).collect();
+    Split {
+        train: UserItems::from_csr(offsets, train).expect("rows are sorted and distinct"),
+        test: UserItems::from_csr(test_offsets, test_items).expect("one item per user"),
+        n_items: items,
+        method: SplitMethod::LeaveOneOut,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +164,25 @@ mod tests {
         counts.sort_unstable_by(|x, y| y.cmp(x));
         let top: usize = counts[..a.n_items() / 10].iter().sum();
         assert!(top as f64 > 0.25 * a.len() as f64, "top decile holds {top} of {}", a.len());
+    }
+
+    #[test]
+    fn shaped_split_has_the_shape_asked_for() {
+        let split = shaped_split(500, 1000, 40, 3);
+        assert_eq!(split.train.n_users(), 500);
+        assert_eq!(split.test.nnz(), 500);
+        let nnz = split.train.nnz() + split.test.nnz();
+        assert!((nnz as f64 - 500.0 * 40.0).abs() < 0.1 * 500.0 * 40.0, "{nnz}");
+        for u in 0..500u32 {
+            let t = split.test.items(u)[0];
+            assert!(!split.train.contains(u, t), "user {u}: test item {t} also in train");
+            assert!(split.train.items(u).len() >= 1);
+        }
+        assert_eq!(split.train, shaped_split(500, 1000, 40, 3).train);
+        assert_ne!(split.train, shaped_split(500, 1000, 40, 4).train);
+        let mut counts = split.train.item_counts(1000);
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        let top: u32 = counts[..100].iter().sum();
+        assert!(top as f64 > 0.3 * split.train.nnz() as f64, "top decile holds {top} of {}", split.train.nnz());
     }
 }

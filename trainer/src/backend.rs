@@ -53,6 +53,11 @@ impl Selected {
         }
     }
 
+    /// Whether this is a software wgpu adapter (lavapipe, llvmpipe): real but slow, never auto-picked.
+    pub fn software_adapter(&self) -> bool {
+        self.reason.ends_with(SOFTWARE)
+    }
+
     /// Whether device memory is host memory, so reading scores back costs no transfer.
     pub fn host_memory(&self) -> bool {
         matches!(self.name, BackendName::Flex | BackendName::Ndarray)
@@ -85,6 +90,9 @@ fn human(bytes: u64) -> String {
 /// Environment variable lowering the wgpu binding limit ncf plans for (bytes): to try the
 /// refusal of oversized tables without allocating gigabytes, or to mimic a smaller GPU.
 pub const MAX_BINDING_ENV: &str = "NCF_MAX_BINDING_BYTES";
+
+/// How a software adapter is flagged in [`Selected::reason`].
+const SOFTWARE: &str = "software adapter, slow";
 
 fn cpu_name() -> String {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -211,7 +219,7 @@ fn wgpu_device(kind: Option<burn::tensor::wgpu::wgpu::DeviceType>, reason: &str)
     let lowered = std::env::var(MAX_BINDING_ENV).ok().and_then(|v| v.parse::<u64>().ok());
     let max_binding = lowered.map_or(*limit, |l| l.min(*limit));
     let adapter = format!("{} ({:?}, {:?}, max binding {})", info.name, info.device_type, info.backend, human(max_binding));
-    let reason = if gpu::is_hardware(info) { reason.to_string() } else { format!("{reason}; software adapter, slow") };
+    let reason = if gpu::is_hardware(info) { reason.to_string() } else { format!("{reason}; {SOFTWARE}") };
     Ok(Selected { device, name: BackendName::Wgpu, adapter, reason, max_binding: Some(max_binding) })
 }
 

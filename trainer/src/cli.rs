@@ -26,6 +26,8 @@ pub enum Command {
     /// Inspect or split an interaction file.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Training, evaluation and recommend throughput on every backend, side by side.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,4 +180,72 @@ impl ReadFlags {
         read.time_col = col(&self.time_col).or(read.time_col.take());
         Ok(())
     }
+}
+
+/// `ncf bench`: workloads, backends, what to measure, and the optional PyTorch peer.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Backends: comma list of flex, wgpu, ndarray, cuda, or all-available (default; wgpu,cuda with --suite gpu).
+    #[arg(long)]
+    pub backends: Option<String>,
+    /// Data shape: small, ml-1m (default) or ml-20m (default with --suite gpu).
+    #[arg(long, value_enum)]
+    pub workload: Option<crate::bench::Workload>,
+    /// Preset: gpu (NeuMF at batch 256, 4096 and 1M in the ml-20m DeepLearningExamples shape).
+    #[arg(long, value_enum)]
+    pub suite: Option<crate::bench::Suite>,
+    /// Directory for bench.json and bench.png (default runs/bench-<workload>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Models, comma-separated (default gmf,mlp,neumf,mf).
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<ncf_model::ModelKind>,
+    /// Training batch sizes, comma-separated (default: the workload's two).
+    #[arg(long, value_delimiter = ',')]
+    pub batch: Vec<usize>,
+    /// Measurements, comma-separated: train, eval, recommend (default all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<crate::bench::Part>,
+    /// Timed repetitions after warm-up (default: the workload's).
+    #[arg(long)]
+    pub reps: Option<usize>,
+    /// Training steps per repetition (default: about the workload's samples per repetition).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Users in the catalogue (default: the workload's).
+    #[arg(long)]
+    pub users: Option<usize>,
+    /// Items in the catalogue (default: the workload's).
+    #[arg(long)]
+    pub items: Option<usize>,
+    /// GMF/MF factors (default: 8; 64 for ml-20m).
+    #[arg(long)]
+    pub factors: Option<usize>,
+    /// MLP widths, comma-separated (default: 64,32,16,8; 256,256,128,64 for ml-20m).
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Vec<usize>,
+    /// Dense Adam on the embedding tables (as torch.optim.Adam) instead of row-sparse.
+    #[arg(long)]
+    pub dense_adam: bool,
+    /// Users per evaluation pass: a number or all (default: all; 4096 for ml-20m).
+    #[arg(long)]
+    pub eval_users: Option<crate::bench::Count>,
+    /// Users per recommend pass: a number or all (default: all; 8192 for ml-20m).
+    #[arg(long)]
+    pub recommend_users: Option<crate::bench::Count>,
+    /// PyTorch peer script (../shared/tools/torch_neumf_step.py), run beside factor-8 NeuMF training.
+    #[arg(long)]
+    pub torch_peer: Option<PathBuf>,
+    /// Python with torch for the peer (default: $PYTHON, else python3).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Device the peer runs on: cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub torch_device: String,
+    /// CPU threads for the peer (sets OMP_NUM_THREADS; default: torch's own choice).
+    #[arg(long)]
+    pub torch_threads: Option<usize>,
+    /// Seed of the synthetic data and the models.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
 }

@@ -14,7 +14,8 @@ pub struct Series<'a> {
     pub values: &'a [f64],
 }
 
-fn register_font() {
+/// Registers the embedded font as "sans-serif" for every chart this binary draws.
+pub(crate) fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);

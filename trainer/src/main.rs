@@ -1,6 +1,8 @@
 //! The `ncf` binary: `main` → `run` → exit code, errors printed with their whole chain.
 
 mod backend;
+mod bench;
+mod bench_report;
 mod checkpoint;
 mod cli;
 mod config;
@@ -35,5 +37,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(&args),
         Command::Recommend(args) => recommend::run(&args),
         Command::Data(cmd) => data_cmd::run(&cmd),
+        Command::Bench(args) => bench::run(&args),
     }
 }

@@ -6,6 +6,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+use ncf_datasets::UserItems;
+use ncf_model::{ItemSide, Ncf};
 
 use crate::backend;
 use crate::checkpoint;
@@ -35,6 +37,46 @@ pub fn top_k_host(scores: &[f32], n: usize, k: usize) -> Vec<Vec<(u32, f32)>> {
         .collect()
 }
 
+/// Users scored per device call so a chunk's `[users, n_items, width]` work fits [`CHUNK_FLOATS`].
+pub fn users_per_chunk(n_items: usize, width: usize) -> usize {
+    (CHUNK_FLOATS / (n_items * width).max(1)).clamp(1, 4096)
+}
+
+/// The top `k` (item, score) of each user in `ids` against the whole catalogue, best first, with
+/// the user's `seen` items masked when given. `host_memory` backends select on the host (a partial
+/// selection beats flex's full-sort topk); GPU backends run the device top-k and read back only it.
+pub fn top_k_users(model: &Ncf, item_side: &ItemSide, ids: &[u32], seen: Option<&UserItems>, k: usize, host_memory: bool) -> Vec<Vec<(u32, f32)>> {
+    let device = &model.user.val().device();
+    let n_items = item_side.n_items();
+    let c = ids.len();
+    let u = Tensor::<1, Int>::from_data(TensorData::new(ids.iter().map(|&u| u as i32).collect::<Vec<_>>(), [c]), device);
+    let mut scores = model.score_all(u, item_side);
+    if let Some(seen) = seen {
+        let flat: Vec<i32> = ids
+            .iter()
+            .enumerate()
+            .flat_map(|(r, &user)| seen.items(user).iter().map(move |&i| (r * n_items) as i32 + i as i32))
+            .collect();
+        if !flat.is_empty() {
+            let m = flat.len();
+            let idx = Tensor::<1, Int>::from_data(TensorData::new(flat, [m]), device);
+            let mask = Tensor::<1>::full([m], f32::NEG_INFINITY, device);
+            scores = scores.reshape([c * n_items]).select_assign(0, idx, mask, IndexingUpdateOp::Add).reshape([c, n_items]);
+        }
+    }
+    if host_memory {
+        top_k_host(&host::read_f32(scores), n_items, k)
+    } else {
+        let (vals, idx) = scores.topk_with_indices(k, 1);
+        let vals = host::read_f32(vals);
+        let idx = host::read_i64(idx);
+        vals.chunks(k)
+            .zip(idx.chunks(k))
+            .map(|(v, i)| v.iter().zip(i).filter(|(s, _)| **s > f32::NEG_INFINITY).map(|(&s, &i)| (i as u32, s)).collect())
+            .collect()
+    }
+}
+
 pub fn run(args: &RecommendArgs) -> Result<()> {
     if args.top_n == 0 {
         bail!("--top-n must be at least 1");
@@ -47,7 +89,7 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
     let users: Vec<u32> = (0..ck.meta.n_users as u32).collect();
     let item_side = ck.model.item_side();
     let width = ck.config.model.layers.get(1).copied().filter(|_| ck.model.head.layout.mlp > 0).unwrap_or(1);
-    let chunk = (CHUNK_FLOATS / (n_items * width).max(1)).clamp(1, 4096);
+    let chunk = users_per_chunk(n_items, width);
     let k = args.top_n.min(n_items);
 
     let out = &args.out;
@@ -59,33 +101,8 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
         let bar = Progress::users(users.len());
         for ids in users.chunks(chunk) {
             let c = ids.len();
-            let u = Tensor::<1, Int>::from_data(TensorData::new(ids.iter().map(|&u| u as i32).collect::<Vec<_>>(), [c]), device);
-            let mut scores = ck.model.score_all(u, &item_side);
-            if !args.include_seen {
-                let flat: Vec<i32> = ids
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(r, &user)| ck.train.items(user).iter().map(move |&i| (r * n_items) as i32 + i as i32))
-                    .collect();
-                if !flat.is_empty() {
-                    let m = flat.len();
-                    let idx = Tensor::<1, Int>::from_data(TensorData::new(flat, [m]), device);
-                    let mask = Tensor::<1>::full([m], f32::NEG_INFINITY, device);
-                    scores = scores.reshape([c * n_items]).select_assign(0, idx, mask, IndexingUpdateOp::Add).reshape([c, n_items]);
-                }
-            }
-            let rows: Vec<Vec<(u32, f32)>> = if selected.host_memory() {
-                // Host memory already: a partial selection beats flex's full-sort topk.
-                top_k_host(&host::read_f32(scores), n_items, k)
-            } else {
-                let (vals, idx) = scores.topk_with_indices(k, 1);
-                let vals = host::read_f32(vals);
-                let idx = host::read_i64(idx);
-                vals.chunks(k)
-                    .zip(idx.chunks(k))
-                    .map(|(v, i)| v.iter().zip(i).filter(|(s, _)| **s > f32::NEG_INFINITY).map(|(&s, &i)| (i as u32, s)).collect())
-                    .collect()
-            };
+            let seen = (!args.include_seen).then_some(&ck.train);
+            let rows = top_k_users(&ck.model, &item_side, ids, seen, k, selected.host_memory());
             for (&user, row) in ids.iter().zip(&rows) {
                 let raw_user = ck.users.raw(user);
                 for (rank, &(item, score)) in row.iter().enumerate() {

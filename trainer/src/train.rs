@@ -24,14 +24,14 @@ use crate::progress::Progress;
 const EVAL_ROWS: usize = 2048;
 
 /// The sampled-protocol candidates, uploaded once.
-struct SampledEval {
+pub(crate) struct SampledEval {
     chunks: Vec<(Tensor<1, Int>, Tensor<2, Int>)>,
     rows: usize,
     negatives: usize,
 }
 
 impl SampledEval {
-    fn upload(c: &SampledCandidates, device: &Device) -> Self {
+    pub(crate) fn upload(c: &SampledCandidates, device: &Device) -> Self {
         let w = c.width();
         let chunks = (0..c.rows())
             .step_by(EVAL_ROWS)
@@ -49,7 +49,7 @@ impl SampledEval {
     }
 
     /// (HR@k, NDCG@k), with one device→host read.
-    fn evaluate(&self, model: &Ncf, k: usize) -> (f64, f64) {
+    pub(crate) fn evaluate(&self, model: &Ncf, k: usize) -> (f64, f64) {
         let mut sum: Option<Tensor<1>> = None;
         for (u, items) in &self.chunks {
             let s = sampled_sums(model, u.clone(), items.clone(), k);
@@ -65,13 +65,13 @@ impl SampledEval {
 }
 
 /// Full-ranking evaluation: every test user's chunk uploaded once.
-struct FullEval {
+pub(crate) struct FullEval {
     chunks: Vec<RankingChunk>,
     users: usize,
 }
 
 impl FullEval {
-    fn upload(split: &Split, model: &Ncf, k: usize, device: &Device) -> Self {
+    pub(crate) fn upload(split: &Split, model: &Ncf, k: usize, device: &Device) -> Self {
         let users: Vec<u32> = (0..split.test.n_users() as u32).filter(|&u| !split.test.items(u).is_empty()).collect();
         let n = split.n_items;
         let width = model.head.mlp.first().map_or(1, |l| l.weight.val().dims()[1]);
@@ -88,7 +88,7 @@ impl FullEval {
     }
 
     /// Mean (recall, precision, ndcg, map) at k and catalogue coverage, with one read.
-    fn evaluate(&self, model: &Ncf, k: usize, device: &Device) -> [f64; 5] {
+    pub(crate) fn evaluate(&self, model: &Ncf, k: usize, device: &Device) -> [f64; 5] {
         let side = model.item_side();
         let mut covered = Tensor::<1>::zeros([model.n_items()], device);
         let mut sum: Option<Tensor<1>> = None;
@@ -123,7 +123,7 @@ pub struct EpochProfile {
 
 /// One epoch of steps; batches are built on a background thread while the device computes.
 /// Returns the model and the epoch's mean loss (read back once per `log_every` steps and at the end).
-fn run_epoch(
+pub(crate) fn run_epoch(
     mut model: Ncf,
     optim: &mut Optimizer,
     samples: &EpochSamples,

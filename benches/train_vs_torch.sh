@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# ncf vs PyTorch, CPU training, in one go: NeuMF factor 8, MLP [64,32,16,8], BCE, Adam, same batch.
+#   1. ML-1M catalogue (6040 x 3706) at batch 256 and 4096: ncf/PyTorch throughput ratio.
+#   2. Catalogue growth at batch 4096: 10k vs 1M items, per-step time ratio for ncf and for PyTorch.
+# ncf runs its default row-sparse (lazy) Adam on the tables, PyTorch dense torch.optim.Adam; the
+# peer draws uniform random batches, ncf batches from a synthetic epoch (4 negatives per positive).
+#
+# usage: benches/train_vs_torch.sh [OUT_DIR]        (default runs/train-vs-torch)
+# env:   NCF     prebuilt binary (default $CARGO_TARGET_DIR/release/ncf, else target/release/ncf)
+#        PYTHON  python with torch (default /root/venv-torch/bin/python)
+#        PEER    the peer script (default ../shared/tools/torch_neumf_step.py beside the repo)
+#        REPS    repetitions per figure (default 3)
+#        TORCH_THREADS  OMP_NUM_THREADS for the peer (default: torch's own choice). On a loaded
+#                machine torch's spinning OpenMP threads can be many times slower than one thread:
+#                measure both and quote the faster peer.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+NCF=${NCF:-${CARGO_TARGET_DIR:-$root/target}/release/ncf}
+PYTHON=${PYTHON:-/root/venv-torch/bin/python}
+PEER=${PEER:-$root/../shared/tools/torch_neumf_step.py}
+REPS=${REPS:-3}
+threads=()
+[ -n "${TORCH_THREADS:-}" ] && threads=(--torch-threads "$TORCH_THREADS")
+OUT=${1:-$root/runs/train-vs-torch}
+[ -x "$NCF" ] || { echo "error: no ncf binary at $NCF (cargo build --release -p ncf-trainer, or set NCF)" >&2; exit 1; }
+[ -f "$PEER" ] || { echo "error: peer script $PEER not found (set PEER)" >&2; exit 1; }
+"$PYTHON" -c 'import torch' 2>/dev/null || { echo "error: $PYTHON cannot import torch (set PYTHON)" >&2; exit 1; }
+mkdir -p "$OUT"
+log="$OUT/log.txt"
+: > "$log"
+
+bench() { # OUT_SUBDIR ARGS...
+    local dir=$1; shift
+    "$NCF" bench --backends flex --models neumf --only train --reps "$REPS" \
+        --torch-peer "$PEER" --python "$PYTHON" --torch-device cpu "${threads[@]}" --out "$OUT/$dir" "$@" | tee -a "$log"
+}
+
+echo "== ML-1M catalogue, batch 256 and 4096 =="
+bench ml-1m --workload ml-1m --batch 256,4096
+echo "== catalogue growth, batch 4096: 10k and 1M items =="
+bench items-10k --workload ml-1m --users 6040 --items 10000 --batch 4096
+bench items-1m --workload ml-1m --users 6040 --items 1000000 --batch 4096
+
+# vs-torch BACKEND/DEVICE MODEL batch B users U items I: ncf X ms/step R samples/s, torch Y ms/step S samples/s, ratio Q
+echo
+echo "== summary (same-run medians; this machine may be shared, so quote ratios, not times) =="
+grep '^vs-torch flex' "$log" | awk '{ sub(":", "", $9); printf "batch %-5s items %-8s ncf %9.3f ms/step  torch %9.3f ms/step  ncf/torch throughput %.2fx\n", $5, $9, $11, $16, $21 }'
+grep '^vs-torch flex' "$log" | awk '
+    $5 == 4096 { sub(":", "", $9); ncf[$9] = $11; torch[$9] = $16 }
+    END {
+        if ((10000 in ncf) && (1000000 in ncf))
+            printf "catalogue growth 10k -> 1M items (batch 4096): per-step time x%.2f for ncf (row-sparse Adam), x%.2f for PyTorch (dense Adam)\n",
+                ncf[1000000] / ncf[10000], torch[1000000] / torch[10000]
+    }'

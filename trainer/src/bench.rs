@@ -1,0 +1,665 @@
+//! `ncf bench`: the same workloads on every backend, side by side. Per backend, on synthetic data of
+//! the workload's shape: training throughput per model and batch size, evaluation time (sampled and
+//! full ranking) and recommend throughput (top-10 over all items), each after a warm-up, repeated,
+//! reported as median and spread. Optionally the PyTorch peer runs the same NeuMF steps beside it.
+//!
+//! Timing is honest on GPU backends: every timed region ends with a device→host read (the epoch's
+//! loss, the summed metrics, the top-k lists), which waits for all queued work.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
+use clap::ValueEnum;
+use ncf_datasets::{EpochSamples, NegativeSampler, SampledCandidates, SamplerConfig, Split, UserItems, rng, rng::RngExt, shaped_split};
+use ncf_model::{LossKind, ModelConfig, ModelKind, Ncf, OptimConfig, Optimizer};
+
+use crate::backend::{self, BackendName};
+use crate::bench_report::{self, BackendReport, Figure, Measure, PeerFigure, PeerReport, Report, VariantInfo, WorkloadInfo};
+use crate::cli::BenchArgs;
+use crate::recommend;
+use crate::train::{self, FullEval, SampledEval};
+
+/// The data shapes `ncf bench` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// 200 users × 300 items, tiny batches and few repetitions: keeps CI (and lavapipe) fast.
+    Small,
+    /// MovieLens 1M's shape: 6,040 users × 3,706 items, about 1M interactions.
+    #[value(name = "ml-1m")]
+    Ml1m,
+    /// MovieLens 20M's shape: 138,493 users × 26,744 items, about 20M interactions.
+    #[value(name = "ml-20m")]
+    Ml20m,
+}
+
+/// Which measurements to run (`--only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Part {
+    /// Training throughput per batch size.
+    Train,
+    /// Sampled and full-ranking evaluation passes.
+    Eval,
+    /// Top-k over all items for many users.
+    Recommend,
+}
+
+/// Presets that choose models, batches and measurements together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Suite {
+    /// NeuMF at batch 256, 4096 and 1M in the NVIDIA DeepLearningExamples ml-20m shape (factor 64,
+    /// MLP [256, 256, 128, 64]) with recommend top-10 for all users, plus the paper's factor-8 NeuMF
+    /// (the shape the PyTorch peer runs) for the ratio. Backends default to wgpu,cuda.
+    Gpu,
+}
+
+/// Everything one bench run does, resolved from the workload, the suite and the flags.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub workload: Workload,
+    pub users: usize,
+    pub items: usize,
+    pub per_user: usize,
+    pub variants: Vec<Variant>,
+    pub batches: Vec<usize>,
+    /// Training samples a repetition aims for (steps = this / batch, at least `min_steps`).
+    pub samples_per_rep: usize,
+    pub steps: Option<usize>,
+    pub min_steps: usize,
+    pub warmup_steps: usize,
+    pub reps: usize,
+    pub eval_users: usize,
+    pub recommend_users: usize,
+    pub k: usize,
+    pub eval_negatives: usize,
+    pub optim: OptimConfig,
+    pub seed: u64,
+}
+
+/// One model shape under test and which measurements it gets.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    pub label: String,
+    pub config: ModelConfig,
+    pub measures: Vec<Part>,
+}
+
+impl Plan {
+    /// Training steps per repetition at `batch`.
+    pub fn steps(&self, batch: usize) -> usize {
+        self.steps.unwrap_or(self.samples_per_rep / batch).max(self.min_steps)
+    }
+
+    /// Samples the training pool must hold for the largest batch.
+    fn pool_samples(&self) -> usize {
+        self.batches.iter().map(|&b| (self.warmup_steps + self.reps * self.steps(b)) * b).max().unwrap_or(0)
+    }
+
+    /// Whether any variant measures `m`.
+    fn wants(&self, m: Part) -> bool {
+        self.variants.iter().any(|v| v.measures.contains(&m))
+    }
+}
+
+/// The paper's factor-8 NeuMF, the shape the PyTorch peer runs.
+fn paper_shape(kind: ModelKind) -> ModelConfig {
+    ModelConfig { kind, ..Default::default() }
+}
+
+/// Resolves workload defaults, the suite and the flags into a plan.
+pub fn plan(args: &BenchArgs) -> Result<Plan> {
+    let workload = args.workload.unwrap_or(if args.suite == Some(Suite::Gpu) { Workload::Ml20m } else { Workload::Ml1m });
+    // (users, items, interactions per user, batches, samples per rep, min steps, warm-up, reps, eval users, recommend users)
+    let (users, items, per_user, batches, samples_per_rep, min_steps, warmup_steps, reps, eval_users, recommend_users) = match workload {
+        Workload::Small => (200, 300, 20, vec![64, 256], 1024, 2, 2, 3, usize::MAX, usize::MAX),
+        Workload::Ml1m => (6040, 3706, 166, vec![256, 4096], 65_536, 3, 3, 5, usize::MAX, usize::MAX),
+        Workload::Ml20m => (138_493, 26_744, 144, vec![256, 4096], 262_144, 3, 3, 5, 4096, 8192),
+    };
+    let all = [Part::Train, Part::Eval, Part::Recommend];
+    let measures: Vec<Part> = if args.only.is_empty() { all.to_vec() } else { args.only.clone() };
+    let mut batches = if args.batch.is_empty() { batches } else { args.batch.clone() };
+    let mut recommend_users = args.recommend_users.map_or(recommend_users, |c| c.0);
+    let shape = |kind: ModelKind, big: bool| -> ModelConfig {
+        let mut c = if big {
+            ModelConfig { kind, factors: 64, layers: vec![256, 256, 128, 64], ..Default::default() }
+        } else {
+            paper_shape(kind)
+        };
+        if let Some(f) = args.factors {
+            c.factors = f;
+        }
+        if !args.layers.is_empty() {
+            c.layers = args.layers.clone();
+        }
+        c
+    };
+    let variants = match args.suite {
+        Some(Suite::Gpu) => {
+            if args.batch.is_empty() {
+                batches = if workload == Workload::Small { vec![64, 256, 1024] } else { vec![256, 4096, 1 << 20] };
+            }
+            if args.recommend_users.is_none() {
+                recommend_users = usize::MAX;
+            }
+            let only = |m: &[Part]| m.iter().copied().filter(|x| measures.contains(x)).collect::<Vec<_>>();
+            vec![
+                Variant { label: "neumf-f64".into(), config: shape(ModelKind::Neumf, true), measures: only(&[Part::Train, Part::Recommend]) },
+                Variant { label: "neumf-f8".into(), config: paper_shape(ModelKind::Neumf), measures: only(&[Part::Train]) },
+            ]
+        }
+        None => {
+            let kinds = if args.models.is_empty() {
+                vec![ModelKind::Gmf, ModelKind::Mlp, ModelKind::Neumf, ModelKind::Mf]
+            } else {
+                args.models.clone()
+            };
+            kinds
+                .into_iter()
+                .map(|kind| Variant { label: kind.name().into(), config: shape(kind, workload == Workload::Ml20m), measures: measures.clone() })
+                .collect()
+        }
+    };
+    for v in &variants {
+        v.config.validate().map_err(anyhow::Error::msg).with_context(|| format!("model {}", v.label))?;
+    }
+    let users = args.users.unwrap_or(users);
+    let items = args.items.unwrap_or(items);
+    if users < 2 || items < 4 {
+        bail!("--users must be at least 2 and --items at least 4");
+    }
+    if batches.contains(&0) || args.reps == Some(0) || args.steps == Some(0) {
+        bail!("--batch, --reps and --steps must be at least 1");
+    }
+    let optim = OptimConfig { sparse: !args.dense_adam, ..Default::default() };
+    Ok(Plan {
+        workload,
+        users,
+        items,
+        per_user: per_user.min(items / 2).max(2),
+        variants,
+        batches,
+        samples_per_rep,
+        steps: args.steps,
+        min_steps,
+        warmup_steps,
+        reps: args.reps.unwrap_or(reps),
+        eval_users: args.eval_users.map_or(eval_users, |c| c.0).min(users),
+        recommend_users: recommend_users.min(users),
+        k: 10,
+        eval_negatives: 100,
+        optim,
+        seed: args.seed,
+    })
+}
+
+/// The backends to try: a comma list, or `all-available` (every backend ncf knows; software wgpu
+/// adapters are then listed as skipped, as `--backend auto` never picks them).
+pub fn parse_backends(spec: &str) -> Result<Vec<BackendName>> {
+    if spec.trim() == "all-available" {
+        return Ok(vec![BackendName::Flex, BackendName::Wgpu, BackendName::Ndarray, BackendName::Cuda]);
+    }
+    let mut out = Vec::new();
+    for s in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match BackendName::from_str(s, true) {
+            Ok(BackendName::Auto) | Err(_) => bail!("--backends: unknown backend {s:?}: use flex, wgpu, ndarray, cuda or all-available"),
+            Ok(b) if !out.contains(&b) => out.push(b),
+            Ok(_) => {}
+        }
+    }
+    if out.is_empty() {
+        bail!("--backends: name at least one backend");
+    }
+    Ok(out)
+}
+
+/// Opens a backend, or says why it is not available.
+fn open(name: BackendName) -> std::result::Result<backend::Selected, String> {
+    let compiled = match name {
+        BackendName::Flex => cfg!(feature = "flex"),
+        BackendName::Wgpu => cfg!(feature = "wgpu"),
+        BackendName::Ndarray => cfg!(feature = "ndarray"),
+        BackendName::Cuda => cfg!(feature = "cuda"),
+        BackendName::Auto => true,
+    };
+    if !compiled {
+        return Err(format!("not compiled in (cargo feature {})", name.as_str()));
+    }
+    backend::select(name).map_err(|e| format!("{e:#}"))
+}
+
+/// The host-side inputs every backend shares: the split, the training samples and the candidates.
+struct Inputs {
+    split: Split,
+    /// Training samples for the longest run, in epoch order (cycled epochs when one is too short).
+    pool: EpochSamples,
+    /// The split with test items only for the evaluated users.
+    eval_split: Split,
+    candidates: SampledCandidates,
+}
+
+impl Inputs {
+    fn build(plan: &Plan) -> Self {
+        let split = shaped_split(plan.users, plan.items, plan.per_user, plan.seed);
+        let pool = if plan.wants(Part::Train) { training_pool(&split.train, plan.items, plan.pool_samples(), plan.seed) } else { EpochSamples::default() };
+        let test = UserItems::from_pairs(plan.users, (0..plan.eval_users as u32).flat_map(|u| split.test.items(u).iter().map(move |&i| (u, i))));
+        let eval_split = Split { train: split.train.clone(), test, n_items: split.n_items, method: split.method };
+        let candidates = if plan.wants(Part::Eval) {
+            SampledCandidates::draw(&eval_split, plan.eval_negatives, plan.seed)
+        } else {
+            SampledCandidates { user: Vec::new(), items: Vec::new(), negatives: plan.eval_negatives }
+        };
+        Self { split, pool, eval_split, candidates }
+    }
+}
+
+/// At least `need` training samples (positives with 4 negatives each, shuffled as an epoch is).
+/// When an epoch holds far more than needed, positives are thinned uniformly first, so batches mix
+/// users and items as a real epoch does; the negatives then avoid only the kept positives, which
+/// changes no timing.
+fn training_pool(train: &UserItems, n_items: usize, need: usize, seed: u64) -> EpochSamples {
+    let sampler_config = SamplerConfig::default();
+    let per = 1 + sampler_config.negatives;
+    let keep = ((need / per) as f64 * 1.2 + 1024.0) / train.nnz().max(1) as f64;
+    let thinned;
+    let source = if keep < 1.0 {
+        let mut rng = rng::stream(seed, &[0xBE_4C11]);
+        thinned = UserItems::from_pairs(train.n_users(), train.pairs().filter(|_| rng.random::<f64>() < keep));
+        &thinned
+    } else {
+        train
+    };
+    let sampler = NegativeSampler::new(source, n_items, sampler_config, seed);
+    let mut pool = EpochSamples::default();
+    let mut epoch = 0;
+    while pool.len() < need {
+        let e = sampler.epoch(epoch);
+        if e.is_empty() {
+            break;
+        }
+        pool.user.extend_from_slice(&e.user);
+        pool.item.extend_from_slice(&e.item);
+        pool.label.extend_from_slice(&e.label);
+        epoch += 1;
+    }
+    pool
+}
+
+fn slice(pool: &EpochSamples, start: usize, len: usize) -> EpochSamples {
+    let end = (start + len).min(pool.len());
+    EpochSamples { user: pool.user[start..end].to_vec(), item: pool.item[start..end].to_vec(), label: pool.label[start..end].to_vec() }
+}
+
+/// Training: a fresh model per batch size, warm-up steps, then `reps` timed runs of the training
+/// loop `ncf train` uses (batches built on a background thread), each ending with the loss read.
+fn measure_train(plan: &Plan, v: &Variant, batch: usize, inputs: &Inputs, device: &Device) -> Figure {
+    let steps = plan.steps(batch);
+    let mut model = Ncf::init(&v.config, plan.users, plan.items, plan.seed, device);
+    let mut optim = Optimizer::new(plan.optim.clone());
+    let bar = indicatif::ProgressBar::hidden();
+    let run = |model: Ncf, optim: &mut Optimizer, start: usize, n: usize| {
+        let samples = slice(&inputs.pool, start, n * batch);
+        let t = Instant::now();
+        let (model, _loss, _) = train::run_epoch(model, optim, &samples, (batch, 1, LossKind::Bce), usize::MAX, device, &bar);
+        (model, t.elapsed().as_secs_f64(), samples.len())
+    };
+    let (m, _, _) = run(model, &mut optim, 0, plan.warmup_steps);
+    model = m;
+    let mut times = Vec::with_capacity(plan.reps);
+    let mut work = 0;
+    for r in 0..plan.reps {
+        let (m, secs, n) = run(model, &mut optim, (plan.warmup_steps + r * steps) * batch, steps);
+        model = m;
+        times.push(secs);
+        work = n;
+    }
+    Figure::from_times(&v.label, Measure::Train, Some(batch), work, steps, "samples/s", "ms/step", &times)
+}
+
+/// Evaluation passes as `ncf train` runs them each epoch, candidates uploaded once beforehand.
+fn measure_eval(plan: &Plan, v: &Variant, inputs: &Inputs, device: &Device) -> [Figure; 2] {
+    let model = Ncf::init(&v.config, plan.users, plan.items, plan.seed, device);
+    let reps = plan.reps.min(3);
+    let sampled = SampledEval::upload(&inputs.candidates, device);
+    let full = FullEval::upload(&inputs.eval_split, &model, plan.k, device);
+    let users = inputs.candidates.rows();
+    let time = |f: &dyn Fn()| {
+        f(); // warm-up
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect::<Vec<f64>>()
+    };
+    let ts = time(&|| {
+        std::hint::black_box(sampled.evaluate(&model, plan.k));
+    });
+    let tf = time(&|| {
+        std::hint::black_box(full.evaluate(&model, plan.k, device));
+    });
+    [
+        Figure::from_times(&v.label, Measure::EvalSampled, None, users, 1, "users/s", "ms/pass", &ts),
+        Figure::from_times(&v.label, Measure::EvalFull, None, users, 1, "users/s", "ms/pass", &tf),
+    ]
+}
+
+/// Recommend: top-k over all items for the first `recommend_users` users, training items masked,
+/// scored in the chunks `ncf recommend` uses (CSV writing excluded).
+fn measure_recommend(plan: &Plan, v: &Variant, selected: &backend::Selected, inputs: &Inputs) -> Figure {
+    let model = Ncf::init(&v.config, plan.users, plan.items, plan.seed, &selected.device);
+    let width = if model.head.layout.mlp > 0 { v.config.layers[1] } else { 1 };
+    let chunk = recommend::users_per_chunk(plan.items, width);
+    let users: Vec<u32> = (0..plan.recommend_users as u32).collect();
+    let k = plan.k.min(plan.items);
+    let pass = |ids: &[u32]| {
+        let side = model.item_side();
+        let mut n = 0;
+        for c in ids.chunks(chunk) {
+            n += recommend::top_k_users(&model, &side, c, Some(&inputs.split.train), k, selected.host_memory()).len();
+        }
+        n
+    };
+    pass(&users[..chunk.min(users.len())]); // warm-up
+    let times: Vec<f64> = (0..plan.reps.min(3))
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(pass(&users));
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    Figure::from_times(&v.label, Measure::Recommend, None, users.len(), 1, "users/s", "ms/pass", &times)
+}
+
+/// The PyTorch peer's command line.
+struct Peer {
+    python: PathBuf,
+    script: PathBuf,
+    device: String,
+    /// OMP_NUM_THREADS / MKL_NUM_THREADS for the peer, when set.
+    threads: Option<usize>,
+}
+
+impl Peer {
+    /// Runs one peer measurement: (samples/s, ms/step).
+    fn run(&self, batch: usize, steps: usize, users: usize, items: usize) -> Result<(f64, f64)> {
+        let mut cmd = std::process::Command::new(&self.python);
+        if let Some(n) = self.threads {
+            cmd.env("OMP_NUM_THREADS", n.to_string()).env("MKL_NUM_THREADS", n.to_string());
+        }
+        let out = cmd
+            .arg(&self.script)
+            .args([batch.to_string(), steps.to_string(), self.device.clone(), users.to_string(), items.to_string()])
+            .output()
+            .with_context(|| format!("running {}", self.python.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+            bail!("{} {} failed: {last}", self.python.display(), self.script.display());
+        }
+        parse_peer_line(&stdout).with_context(|| format!("no 'samples/s (… ms/step)' in the peer's output: {stdout:?}"))
+    }
+}
+
+/// `… 123456 samples/s (2.074 ms/step) …` → (123456, 2.074).
+pub fn parse_peer_line(text: &str) -> Option<(f64, f64)> {
+    let tokens: Vec<&str> = text.split_whitespace().collect();
+    let at = tokens.iter().position(|t| *t == "samples/s")?;
+    let rate = tokens.get(at.checked_sub(1)?)?.parse().ok()?;
+    let ms = tokens.get(at + 1)?.trim_start_matches('(').parse().ok()?;
+    Some((rate, ms))
+}
+
+/// The peer's report before any figure: says so up front when no variant has the peer's shape.
+fn peer_report(plan: &Plan, peer: &Peer) -> PeerReport {
+    let matches = plan.variants.iter().any(|v| v.measures.contains(&Part::Train) && v.config == paper_shape(ModelKind::Neumf));
+    PeerReport {
+        script: peer.script.display().to_string(),
+        python: peer.python.display().to_string(),
+        device: format!("torch-{}", peer.device),
+        threads: peer.threads,
+        shape: "NeuMF factor 8, MLP [64, 32, 16, 8], BCE, dense Adam (torch.optim.Adam), uniform random batches".into(),
+        figures: Vec::new(),
+        error: (!matches).then(|| "no factor-8 NeuMF training in this run; the peer supports only that shape".into()),
+    }
+}
+
+/// Measures the peer at `batch` (once per run, just before ncf's figure at that batch, so both
+/// see the same machine load), recording a failure in the report instead of failing the run.
+fn peer_at(plan: &Plan, peer: &Peer, report: &mut PeerReport, batch: usize) {
+    if report.error.is_some() || report.figures.iter().any(|f| f.batch == batch) {
+        return;
+    }
+    let steps = plan.steps(batch).max(5);
+    let mut runs = Vec::new();
+    for _ in 0..plan.reps.clamp(1, 3) {
+        match peer.run(batch, steps, plan.users, plan.items) {
+            Ok(r) => runs.push(r),
+            Err(e) => {
+                eprintln!("peer: {e:#}");
+                report.error = Some(format!("{e:#}"));
+                return;
+            }
+        }
+    }
+    let mut rates: Vec<f64> = runs.iter().map(|r| r.0).collect();
+    let mut ms: Vec<f64> = runs.iter().map(|r| r.1).collect();
+    let (median, min, max) = bench_report::stats(&mut rates);
+    let (ms_median, _, _) = bench_report::stats(&mut ms);
+    println!("{:<8} {:<10} {:<20} {median:>12.0} {:<10}          {ms_median:>10.3} ms/step", report.device, "neumf-f8", format!("train b={batch}"), "samples/s");
+    report.figures.push(PeerFigure { batch, steps, users: plan.users, items: plan.items, reps: rates, median, min, max, ms_median });
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    let plan = plan(args)?;
+    let default_backends = if args.suite == Some(Suite::Gpu) { "wgpu,cuda" } else { "all-available" };
+    let spec = args.backends.as_deref().unwrap_or(default_backends);
+    let backends = parse_backends(spec)?;
+    let all_available = spec.trim() == "all-available";
+    let out_dir = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/bench-{}", workload_name(plan.workload))));
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+
+    let t = Instant::now();
+    let inputs = Inputs::build(&plan);
+    let interactions = inputs.split.train.nnz() + inputs.split.test.nnz();
+    println!(
+        "bench: workload {} — {} users × {} items, {interactions} synthetic interactions (built in {:.1}s); {} reps after warm-up, median and min–max",
+        workload_name(plan.workload),
+        plan.users,
+        plan.items,
+        t.elapsed().as_secs_f64(),
+        plan.reps
+    );
+
+    let peer_cmd = args.torch_peer.as_ref().map(|script| {
+        let python = args.python.clone().or_else(|| std::env::var_os("PYTHON").map(PathBuf::from)).unwrap_or_else(|| "python3".into());
+        Peer { python, script: script.clone(), device: args.torch_device.clone(), threads: args.torch_threads }
+    });
+    let mut peer = peer_cmd.as_ref().map(|p| peer_report(&plan, p));
+
+    let mut reports = Vec::new();
+    let mut failures = 0;
+    println!("{}", bench_report::header());
+    for name in backends {
+        let selected = match open(name) {
+            Ok(s) => s,
+            Err(reason) => {
+                println!("{:<8} not available: {reason}", name.as_str());
+                reports.push(BackendReport { name: name.as_str().into(), available: false, reason, adapter: None, figures: Vec::new(), failure: None });
+                continue;
+            }
+        };
+        if all_available && selected.software_adapter() {
+            // As `--backend auto`: a software adapter runs, slowly, only when named.
+            let reason = format!("skipped: software adapter {} (name it in --backends to measure it)", selected.adapter);
+            println!("{:<8} {reason}", name.as_str());
+            reports.push(BackendReport { name: name.as_str().into(), available: false, reason, adapter: Some(selected.adapter.clone()), figures: Vec::new(), failure: None });
+            continue;
+        }
+        println!("{}", selected.line());
+        let mut figures = Vec::new();
+        let emit = |f: Figure, figures: &mut Vec<Figure>| {
+            println!("{}", bench_report::row(selected.name.as_str(), &f));
+            figures.push(f);
+        };
+        let mut failure = None;
+        'variants: for v in &plan.variants {
+            let paper = v.config == paper_shape(ModelKind::Neumf);
+            // A device failure (e.g. a buffer larger than the adapter allows) becomes a recorded
+            // failure of this backend instead of aborting the other backends' figures.
+            let mut guarded = |what: String, f: &mut dyn FnMut() -> Vec<Figure>| match catch(f) {
+                Ok(fs) => Some(fs),
+                Err(msg) => {
+                    let msg = format!("{} {what} failed: {msg}", v.label);
+                    println!("{:<8} {msg}", name.as_str());
+                    failure = Some(msg);
+                    None
+                }
+            };
+            if v.measures.contains(&Part::Train) {
+                for &batch in &plan.batches {
+                    if let (true, Some(cmd), Some(report)) = (paper, &peer_cmd, peer.as_mut()) {
+                        peer_at(&plan, cmd, report, batch);
+                    }
+                    let Some(mut fs) = guarded(format!("train b={batch}"), &mut || vec![measure_train(&plan, v, batch, &inputs, &selected.device)]) else { break 'variants };
+                    if let (true, Some(report)) = (paper, &peer) {
+                        fs.iter_mut().for_each(|f| f.attach_peer(report));
+                    }
+                    fs.into_iter().for_each(|f| emit(f, &mut figures));
+                }
+            }
+            if v.measures.contains(&Part::Eval) {
+                let Some(fs) = guarded("eval".into(), &mut || measure_eval(&plan, v, &inputs, &selected.device).to_vec()) else { break 'variants };
+                fs.into_iter().for_each(|f| emit(f, &mut figures));
+            }
+            if v.measures.contains(&Part::Recommend) {
+                let Some(fs) = guarded("recommend".into(), &mut || vec![measure_recommend(&plan, v, &selected, &inputs)]) else { break 'variants };
+                fs.into_iter().for_each(|f| emit(f, &mut figures));
+            }
+        }
+        failures += failure.is_some() as usize;
+        reports.push(BackendReport {
+            name: name.as_str().into(),
+            available: true,
+            reason: selected.reason.clone(),
+            adapter: Some(selected.adapter.clone()),
+            figures,
+            failure,
+        });
+    }
+    if let Some(peer) = &peer {
+        for line in bench_report::peer_lines(peer, &reports) {
+            println!("{line}");
+        }
+    }
+
+    let report = Report::new(
+        WorkloadInfo {
+            name: workload_name(plan.workload).into(),
+            users: plan.users,
+            items: plan.items,
+            interactions,
+            batches: plan.batches.clone(),
+            reps: plan.reps,
+            warmup_steps: plan.warmup_steps,
+            eval_users: plan.eval_users,
+            eval_negatives: plan.eval_negatives,
+            recommend_users: plan.recommend_users,
+            k: plan.k,
+            optimizer: if plan.optim.sparse { "adam, row-sparse (lazy) tables".into() } else { "adam, dense tables".into() },
+            variants: plan
+                .variants
+                .iter()
+                .map(|v| VariantInfo { label: v.label.clone(), kind: v.config.kind.name().into(), factors: v.config.factors, layers: v.config.layers.clone() })
+                .collect(),
+        },
+        reports,
+        peer,
+    );
+    let json = out_dir.join("bench.json");
+    bench_report::write_json(&json, &report)?;
+    let png = out_dir.join("bench.png");
+    bench_report::write_chart(&png, &report)?;
+    println!("wrote {} and {}", json.display(), png.display());
+    if failures > 0 {
+        bail!("{failures} backend(s) failed part of the run (their `failure` in {})", json.display());
+    }
+    Ok(())
+}
+
+/// Runs `f`, turning a panic (burn reports device failures by panicking) into its message.
+fn catch(f: &mut dyn FnMut() -> Vec<Figure>) -> std::result::Result<Vec<Figure>, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|e| {
+        let msg = e.downcast_ref::<String>().map(String::as_str).or_else(|| e.downcast_ref::<&str>().copied()).unwrap_or("panic");
+        // burn's device errors list every skipped kernel; keep the causes.
+        let keep = |l: &&str| !l.trim().is_empty() && !l.trim_start().starts_with("skipped `") && !l.starts_with("Caused by") && !l.starts_with("No backtrace") && !l.starts_with("Asked at");
+        msg.lines().filter(keep).map(str::trim).take(8).collect::<Vec<_>>().join(" | ")
+    })
+}
+
+pub fn workload_name(w: Workload) -> &'static str {
+    match w {
+        Workload::Small => "small",
+        Workload::Ml1m => "ml-1m",
+        Workload::Ml20m => "ml-20m",
+    }
+}
+
+/// A user count: a number or `all`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count(pub usize);
+
+impl std::str::FromStr for Count {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "all" {
+            return Ok(Self(usize::MAX));
+        }
+        s.parse().map(Self).map_err(|_| format!("{s:?}: expected a number or `all`"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_parse_and_reject_auto() {
+        assert_eq!(parse_backends("flex, wgpu").unwrap(), vec![BackendName::Flex, BackendName::Wgpu]);
+        assert_eq!(parse_backends("all-available").unwrap().len(), 4);
+        assert!(parse_backends("auto").is_err());
+        assert!(parse_backends("tpu").is_err());
+        assert!(parse_backends(",").is_err());
+    }
+
+    #[test]
+    fn missing_features_are_named() {
+        if !cfg!(feature = "ndarray") {
+            assert_eq!(open(BackendName::Ndarray).unwrap_err(), "not compiled in (cargo feature ndarray)");
+        }
+        if !cfg!(feature = "cuda") {
+            assert_eq!(open(BackendName::Cuda).unwrap_err(), "not compiled in (cargo feature cuda)");
+        }
+    }
+
+    #[test]
+    fn peer_output_parses() {
+        let line = "torch-cpu   users 6040 items 3706 batch    256 steps   100: 123456 samples/s (2.074 ms/step) loss 0.5012\n";
+        assert_eq!(parse_peer_line(line), Some((123456.0, 2.074)));
+        assert_eq!(parse_peer_line("nothing here"), None);
+    }
+
+    #[test]
+    fn pool_covers_every_step_and_thins_large_epochs() {
+        let split = shaped_split(300, 500, 40, 1);
+        let pool = training_pool(&split.train, 500, 5000, 1);
+        assert!(pool.len() >= 5000, "{}", pool.len());
+        assert!(pool.len() < split.train.nnz() * 5, "thinned: {} of {}", pool.len(), split.train.nnz() * 5);
+        let users: std::collections::HashSet<u32> = pool.user[..5000].iter().copied().collect();
+        assert!(users.len() > 250, "positives spread over users: {}", users.len());
+        let big = training_pool(&split.train, 500, split.train.nnz() * 5 * 2 + 7, 1);
+        assert!(big.len() >= split.train.nnz() * 10 + 7, "cycles epochs");
+    }
+}
