@@ -1,5 +1,6 @@
 //! The `ncf` binary: `main` → `run` → exit code, errors printed with their whole chain.
 
+mod alloc;
 mod backend;
 mod bench;
 mod bench_report;
@@ -33,6 +34,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    // Tensor work allocates per op; the data commands stream and are kept lean instead.
+    if !matches!(cli.command, Command::Data(_)) {
+        alloc::keep_heap();
+    }
     match cli.command {
         Command::Train(args) => train::run(&args),
         Command::Recommend(args) => recommend::run(&args),
