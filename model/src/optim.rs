@@ -155,15 +155,15 @@ impl Optimizer {
     }
 
     /// Adam at `rows` only, catching each row up on the steps it skipped (see the module docs).
+    /// Per-row factors are computed on `[r, 1]` columns so the `[r, width]` work stays a handful
+    /// of element-wise passes; the moments are written back with `Assign`, the table with `Add`.
     fn sparse_adam(&self, table: Tensor<2>, rows: Tensor<1, Int>, g: Tensor<2>, state: RowMoments) -> (Tensor<2>, RowMoments) {
         let c = &self.config;
         let t = self.step as f64;
         let last = state.last.clone().select(0, rows.clone());
-        let last_delta = last.clone().neg().add_scalar(t);
+        let r_count = last.dims()[0];
         // Steps since the row's last update, excluding this one: [r, 1].
         let skipped = last.clone().neg().add_scalar(t - 1.0).unsqueeze_dim::<2>(1);
-        let m_old = state.m.clone().select(0, rows.clone());
-        let v_old = state.v.clone().select(0, rows.clone());
         // Dense Adam's moves over the skipped steps s+1..s+k (g = 0, s = last):
         //   Σ_j lr/c1(s+j) · rʲ · m / (sqrt(v)/sqrt(c2(s+j))),  r = β1/sqrt(β2),
         // with the bias corrections taken at the rʲ-weighted mean step s + j̄.
@@ -176,17 +176,25 @@ impl Optimizer {
         let t_mid = last.unsqueeze_dim::<2>(1) + j_bar;
         let c1 = t_mid.clone().mul_scalar(c.beta1.ln()).exp().neg().add_scalar(1.0).clamp_min(1e-12);
         let c2 = t_mid.mul_scalar(c.beta2.ln()).exp().neg().add_scalar(1.0).clamp_min(1e-12);
-        let catch_up = (m_old.clone() * geo * c2.sqrt() / c1).mul_scalar(c.lr) / v_old.clone().sqrt().add_scalar(c.eps);
-        let m_dec = m_old.clone() * skipped.clone().mul_scalar(c.beta1.ln()).exp();
-        let v_dec = v_old.clone() * skipped.mul_scalar(c.beta2.ln()).exp();
-        let (update, m_new, v_new) = self.adam(g, m_dec, v_dec);
-        let add2 = |t: Tensor<2>, delta: Tensor<2>| t.select_assign(0, rows.clone(), delta, IndexingUpdateOp::Add);
+        let catch_factor = (geo * c2.sqrt() / c1).mul_scalar(c.lr); // [r, 1]
+        // Moments decayed over the skipped steps and this one: β^(k+1).
+        let decay1 = skipped.clone().mul_scalar(c.beta1.ln()).exp().mul_scalar(c.beta1);
+        let decay2 = skipped.mul_scalar(c.beta2.ln()).exp().mul_scalar(c.beta2);
+
+        let m_old = state.m.clone().select(0, rows.clone());
+        let v_old = state.v.clone().select(0, rows.clone());
+        let catch_up = m_old.clone() * catch_factor / v_old.clone().sqrt().add_scalar(c.eps);
+        let m_new = m_old * decay1 + g.clone().mul_scalar(1.0 - c.beta1);
+        let v_new = v_old * decay2 + (g.clone() * g).mul_scalar(1.0 - c.beta2);
+        let (step, inv_sqrt_c2) = self.corrections();
+        let update = m_new.clone().mul_scalar(step) / v_new.clone().sqrt().mul_scalar(inv_sqrt_c2).add_scalar(c.eps);
+        let now = Tensor::<1>::full([r_count], t, &table.device());
         let state = RowMoments {
-            m: add2(state.m, m_new - m_old),
-            v: add2(state.v, v_new - v_old),
-            last: state.last.select_assign(0, rows.clone(), last_delta, IndexingUpdateOp::Add),
+            m: state.m.select_assign(0, rows.clone(), m_new, IndexingUpdateOp::Assign),
+            v: state.v.select_assign(0, rows.clone(), v_new, IndexingUpdateOp::Assign),
+            last: state.last.select_assign(0, rows.clone(), now, IndexingUpdateOp::Assign),
         };
-        (add2(table, (update + catch_up).neg()), state)
+        (table.select_assign(0, rows, (update + catch_up).neg(), IndexingUpdateOp::Add), state)
     }
 
     fn slot(&mut self, side: TableSide) -> &mut Option<RowMoments> {
