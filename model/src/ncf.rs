@@ -4,7 +4,7 @@
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::relu;
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand_distr::{Distribution as _, Normal, Uniform};
@@ -209,6 +209,42 @@ impl Head {
         self.forward_with(user, item, true)
     }
 
+    /// Training forward from the batch's unique rows and each sample's position in them: the
+    /// first MLP layer runs once per unique user and item (its input halves are separable), then
+    /// per-sample rows are gathered; no `[batch, 2·width]` concatenation is formed. Equal to
+    /// [`Head::forward_train`] on `user_rows.select(0, user_pos)`, `item_rows.select(0, item_pos)`.
+    ///
+    /// # Shapes
+    /// - user_rows: `[u, width]`, user_pos: `[batch]`, item_rows: `[i, width]`, item_pos: `[batch]`
+    ///   → `[batch]`
+    pub fn forward_rows(&self, user_rows: Tensor<2>, user_pos: Tensor<1, Int>, item_rows: Tensor<2>, item_pos: Tensor<1, Int>) -> Tensor<1> {
+        let l = self.layout;
+        if l.mlp == 0 {
+            return self.forward_with(user_rows.select(0, user_pos), item_rows.select(0, item_pos), true);
+        }
+        let [b] = user_pos.dims();
+        let ([nu, _], [ni, _]) = (user_rows.dims(), item_rows.dims());
+        let first = &self.mlp[0];
+        let w1 = first.weight.val();
+        let [d_in, d_out] = w1.dims();
+        let pu = user_rows.clone().slice([0..nu, l.gmf..l.gmf + l.mlp]).matmul(w1.clone().slice([0..d_in / 2, 0..d_out]));
+        let pi = item_rows.clone().slice([0..ni, l.gmf..l.gmf + l.mlp]).matmul(w1.slice([d_in / 2..d_in, 0..d_out]));
+        let mut x = pu.select(0, user_pos.clone()) + pi.select(0, item_pos.clone());
+        if let Some(bias) = &first.bias {
+            x = x + bias.val().unsqueeze_dim(0);
+        }
+        let mut h = self.dropout(relu(x), true);
+        h = self.tower(h, 1, true);
+        let h = if l.gmf > 0 {
+            let ug = user_rows.slice([0..nu, 0..l.gmf]).select(0, user_pos);
+            let ig = item_rows.slice([0..ni, 0..l.gmf]).select(0, item_pos);
+            Tensor::cat(vec![ug * ig, h], 1)
+        } else {
+            h
+        };
+        self.output.as_ref().expect("output layer").forward(h).reshape([b])
+    }
+
     fn forward_with(&self, user: Tensor<2>, item: Tensor<2>, train: bool) -> Tensor<1> {
         let l = self.layout;
         let [b, _] = user.dims();
@@ -236,14 +272,19 @@ impl Head {
     /// after each when training.
     fn tower(&self, mut x: Tensor<2>, from: usize, train: bool) -> Tensor<2> {
         for layer in &self.mlp[from..] {
-            x = relu(layer.forward(x));
-            if train && self.dropout > 0.0 {
-                let keep = 1.0 - self.dropout;
-                let mask = Tensor::<2>::random(x.shape(), Distribution::Bernoulli(keep), &x.device());
-                x = x * mask.mul_scalar(1.0 / keep);
-            }
+            x = self.dropout(relu(layer.forward(x)), train);
         }
         x
+    }
+
+    /// Inverted dropout on a hidden activation when training.
+    fn dropout(&self, x: Tensor<2>, train: bool) -> Tensor<2> {
+        if !train || self.dropout <= 0.0 {
+            return x;
+        }
+        let keep = 1.0 - self.dropout;
+        let mask = Tensor::<2>::random(x.shape(), Distribution::Bernoulli(keep), &x.device());
+        x * mask.mul_scalar(1.0 / keep)
     }
 
     /// See [`Ncf::score_all`].
@@ -288,8 +329,6 @@ impl Head {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::Int;
-
     fn ints(v: Vec<i32>, d: &Device) -> Tensor<1, Int> {
         let n = v.len();
         Tensor::from_data(TensorData::new(v, [n]), d)
@@ -421,6 +460,24 @@ mod tests {
         let b = vecf(model.head.forward_train(u.clone(), i.clone()));
         assert_eq!(a, b);
         assert_ne!(a, eval);
+    }
+
+    #[test]
+    fn row_forward_equals_pairwise_forward() {
+        let d = Device::flex();
+        for kind in [ModelKind::Gmf, ModelKind::Mlp, ModelKind::Neumf, ModelKind::Mf] {
+            let cfg = ModelConfig { kind, factors: 3, layers: vec![6, 4, 2], init_std: 0.5, ..Default::default() };
+            let model = Ncf::init(&cfg, 5, 6, 4, &d);
+            let (users, items) = (ints(vec![4, 1, 3], &d), ints(vec![0, 5], &d));
+            let (upos, ipos) = (ints(vec![0, 2, 1, 1, 0], &d), ints(vec![1, 0, 0, 1, 1], &d));
+            let ur = model.user.val().select(0, users);
+            let ir = model.item.val().select(0, items);
+            let rows = vecf(model.head.forward_rows(ur.clone(), upos.clone(), ir.clone(), ipos.clone()));
+            let pairs = vecf(model.head.forward(ur.select(0, upos), ir.select(0, ipos)));
+            for (a, b) in rows.iter().zip(&pairs) {
+                assert!((a - b).abs() < 1e-5, "{kind:?}: {a} vs {b}");
+            }
+        }
     }
 
     #[test]

@@ -50,10 +50,7 @@ pub fn train_step(mut model: Ncf, optim: &mut Optimizer, input: StepInput, loss:
     let user_rows = model.user.val().select(0, input.users.clone()).autodiff().require_grad();
     let item_rows = model.item.val().select(0, input.items.clone()).autodiff().require_grad();
     let head = model.head.clone().map(&mut Track);
-    let logits = head.forward_train(
-        user_rows.clone().select(0, input.user_pos),
-        item_rows.clone().select(0, input.item_pos),
-    );
+    let logits = head.forward_rows(user_rows.clone(), input.user_pos, item_rows.clone(), input.item_pos);
     let loss = match loss {
         LossKind::Bce => bce_with_logits(logits, input.labels),
         LossKind::Bpr => {
