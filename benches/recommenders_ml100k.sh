@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# ncf on the recommenders-team/recommenders ml-100k benchmark protocol: every rating an implicit
+# positive, per-user random 75/25 split, top-10 over all items with training items removed, binary
+# relevance. Reports the LAST epoch of each preset (fixed epochs, no selection on the test split),
+# mean and (min–max) over seeds, beside the published rows of their table.
+#
+# usage: benches/recommenders_ml100k.sh [--seeds "1 2 3"] [--out DIR]    NCF=path/to/ncf
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seeds="1 2 3"; out=$(mktemp -d)
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --seeds) seeds="$2"; shift 2 ;;
+        --out) out="$2"; shift 2 ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+data=../shared/data/ml-100k/u.data
+[ -f "$data" ] || { echo "skip: $data not found (MovieLens 100K is not redistributed)" >&2; exit 0; }
+if [ -z "${NCF:-}" ]; then
+    cargo build --release -q -p ncf-trainer
+    NCF="${CARGO_TARGET_DIR:-target}/release/ncf"
+fi
+mkdir -p "$out"; : > "$out/results.txt"
+for seed in $seeds; do
+    for m in neumf bpr; do
+        run="$out/$m-$seed"
+        "$NCF" train --backend flex --seed "$seed" --config "configs/ml-100k-recommenders-$m.toml" --out "$run" \
+            > "$run.log" 2>&1 || { cat "$run.log" >&2; exit 1; }
+        # metrics.csv: epoch,loss,hr,ndcg,recall,precision,full_ndcg,map,...
+        tail -1 "$run/metrics.csv" | awk -F, -v m="$m" '{ print m, $7, $6, $5, $8 }' >> "$out/results.txt"
+        echo "$m seed $seed: $(tail -1 "$out/results.txt")" >&2
+    done
+done
+echo
+echo "| model | nDCG@10 | Precision@10 | Recall@10 | MAP@10 | seeds |"
+echo "|---|---|---|---|---|---|"
+awk '{ n[$1]++; for (j = 2; j <= 5; j++) { s[$1, j] += $j; if (n[$1] == 1 || $j < lo[$1, j]) lo[$1, j] = $j; if ($j > hi[$1, j]) hi[$1, j] = $j }
+       if (n[$1] == 1) name[++k] = $1 }
+     END { for (i = 1; i <= k; i++) { m = name[i]; printf "| ncf %s |", (m == "bpr" ? "MF + BPR" : "NeuMF")
+             for (j = 2; j <= 5; j++) printf " %.3f (%.3f–%.3f) |", s[m, j] / n[m], lo[m, j], hi[m, j]
+             printf " %d |\n", n[m] } }' "$out/results.txt"
+echo
+echo "runs in $out"
