@@ -7,9 +7,13 @@ mod config;
 mod curves;
 mod data;
 mod data_cmd;
+mod evaluate;
+mod export;
 mod host;
+mod pairs;
 mod progress;
 mod recommend;
+mod score;
 mod train;
 
 use std::process::ExitCode;
@@ -33,6 +37,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => train::run(&args),
         Command::Recommend(args) => recommend::run(&args),
+        Command::Evaluate(args) => evaluate::run(&args),
+        Command::Score(args) => score::run(&args),
         Command::Data(cmd) => data_cmd::run(&cmd),
     }
 }
