@@ -171,8 +171,8 @@ impl<'a> Scorer<'a> {
             }
         }
         if self.host_top_k {
-            // Host memory already: a partial selection beats flex's full-sort topk.
-            top_k_host(&host::read_f32(scores), n, self.k)
+            // Host memory already: no copy, and a partial selection beats flex's full-sort topk.
+            host::with_f32(scores, |data| top_k_host(data, n, self.k))
         } else {
             // Device top-k: two reads per chunk of users, k values each.
             let (vals, idx) = scores.topk_with_indices(self.k, 1);
