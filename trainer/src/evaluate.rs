@@ -41,7 +41,7 @@ fn test_split(args: &EvaluateArgs, ck: &Checkpoint) -> Result<(UserItems, String
 }
 
 pub fn run(args: &EvaluateArgs) -> Result<()> {
-    let format = args.per_user.as_deref().map(|p| OutFormat::resolve(p, None)).transpose()?;
+    let format = args.per_user.as_deref().map(OutFormat::from_extension).transpose()?;
     let selected = backend::select(args.backend)?;
     println!("{}", selected.line());
     let device = &selected.device;

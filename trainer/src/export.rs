@@ -19,8 +19,17 @@ pub enum OutFormat {
 }
 
 impl OutFormat {
-    /// `given`, else the format named by the extension of `out`.
+    /// `given` (from `--out-format`), else the format named by the extension of `out`.
     pub fn resolve(out: &Path, given: Option<OutFormat>) -> Result<OutFormat> {
+        Self::resolve_with_hint(out, given, ", or pass --out-format csv|parquet|jsonl")
+    }
+
+    /// [`OutFormat::resolve`] for commands without `--out-format`.
+    pub fn from_extension(out: &Path) -> Result<OutFormat> {
+        Self::resolve_with_hint(out, None, "")
+    }
+
+    fn resolve_with_hint(out: &Path, given: Option<OutFormat>, hint: &str) -> Result<OutFormat> {
         if let Some(f) = given {
             return Ok(f);
         }
@@ -29,7 +38,7 @@ impl OutFormat {
             "csv" => Self::Csv,
             "parquet" | "pq" => Self::Parquet,
             "jsonl" | "ndjson" => Self::Jsonl,
-            _ => bail!("{}: cannot tell the output format from the extension; use .csv, .parquet or .jsonl, or pass --out-format csv|parquet|jsonl", out.display()),
+            _ => bail!("{}: cannot tell the output format from the extension; use .csv, .parquet or .jsonl{hint}", out.display()),
         })
     }
 }

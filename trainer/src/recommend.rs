@@ -179,7 +179,10 @@ impl<'a> Scorer<'a> {
             let (vals, idx) = (host::read_f32(vals), host::read_i64(idx));
             vals.chunks(self.k)
                 .zip(idx.chunks(self.k))
-                .map(|(v, i)| v.iter().zip(i).filter(|(s, _)| **s > f32::NEG_INFINITY).map(|(&s, &i)| (i as u32, s)).collect())
+                // Rows with fewer than k unmasked items come back padded (index -1 on wgpu).
+                .map(|(v, i)| {
+                    v.iter().zip(i).filter(|(s, i)| **s > f32::NEG_INFINITY && (0..n as i64).contains(i)).map(|(&s, &i)| (i as u32, s)).collect()
+                })
                 .collect()
         }
     }
