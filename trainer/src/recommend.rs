@@ -156,11 +156,11 @@ impl<'a> Scorer<'a> {
         Self { ck, side: ck.model.item_side(), device, restrict, include_seen, host_top_k, k, chunk }
     }
 
-    /// Top-k (item, score) lists of `users`, best first; one device call and one read.
-    pub fn top_k(&self, users: &[u32]) -> Vec<Vec<(u32, f32)>> {
+    /// The masked `[users, n_items]` scores of `users` (`None` for no users), left on the device.
+    pub fn scores(&self, users: &[u32]) -> Option<Tensor<2>> {
         let (c, n, device) = (users.len(), self.ck.meta.n_items, self.device);
         if c == 0 {
-            return Vec::new();
+            return None;
         }
         let u = Tensor::<1, Int>::from_data(TensorData::new(users.iter().map(|&u| u as i32).collect::<Vec<_>>(), [c]), device);
         let mut scores = self.ck.model.score_all(u, &self.side);
@@ -180,9 +180,17 @@ impl<'a> Scorer<'a> {
                 scores = scores.reshape([c * n]).select_assign(0, idx, mask, IndexingUpdateOp::Add).reshape([c, n]);
             }
         }
+        Some(scores)
+    }
+
+    /// The top-k lists of a `scores` matrix; `threaded`: split a host selection across cores.
+    pub fn select(&self, scores: Tensor<2>, threaded: bool) -> Vec<Vec<(u32, f32)>> {
+        let n = self.ck.meta.n_items;
         if self.host_top_k {
             // Host memory already: no copy, and a partial selection beats flex's full-sort topk.
-            host::with_f32(scores, |data| top_k_host(data, n, self.k))
+            host::with_f32(scores, |data| {
+                if threaded { top_k_host(data, n, self.k) } else { data.chunks(n).map(|row| top_k_row(row, self.k)).collect() }
+            })
         } else {
             // Device top-k: two reads per chunk of users, k values each.
             let (vals, idx) = scores.topk_with_indices(self.k, 1);
@@ -296,9 +304,23 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
     let mut export = Export::create(&args.out, format, &columns)?;
     let bar = Progress::users(targets.len());
     let mut users_out = 0usize;
-    for block in targets.chunks(scorer.chunk) {
-        let known: Vec<u32> = block.iter().filter_map(|t| if let Target::Known(u) = t { Some(*u) } else { None }).collect();
-        let mut scored = scorer.top_k(&known).into_iter();
+    let blocks: Vec<&[Target]> = targets.chunks(scorer.chunk).collect();
+    let known_of = |block: &[Target]| -> Vec<u32> { block.iter().filter_map(|t| if let Target::Known(u) = t { Some(*u) } else { None }).collect() };
+    // Two stages: this thread scores chunk i+1 on the device while a second one selects the
+    // top-k of chunk i and writes it (on the CPU the two run on different cores). The channel
+    // holds one chunk, so memory stays bounded by a few chunks.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Tensor<2>>>(1);
+    let (scorer_ref, blocks_ref) = (&scorer, &blocks);
+    let written = std::thread::scope(|s| -> Result<Export> {
+        let producer = s.spawn(move || {
+            for block in blocks_ref {
+                if tx.send(scorer_ref.scores(&known_of(block))).is_err() {
+                    break; // the writer stopped on an error
+                }
+            }
+        });
+    for (block, scores) in blocks.iter().copied().zip(rx.iter()) {
+        let mut scored = scores.map_or_else(Vec::new, |t| scorer.select(t, false)).into_iter();
         let (mut user, mut rank, mut item, mut score, mut source) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut item_ids: Vec<u32> = Vec::new();
         for t in block {
@@ -337,6 +359,11 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
         export.write(&batch)?;
         bar.inc(block.len() as u64);
     }
+        drop(rx);
+        producer.join().expect("scoring thread");
+        Ok(export)
+    })?;
+    let export = written;
     bar.finish_and_clear();
     let rows = export.rows();
     export.finish()?;
