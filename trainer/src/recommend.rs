@@ -306,21 +306,9 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
     let mut users_out = 0usize;
     let blocks: Vec<&[Target]> = targets.chunks(scorer.chunk).collect();
     let known_of = |block: &[Target]| -> Vec<u32> { block.iter().filter_map(|t| if let Target::Known(u) = t { Some(*u) } else { None }).collect() };
-    // Two stages: this thread scores chunk i+1 on the device while a second one selects the
-    // top-k of chunk i and writes it (on the CPU the two run on different cores). The channel
-    // holds one chunk, so memory stays bounded by a few chunks.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Tensor<2>>>(1);
-    let (scorer_ref, blocks_ref) = (&scorer, &blocks);
-    let written = std::thread::scope(|s| -> Result<Export> {
-        let producer = s.spawn(move || {
-            for block in blocks_ref {
-                if tx.send(scorer_ref.scores(&known_of(block))).is_err() {
-                    break; // the writer stopped on an error
-                }
-            }
-        });
-    for (block, scores) in blocks.iter().copied().zip(rx.iter()) {
-        let mut scored = scores.map_or_else(Vec::new, |t| scorer.select(t, false)).into_iter();
+    // The output rows of one block of requested users, in request order.
+    let mut batch_of = |block: &[Target], lists: Vec<Vec<(u32, f32)>>| -> Vec<Values> {
+        let mut scored = lists.into_iter();
         let (mut user, mut rank, mut item, mut score, mut source) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut item_ids: Vec<u32> = Vec::new();
         for t in block {
@@ -356,14 +344,28 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
             }
             batch.extend(cols.into_iter().map(Values::Str));
         }
-        export.write(&batch)?;
-        bar.inc(block.len() as u64);
-    }
-        drop(rx);
-        producer.join().expect("scoring thread");
+        batch
+    };
+    // Two stages: a second thread scores chunk i+1 on the device while this one selects the
+    // top-k of chunk i and writes it (on the CPU the two run on different cores). The channel
+    // holds one chunk, so memory stays bounded by a few chunks.
+    let export = std::thread::scope(|s| -> Result<Export> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Tensor<2>>>(1);
+        let (scorer, blocks) = (&scorer, &blocks);
+        s.spawn(move || {
+            for block in blocks {
+                if tx.send(scorer.scores(&known_of(block))).is_err() {
+                    break; // the writer stopped on an error
+                }
+            }
+        });
+        for (block, scores) in blocks.iter().zip(rx) {
+            let lists = scores.map_or_else(Vec::new, |t| scorer.select(t, false));
+            export.write(&batch_of(block, lists))?;
+            bar.inc(block.len() as u64);
+        }
         Ok(export)
     })?;
-    let export = written;
     bar.finish_and_clear();
     let rows = export.rows();
     export.finish()?;
