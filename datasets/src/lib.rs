@@ -14,6 +14,7 @@ pub mod sampler;
 pub mod split;
 pub mod stats;
 pub mod synthetic;
+pub mod table;
 pub mod user_items;
 
 pub use batch::{Batch, BatchBuilder};
@@ -26,4 +27,5 @@ pub use sampler::{EpochSamples, NegativeSampler, SamplerConfig};
 pub use split::{Split, SplitConfig, SplitMethod};
 pub use stats::{Quantiles, Stats};
 pub use synthetic::{DemoConfig, shaped_split};
+pub use table::{KeyedTable, ParquetSink};
 pub use user_items::UserItems;

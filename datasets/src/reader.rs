@@ -69,7 +69,7 @@ pub struct ReadOptions {
 }
 
 /// The unit separator replaces MovieLens `::`; it never occurs in interaction data.
-const UNIT_SEP: u8 = 0x1f;
+pub(crate) const UNIT_SEP: u8 = 0x1f;
 
 /// What sniffing the head of a text file found.
 struct Sniffed {
@@ -82,7 +82,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
     move |source| DataError::Io { path: path.to_path_buf(), source }
 }
 
-fn looks_numeric(s: &str) -> bool {
+pub(crate) fn looks_numeric(s: &str) -> bool {
     let s = s.trim().trim_matches('"');
     !s.is_empty() && s.parse::<f64>().is_ok()
 }
@@ -131,7 +131,7 @@ fn polars_err(path: &Path) -> impl FnOnce(PolarsError) -> DataError + '_ {
 }
 
 /// Reads a text file with `::` rewritten to a single byte, streaming in blocks.
-fn rewrite_double_colon(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn rewrite_double_colon(path: &Path) -> Result<Vec<u8>> {
     let mut file = std::fs::File::open(path).map_err(io_err(path))?;
     let mut out = Vec::with_capacity(file.metadata().map(|m| m.len() as usize).unwrap_or(0));
     let mut buf = vec![0u8; 1 << 20];
@@ -197,7 +197,7 @@ fn read_frame(path: &Path, opts: &ReadOptions) -> Result<(DataFrame, bool)> {
 
 /// Column names tried, in order, when none is given and the file has a header.
 const USER_NAMES: &[&str] = &["user", "user_id", "userid", "uid", "customer", "customer_id"];
-const ITEM_NAMES: &[&str] = &["item", "item_id", "itemid", "iid", "movie", "movieid", "movie_id", "product", "product_id"];
+pub(crate) const ITEM_NAMES: &[&str] = &["item", "item_id", "itemid", "iid", "movie", "movieid", "movie_id", "product", "product_id"];
 const RATING_NAMES: &[&str] = &["rating", "ratings", "score", "value"];
 const TIME_NAMES: &[&str] = &["timestamp", "time", "ts", "date", "datetime"];
 

@@ -12,6 +12,15 @@ use crate::ncf::Ncf;
 /// # Shapes
 /// - users: `[rows]`, items: `[rows, width]` → `[2]`
 pub fn sampled_sums(model: &Ncf, users: Tensor<1, Int>, items: Tensor<2, Int>, k: usize) -> Tensor<1> {
+    sampled_rows(model, users, items, k).sum_dim(0).reshape([2])
+}
+
+/// Per-row sampled-protocol metrics: `[hit, ndcg]` at `k` for each candidate row (see
+/// [`sampled_sums`], which sums them).
+///
+/// # Shapes
+/// - users: `[rows]`, items: `[rows, width]` → `[rows, 2]`
+pub fn sampled_rows(model: &Ncf, users: Tensor<1, Int>, items: Tensor<2, Int>, k: usize) -> Tensor<2> {
     let [rows, width] = items.dims();
     let user_rep = users.unsqueeze_dim::<2>(1).expand([rows, width]).reshape([rows * width]);
     let scores = model.score_pairs(user_rep, items.reshape([rows * width])).reshape([rows, width]);
@@ -20,7 +29,7 @@ pub fn sampled_sums(model: &Ncf, users: Tensor<1, Int>, items: Tensor<2, Int>, k
     let rank = negs.greater_equal(test.expand([rows, width - 1])).int().sum_dim(1).float(); // [rows, 1]
     let hit = rank.clone().lower_elem(k as f32).float();
     let ndcg = hit.clone() * (rank.add_scalar(2.0).log().recip().mul_scalar(std::f32::consts::LN_2));
-    Tensor::cat(vec![hit.sum(), ndcg.sum()], 0)
+    Tensor::cat(vec![hit, ndcg], 1)
 }
 
 /// One chunk of users for full-ranking evaluation, prepared on the host once and uploaded.
@@ -66,6 +75,15 @@ impl RankingChunk {
 /// the users' training items masked; `covered` (`[n_items]`) counts how often each item is in a
 /// top-k list.
 pub fn full_ranking_sums(model: &Ncf, items: &crate::ncf::ItemSide, chunk: &RankingChunk, k: usize, covered: &mut Tensor<1>) -> Tensor<1> {
+    full_ranking_rows(model, items, chunk, k, covered).sum_dim(0).reshape([4])
+}
+
+/// Per-user full-ranking metrics of a chunk: `[recall, precision, ndcg, map]` at `k` for each
+/// user (see [`full_ranking_sums`], which sums them).
+///
+/// # Shapes
+/// - chunk of `c` users → `[c, 4]`
+pub fn full_ranking_rows(model: &Ncf, items: &crate::ncf::ItemSide, chunk: &RankingChunk, k: usize, covered: &mut Tensor<1>) -> Tensor<2> {
     use burn::tensor::IndexingUpdateOp;
     let n = items.n_items();
     let c = chunk.users.dims()[0];
@@ -98,7 +116,7 @@ pub fn full_ranking_sums(model: &Ncf, items: &crate::ncf::ItemSide, chunk: &Rank
     let ndcg = hits.clone().matmul(discount) / idcg;
     let precision_at = hits.clone().matmul(upper) / pos.add_scalar(1.0).reshape([1, k]);
     let ap = (hits * precision_at).sum_dim(1) / ideal;
-    Tensor::cat(vec![recall.sum(), precision.sum(), ndcg.sum(), ap.sum()], 0)
+    Tensor::cat(vec![recall, precision, ndcg, ap], 1)
 }
 
 #[cfg(test)]

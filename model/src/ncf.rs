@@ -38,6 +38,9 @@ pub struct Head {
 pub struct ItemSide {
     /// `[n_items, width]`
     table: Tensor<2>,
+    /// Item half of the factor dot product, transposed, with a row of ones (and MF's item-bias
+    /// row) so user-side biases fold into the same matmul: `[gmf + 1 (+1 for MF), n_items]`.
+    dot_t: Option<Tensor<2>>,
     /// First MLP layer applied to the item half, bias included: `[n_items, layers[1]]`.
     mlp_in: Option<Tensor<2>>,
 }
@@ -180,7 +183,16 @@ impl Ncf {
                 None => x,
             }
         });
-        ItemSide { table, mlp_in }
+        let n = self.n_items();
+        let dot_t = (l.gmf > 0).then(|| {
+            let device = table.device();
+            let mut parts = vec![table.clone().slice([0..n, 0..l.gmf]), Tensor::ones([n, 1], &device)];
+            if l.kind == ModelKind::Mf {
+                parts.push(table.clone().slice([0..n, l.gmf..l.gmf + 1]));
+            }
+            Tensor::cat(parts, 1).transpose()
+        });
+        ItemSide { table, dot_t, mlp_in }
     }
 
     /// Logits of every user in `users` against every item, without forming pair rows for
@@ -295,22 +307,24 @@ impl Head {
         let l = self.layout;
         let [c, _] = user.dims();
         let n = items.n_items();
+        let device = user.device();
         if l.kind == ModelKind::Mf {
-            let f = l.gmf;
-            let it = &items.table;
-            let dot = user.clone().slice([0..c, 0..f]).matmul(it.clone().slice([0..n, 0..f]).transpose());
-            return dot + user.slice([0..c, f..f + 1]) + it.clone().slice([0..n, f..f + 1]).transpose();
+            // [u, b_u, 1] · [i, 1, b_i] = u·i + b_u + b_i in one matmul.
+            let u = Tensor::cat(vec![user, Tensor::ones([c, 1], &device)], 1);
+            return u.matmul(items.dot_t.clone().expect("item side built for this head"));
         }
         let out = self.output.as_ref().expect("output layer");
         let w = out.weight.val(); // [gmf + last, 1]
         let [w_rows, _] = w.dims();
-        let mut scores = out.bias.as_ref().map(|b| b.val().reshape([1, 1])).unwrap_or_else(|| w.zeros_like().slice([0..1, 0..1]));
-        if l.gmf > 0 {
-            // (u ⊙ w_gmf) · i  ==  (u ⊙ w_gmfᵀ) @ iᵀ
+        let bias = out.bias.as_ref().map(|b| b.val().reshape([1, 1])).unwrap_or_else(|| w.zeros_like().slice([0..1, 0..1]));
+        let mut scores = if l.gmf > 0 {
+            // (u ⊙ w_gmf) · i + b  ==  [u ⊙ w_gmfᵀ, b] @ [i, 1]ᵀ
             let wg = w.clone().slice([0..l.gmf, 0..1]).transpose();
             let ug = user.clone().slice([0..c, 0..l.gmf]) * wg;
-            scores = scores + ug.matmul(items.table.clone().slice([0..n, 0..l.gmf]).transpose());
-        }
+            Tensor::cat(vec![ug, bias.expand([c, 1])], 1).matmul(items.dot_t.clone().expect("item side built for this head"))
+        } else {
+            bias
+        };
         if l.mlp > 0 {
             let first = &self.mlp[0];
             let w1 = first.weight.val();

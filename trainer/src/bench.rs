@@ -349,15 +349,14 @@ fn measure_eval(plan: &Plan, v: &Variant, inputs: &Inputs, device: &Device) -> [
 /// scored in the chunks `ncf recommend` uses (CSV writing excluded).
 fn measure_recommend(plan: &Plan, v: &Variant, selected: &backend::Selected, inputs: &Inputs) -> Figure {
     let model = Ncf::init(&v.config, plan.users, plan.items, plan.seed, &selected.device);
-    let width = if model.head.layout.mlp > 0 { v.config.layers[1] } else { 1 };
-    let chunk = recommend::users_per_chunk(plan.items, width);
-    let users: Vec<u32> = (0..plan.recommend_users as u32).collect();
     let k = plan.k.min(plan.items);
+    let scorer = recommend::Scorer::new(&model, &inputs.split.train, &selected.device, None, false, selected.host_memory(), k);
+    let chunk = scorer.chunk;
+    let users: Vec<u32> = (0..plan.recommend_users as u32).collect();
     let pass = |ids: &[u32]| {
-        let side = model.item_side();
         let mut n = 0;
         for c in ids.chunks(chunk) {
-            n += recommend::top_k_users(&model, &side, c, Some(&inputs.split.train), k, selected.host_memory()).len();
+            n += scorer.scores(c).map_or(0, |s| scorer.select(s, true).len());
         }
         n
     };

@@ -4,7 +4,7 @@
 //! DIR/checkpoint.json   format version, model kind, sizes, epoch, metrics
 //! DIR/config.toml       the resolved run configuration
 //! DIR/model.safetensors weights (burn-store; PyTorch can read it)
-//! DIR/train.safetensors each user's training items (CSR) and item popularity
+//! DIR/train.safetensors each user's training and test items (CSR) and item popularity
 //! DIR/users.txt         raw user ids, one per line, in dense-id order
 //! DIR/items.txt         raw item ids, likewise
 //! DIR/optim.safetensors optimizer state (last/ only): moments, per-row last-update steps
@@ -26,6 +26,8 @@ use crate::history::EpochRecord;
 use crate::host;
 
 /// Bumped whenever the directory layout or meaning of a file changes.
+/// 2: `train.safetensors` also holds the test split (`test_offsets`, `test_items`); `checkpoint.json`
+/// the metrics history and optimizer step; `optim.safetensors` (in `last/`) the optimizer state.
 pub const FORMAT_VERSION: u32 = 2;
 
 /// `checkpoint.json`.
@@ -51,6 +53,10 @@ pub struct Checkpoint {
     pub config: RunConfig,
     pub model: Ncf,
     pub train: UserItems,
+    /// The run's test split, so `ncf evaluate` can reproduce its metrics.
+    pub test: UserItems,
+    /// Training users per item.
+    pub popularity: Vec<u32>,
     pub users: IdMap,
     pub items: IdMap,
 }
@@ -61,6 +67,7 @@ pub struct Saved<'a> {
     pub config: &'a RunConfig,
     pub model: &'a Ncf,
     pub train: &'a UserItems,
+    pub test: &'a UserItems,
     pub users: &'a IdMap,
     pub items: &'a IdMap,
     /// Optimizer state, for checkpoints a run can resume from.
@@ -89,13 +96,19 @@ pub fn save(dir: &Path, saved: &Saved) -> Result<()> {
     let ids = |m: &IdMap| m.raw_ids().iter().map(|s| format!("{s}\n")).collect::<String>();
     write("users.txt", ids(saved.users).as_bytes())?;
     write("items.txt", ids(saved.items).as_bytes())?;
-    let offsets: Vec<i64> = saved.train.offsets().iter().map(|&o| o as i64).collect();
-    let items: Vec<i32> = saved.train.all_items().iter().map(|&i| i as i32).collect();
+    let csr = |t: &UserItems| -> (Vec<u8>, Vec<u8>) {
+        let offsets: Vec<i64> = t.offsets().iter().map(|&o| o as i64).collect();
+        let items: Vec<i32> = t.all_items().iter().map(|&i| i as i32).collect();
+        (bytes(&offsets), bytes(&items))
+    };
+    let ((ob, ib), (tob, tib)) = (csr(saved.train), csr(saved.test));
     let pop: Vec<i32> = saved.train.item_counts(saved.meta.n_items).iter().map(|&c| c as i32).collect();
-    let (ob, ib, pb) = (bytes(&offsets), bytes(&items), bytes(&pop));
+    let pb = bytes(&pop);
     let views = [
-        ("offsets", TensorView::new(Dtype::I64, vec![offsets.len()], &ob)?),
-        ("items", TensorView::new(Dtype::I32, vec![items.len()], &ib)?),
+        ("offsets", TensorView::new(Dtype::I64, vec![ob.len() / 8], &ob)?),
+        ("items", TensorView::new(Dtype::I32, vec![ib.len() / 4], &ib)?),
+        ("test_offsets", TensorView::new(Dtype::I64, vec![tob.len() / 8], &tob)?),
+        ("test_items", TensorView::new(Dtype::I32, vec![tib.len() / 4], &tib)?),
         ("popularity", TensorView::new(Dtype::I32, vec![pop.len()], &pb)?),
     ];
     safetensors::serialize_to_file(views, None, &tmp.join("train.safetensors"))?;
@@ -178,28 +191,77 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
         }
         Ok(t.data().to_vec())
     };
-    let offsets: Vec<usize> = get("offsets", Dtype::I64)?
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as usize)
-        .collect();
-    let train_items: Vec<u32> =
-        get("items", Dtype::I32)?.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32).collect();
-    if get("popularity", Dtype::I32)?.len() != meta.n_items * 4 {
+    let i32s = |name: &str| -> Result<Vec<u32>> {
+        Ok(get(name, Dtype::I32)?.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32).collect())
+    };
+    let csr = |offsets: &str, items: &str, what: &str| -> Result<UserItems> {
+        let offsets: Vec<usize> =
+            get(offsets, Dtype::I64)?.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as usize).collect();
+        UserItems::from_csr(offsets, i32s(items)?)
+            .filter(|t| t.n_users() == meta.n_users && t.all_items().iter().all(|&i| (i as usize) < meta.n_items))
+            .with_context(|| format!("{}: inconsistent {what} items", train_path.display()))
+    };
+    let popularity = i32s("popularity")?;
+    if popularity.len() != meta.n_items {
         bail!("{}: item popularity has the wrong length", train_path.display());
     }
-    let train = UserItems::from_csr(offsets, train_items)
-        .filter(|t| t.n_users() == meta.n_users && t.all_items().iter().all(|&i| (i as usize) < meta.n_items))
-        .with_context(|| format!("{}: inconsistent training items", train_path.display()))?;
+    let train = csr("offsets", "items", "training")?;
+    let test = csr("test_offsets", "test_items", "test")?;
 
     let mut model = Ncf::init(&config.model, meta.n_users, meta.n_items, config.seed, device);
     let weights = file("model.safetensors");
+    // burn's apply panics on a shape mismatch: check names, shapes and sizes from the header first.
+    check_weights(&weights, &model)?;
     let result = model
         .load_from(&mut SafetensorsStore::from_file(&weights))
         .map_err(|e| anyhow::anyhow!("{}: corrupted or unreadable weights: {e}", weights.display()))?;
     if !result.is_success() || !result.missing.is_empty() {
         bail!("{}: weights do not match the model in config.toml: {result}", weights.display());
     }
-    Ok(Checkpoint { meta, config, model, train, users, items })
+    Ok(Checkpoint { meta, config, model, train, test, popularity, users, items })
+}
+
+/// Checks `model.safetensors` against the model built from `config.toml`: every parameter present
+/// as f32 with the same shape, byte ranges inside the file, nothing truncated.
+fn check_weights(path: &Path, model: &Ncf) -> Result<()> {
+    use std::io::Read;
+    let bad = |what: String| anyhow::anyhow!("{}: corrupted or unreadable weights: {what}", path.display());
+    let mut file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let file_len = file.metadata()?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|_| bad("shorter than a safetensors header".into()))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100 << 20 || 8 + n > file_len {
+        return Err(bad(format!("header length {n} does not fit a {file_len}-byte file")));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
+    let header: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("header is not valid JSON ({e})")))?;
+    let data_len = file_len - 8 - n;
+    for t in model.collect(None, None, false) {
+        let want: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+        let entry = header.get(&t.name).ok_or_else(|| {
+            anyhow::anyhow!("{}: no tensor {:?}; the weights do not match the model in config.toml", path.display(), t.name)
+        })?;
+        let shape: Option<Vec<u64>> = entry["shape"].as_array().map(|a| a.iter().filter_map(|d| d.as_u64()).collect());
+        if shape.as_ref() != Some(&want) || entry["dtype"] != "F32" {
+            bail!(
+                "{}: tensor {:?} is {} {:?} but the model in config.toml needs F32 {want:?}",
+                path.display(),
+                t.name,
+                entry["dtype"],
+                shape.unwrap_or_default()
+            );
+        }
+        let offsets = entry["data_offsets"].as_array().map(|a| a.iter().filter_map(|d| d.as_u64()).collect::<Vec<_>>());
+        let size = 4 * want.iter().product::<u64>();
+        match offsets.as_deref() {
+            Some(&[start, end]) if end >= start && end - start == size && end <= data_len => {}
+            _ => return Err(bad(format!("tensor {:?} has bad or truncated data offsets", t.name))),
+        }
+    }
+    Ok(())
 }
 
 /// The optimizer state saved beside `model` in checkpoint `dir` (a `last/`), on `device`.

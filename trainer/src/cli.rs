@@ -8,6 +8,8 @@ use ncf_datasets::{ColumnRef, Format, ReadOptions};
 
 use crate::backend::BackendName;
 use crate::config::RunConfig;
+use crate::export::OutFormat;
+use crate::recommend::UnknownUsers;
 
 /// Neural collaborative filtering: train GMF, MLP, NeuMF or MF and export recommendations.
 #[derive(Debug, Parser)]
@@ -23,6 +25,10 @@ pub enum Command {
     Train(TrainArgs),
     /// Export top-N recommendations per user from a checkpoint.
     Recommend(RecommendArgs),
+    /// Evaluate a checkpoint on its saved test split or a given test file.
+    Evaluate(EvaluateArgs),
+    /// Score given (user, item) pairs from a checkpoint.
+    Score(ScoreArgs),
     /// Inspect or split an interaction file.
     #[command(subcommand)]
     Data(DataCommand),
@@ -154,17 +160,88 @@ pub struct RecommendArgs {
     /// Run directory (uses its best/) or a checkpoint directory.
     #[arg(long)]
     pub checkpoint: PathBuf,
+    /// Users: `all`, a file with one raw user id per line, or id,id,... (adds a `source` column).
+    #[arg(long, default_value = "all")]
+    pub users: String,
     /// Items per user.
     #[arg(long, default_value_t = 10)]
     pub top_n: usize,
-    /// Output CSV file.
+    /// Output file: .csv, .parquet or .jsonl.
     #[arg(long)]
     pub out: PathBuf,
+    /// Output format (default: from the extension of --out).
+    #[arg(long, value_enum)]
+    pub out_format: Option<OutFormat>,
     /// Keep items the user had in training.
     #[arg(long)]
     pub include_seen: bool,
+    /// Only recommend these items: a file with one raw item id per line, or id,id,...
+    #[arg(long)]
+    pub items: Option<String>,
+    /// Requested users the checkpoint has never seen: fail, leave out, or give popular items.
+    #[arg(long, value_enum, default_value = "popular")]
+    pub unknown_users: UnknownUsers,
+    /// Item table to join (CSV, TSV, pipe-separated like MovieLens u.item; Latin-1 accepted).
+    #[arg(long)]
+    pub item_metadata: Option<PathBuf>,
+    /// Item id column of --item-metadata: name or 0-based index (default: an item-like name, else 0).
+    #[arg(long)]
+    pub item_key: Option<String>,
+    /// Columns of --item-metadata to join, comma-separated names or indices (default: all).
+    #[arg(long)]
+    pub item_columns: Option<String>,
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendName,
+}
+
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// Run directory (uses its best/) or a checkpoint directory.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Test interactions (raw ids, read like --data); default: the split saved with the checkpoint.
+    #[arg(long)]
+    pub test: Option<PathBuf>,
+    #[command(flatten)]
+    pub read: ReadFlags,
+    /// Cutoff K (default: the run's train.k).
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// Write per-user metrics here (.csv, .parquet or .jsonl).
+    #[arg(long)]
+    pub per_user: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendName,
+}
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// Run directory (uses its best/) or a checkpoint directory.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// (user, item) pairs with raw ids, read like --data.
+    #[arg(long)]
+    pub pairs: PathBuf,
+    #[command(flatten)]
+    pub read: ReadFlags,
+    /// Output file: .csv, .parquet or .jsonl.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Output format (default: from the extension of --out).
+    #[arg(long, value_enum)]
+    pub out_format: Option<OutFormat>,
+    /// Pairs with a user or item the checkpoint has never seen: fail or leave out.
+    #[arg(long, value_enum, default_value = "skip")]
+    pub unknown: UnknownPairs,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendName,
+}
+
+/// What `ncf score` does with pairs naming an unknown user or item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnknownPairs {
+    Error,
+    Skip,
 }
 
 impl ReadFlags {

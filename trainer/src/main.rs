@@ -10,10 +10,14 @@ mod config;
 mod curves;
 mod data;
 mod data_cmd;
+mod evaluate;
+mod export;
 mod history;
 mod host;
+mod pairs;
 mod progress;
 mod recommend;
+mod score;
 mod train;
 
 use std::process::ExitCode;
@@ -41,6 +45,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => train::run(&args),
         Command::Recommend(args) => recommend::run(&args),
+        Command::Evaluate(args) => evaluate::run(&args),
+        Command::Score(args) => score::run(&args),
         Command::Data(cmd) => data_cmd::run(&cmd),
         Command::Bench(args) => bench::run(&args),
     }

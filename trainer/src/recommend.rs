@@ -1,141 +1,388 @@
 //! `ncf recommend`: top-N items per user from a checkpoint, scored in chunks of users against the
-//! whole catalogue with the user's training items masked, written as `user,rank,item,score`.
+//! whole catalogue with the user's training items masked, written as `user,rank,item,score`
+//! (then `source` and joined item metadata) in CSV, Parquet or JSONL.
 
-use std::io::{BufWriter, Write};
+use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
-use ncf_datasets::UserItems;
+use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use clap::ValueEnum;
+use ncf_datasets::{ColumnRef, IdMap, KeyedTable, UserItems};
 use ncf_model::{ItemSide, Ncf};
 
 use crate::backend;
 use crate::checkpoint;
 use crate::cli::RecommendArgs;
+use crate::export::{Export, Kind, OutFormat, Values};
 use crate::host;
 use crate::progress::Progress;
 
-/// Floats one scoring chunk may hold on the device (256 MiB).
-const CHUNK_FLOATS: usize = 64 << 20;
+/// Scores per chunk of users on the CPU (8 MiB): small enough that the host top-k reads them
+/// from cache; measured faster than larger chunks on the 30k × 41k benchmark.
+const HOST_SCORE_FLOATS: usize = 2 << 20;
+/// Scores per chunk of users on a GPU (128 MiB): fewer, larger launches and reads.
+const DEVICE_SCORE_FLOATS: usize = 32 << 20;
+/// Fewest users per chunk where memory allows: tiny matmuls waste the CPU.
+const MIN_CHUNK: usize = 16;
+/// Floats of the `[users × items, width]` MLP activations one chunk may hold (128 MiB).
+const MLP_FLOATS: usize = 32 << 20;
 
-/// The best `k` of each row of a `[rows, n]` score matrix: (item, score), best first, ties by
-/// lower item id; masked (-inf) entries are dropped.
-pub fn top_k_host(scores: &[f32], n: usize, k: usize) -> Vec<Vec<(u32, f32)>> {
-    scores
-        .chunks(n)
-        .map(|row| {
-            let mut idx: Vec<u32> = (0..n as u32).filter(|&i| row[i as usize] > f32::NEG_INFINITY).collect();
-            let cmp = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
-            let k = k.min(idx.len());
-            if k > 0 && k < idx.len() {
-                idx.select_nth_unstable_by(k - 1, cmp);
-            }
-            idx.truncate(k);
-            idx.sort_unstable_by(cmp);
-            idx.into_iter().map(|i| (i, row[i as usize])).collect()
-        })
-        .collect()
+/// Above this `k`, a row's top-k uses a partial sort instead of an insertion buffer.
+const SMALL_K: usize = 64;
+
+/// What to do with requested users the checkpoint has never seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UnknownUsers {
+    /// Fail before writing anything.
+    Error,
+    /// Leave them out of the output.
+    Skip,
+    /// Give them the most popular training items, flagged `source = popularity`.
+    Popular,
 }
 
-/// Users scored per device call so a chunk's `[users, n_items, width]` work fits [`CHUNK_FLOATS`].
-pub fn users_per_chunk(n_items: usize, width: usize) -> usize {
-    (CHUNK_FLOATS / (n_items * width).max(1)).clamp(1, 4096)
-}
-
-/// The top `k` (item, score) of each user in `ids` against the whole catalogue, best first, with
-/// the user's `seen` items masked when given. `host_memory` backends select on the host (a partial
-/// selection beats flex's full-sort topk); GPU backends run the device top-k and read back only it.
-pub fn top_k_users(model: &Ncf, item_side: &ItemSide, ids: &[u32], seen: Option<&UserItems>, k: usize, host_memory: bool) -> Vec<Vec<(u32, f32)>> {
-    let device = &model.user.val().device();
-    let n_items = item_side.n_items();
-    let c = ids.len();
-    let u = Tensor::<1, Int>::from_data(TensorData::new(ids.iter().map(|&u| u as i32).collect::<Vec<_>>(), [c]), device);
-    let mut scores = model.score_all(u, item_side);
-    if let Some(seen) = seen {
-        let flat: Vec<i32> = ids
-            .iter()
-            .enumerate()
-            .flat_map(|(r, &user)| seen.items(user).iter().map(move |&i| (r * n_items) as i32 + i as i32))
-            .collect();
-        if !flat.is_empty() {
-            let m = flat.len();
-            let idx = Tensor::<1, Int>::from_data(TensorData::new(flat, [m]), device);
-            let mask = Tensor::<1>::full([m], f32::NEG_INFINITY, device);
-            scores = scores.reshape([c * n_items]).select_assign(0, idx, mask, IndexingUpdateOp::Add).reshape([c, n_items]);
+/// The best `k` of one row: (item, score), best first, ties by lower item id; masked (-inf) and
+/// NaN entries dropped.
+fn top_k_row(row: &[f32], k: usize) -> Vec<(u32, f32)> {
+    if k > SMALL_K {
+        let mut idx: Vec<u32> = (0..row.len() as u32).filter(|&i| row[i as usize] > f32::NEG_INFINITY).collect();
+        let cmp = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+        let k = k.min(idx.len());
+        if k > 0 && k < idx.len() {
+            idx.select_nth_unstable_by(k - 1, cmp);
+        }
+        idx.truncate(k);
+        idx.sort_unstable_by(cmp);
+        return idx.into_iter().map(|i| (i, row[i as usize])).collect();
+    }
+    // One comparison per item against the current k-th best; ids ascend, so an equal score
+    // never displaces an earlier (lower) id.
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    let mut worst = f32::NEG_INFINITY;
+    for (i, &s) in row.iter().enumerate() {
+        if !(s > worst) && (best.len() == k || !(s > f32::NEG_INFINITY)) {
+            continue;
+        }
+        let pos = best.partition_point(|&(_, b)| b >= s);
+        best.insert(pos, (i as u32, s));
+        best.truncate(k);
+        if best.len() == k {
+            worst = best[k - 1].1;
         }
     }
-    if host_memory {
-        top_k_host(&host::read_f32(scores), n_items, k)
-    } else {
-        let (vals, idx) = scores.topk_with_indices(k, 1);
-        let vals = host::read_f32(vals);
-        let idx = host::read_i64(idx);
-        vals.chunks(k)
-            .zip(idx.chunks(k))
-            .map(|(v, i)| v.iter().zip(i).filter(|(s, _)| **s > f32::NEG_INFINITY).map(|(&s, &i)| (i as u32, s)).collect())
+    best
+}
+
+/// The best `k` of each row of a `[rows, n]` score matrix (see [`top_k_row`]), rows split
+/// across the CPU's threads.
+pub fn top_k_host(scores: &[f32], n: usize, k: usize) -> Vec<Vec<(u32, f32)>> {
+    let rows = scores.len() / n.max(1);
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(rows).max(1);
+    let per = rows.div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = scores
+            .chunks(per * n)
+            .map(|block| s.spawn(move || block.chunks(n).map(|row| top_k_row(row, k)).collect::<Vec<_>>()))
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("top-k thread")).collect()
+    })
+}
+
+/// Ids from `--users`/`--items`: `all`, a file with one id per line, or `id,id,...`.
+fn id_list(spec: &str, flag: &str) -> Result<Vec<String>> {
+    let path = Path::new(spec);
+    let raw: Vec<String> = if path.is_file() {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("{flag} {}", path.display()))?
+            .lines()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
             .collect()
+    } else {
+        spec.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+    };
+    let mut seen = HashSet::new();
+    let ids: Vec<String> = raw.into_iter().filter(|id| seen.insert(id.clone())).collect();
+    if ids.is_empty() {
+        let what = if path.is_file() { format!("{} has no ids", path.display()) } else { format!("{spec:?} names no ids") };
+        bail!("{flag}: {what}; give `all`, a file with one id per line, or id,id,...");
     }
+    Ok(ids)
+}
+
+/// Up to five ids for a message.
+fn examples(ids: &[&str]) -> String {
+    let mut s: Vec<String> = ids.iter().take(5).map(|i| format!("{i:?}")).collect();
+    if ids.len() > 5 {
+        s.push("…".into());
+    }
+    s.join(", ")
+}
+
+/// One requested user: a dense id, or a raw id the checkpoint has never seen.
+enum Target {
+    Known(u32),
+    Unknown(String),
+}
+
+/// Scores users against the catalogue on the device, masks, and selects the top k per user.
+pub struct Scorer<'a> {
+    model: &'a Ncf,
+    /// Each user's training items (masked unless `include_seen`).
+    train: &'a UserItems,
+    side: ItemSide,
+    device: &'a Device,
+    /// `[1, n_items]`: 0 for candidate items, -inf for the rest (`--items`).
+    restrict: Option<Tensor<2>>,
+    include_seen: bool,
+    host_top_k: bool,
+    k: usize,
+    /// Users per device call.
+    pub chunk: usize,
+}
+
+impl<'a> Scorer<'a> {
+    pub fn new(model: &'a Ncf, train: &'a UserItems, device: &'a Device, allowed: Option<&[bool]>, include_seen: bool, host_top_k: bool, k: usize) -> Self {
+        let n = model.n_items();
+        // Memory stays bounded by the chunk whatever the number of users.
+        let budget = if host_top_k { HOST_SCORE_FLOATS } else { DEVICE_SCORE_FLOATS };
+        let chunk = match model.head.mlp.first().map(|l| l.weight.val().dims()[1]) {
+            Some(width) => (MLP_FLOATS / (n * width).max(1)).clamp(1, 4096),
+            None => (budget / n.max(1)).clamp(MIN_CHUNK, 4096),
+        };
+        let restrict = allowed.map(|a| {
+            let bias: Vec<f32> = a.iter().map(|&ok| if ok { 0.0 } else { f32::NEG_INFINITY }).collect();
+            Tensor::<2>::from_data(TensorData::new(bias, [1, n]), device)
+        });
+        Self { model, train, side: model.item_side(), device, restrict, include_seen, host_top_k, k, chunk }
+    }
+
+    /// The masked `[users, n_items]` scores of `users` (`None` for no users), left on the device.
+    pub fn scores(&self, users: &[u32]) -> Option<Tensor<2>> {
+        let (c, n, device) = (users.len(), self.model.n_items(), self.device);
+        if c == 0 {
+            return None;
+        }
+        let u = Tensor::<1, Int>::from_data(TensorData::new(users.iter().map(|&u| u as i32).collect::<Vec<_>>(), [c]), device);
+        let mut scores = self.model.score_all(u, &self.side);
+        if let Some(r) = &self.restrict {
+            scores = scores + r.clone();
+        }
+        if !self.include_seen {
+            let flat: Vec<i32> = users
+                .iter()
+                .enumerate()
+                .flat_map(|(r, &user)| self.train.items(user).iter().map(move |&i| (r * n) as i32 + i as i32))
+                .collect();
+            if !flat.is_empty() {
+                let m = flat.len();
+                let idx = Tensor::<1, Int>::from_data(TensorData::new(flat, [m]), device);
+                let mask = Tensor::<1>::full([m], f32::NEG_INFINITY, device);
+                scores = scores.reshape([c * n]).select_assign(0, idx, mask, IndexingUpdateOp::Add).reshape([c, n]);
+            }
+        }
+        Some(scores)
+    }
+
+    /// The top-k lists of a `scores` matrix; `threaded`: split a host selection across cores.
+    pub fn select(&self, scores: Tensor<2>, threaded: bool) -> Vec<Vec<(u32, f32)>> {
+        let n = self.model.n_items();
+        if self.host_top_k {
+            // Host memory already: no copy, and a partial selection beats flex's full-sort topk.
+            host::with_f32(scores, |data| {
+                if threaded { top_k_host(data, n, self.k) } else { data.chunks(n).map(|row| top_k_row(row, self.k)).collect() }
+            })
+        } else {
+            // Device top-k: two reads per chunk of users, k values each.
+            let (vals, idx) = scores.topk_with_indices(self.k, 1);
+            let (vals, idx) = (host::read_f32(vals), host::read_i64(idx));
+            vals.chunks(self.k)
+                .zip(idx.chunks(self.k))
+                // Rows with fewer than k unmasked items come back padded (index -1 on wgpu).
+                .map(|(v, i)| {
+                    v.iter().zip(i).filter(|(s, i)| **s > f32::NEG_INFINITY && (0..n as i64).contains(i)).map(|(&s, &i)| (i as u32, s)).collect()
+                })
+                .collect()
+        }
+    }
+}
+
+/// Joins item metadata columns to exported rows.
+struct Metadata {
+    table: KeyedTable,
+    names: Vec<String>,
+    missing: HashSet<u32>,
+}
+
+fn load_metadata(args: &RecommendArgs) -> Result<Option<Metadata>> {
+    let Some(path) = &args.item_metadata else {
+        if args.item_key.is_some() || args.item_columns.is_some() {
+            bail!("--item-key and --item-columns need --item-metadata FILE");
+        }
+        return Ok(None);
+    };
+    let key = args.item_key.as_deref().map(|k| k.parse::<ColumnRef>().expect("infallible"));
+    let keep: Vec<ColumnRef> = args
+        .item_columns
+        .as_deref()
+        .map(|c| c.split(',').map(|s| s.trim().parse::<ColumnRef>().expect("infallible")).collect())
+        .unwrap_or_default();
+    let table = ncf_datasets::table::read_keyed(path, key.as_ref(), &keep).with_context(|| "reading --item-metadata")?;
+    let fixed = ["user", "rank", "item", "score", "source"];
+    let names = table.names.iter().map(|n| if fixed.contains(&n.as_str()) { format!("meta_{n}") } else { n.clone() }).collect();
+    Ok(Some(Metadata { table, names, missing: HashSet::new() }))
+}
+
+/// Candidate items from `--items`, as a mask over the catalogue.
+fn allowed_items(spec: &str, items: &IdMap) -> Result<Vec<bool>> {
+    let ids = id_list(spec, "--items")?;
+    let mut allowed = vec![false; items.len()];
+    let unknown: Vec<&str> = ids.iter().filter(|id| items.get(id).map(|i| allowed[i as usize] = true).is_none()).map(String::as_str).collect();
+    if unknown.len() == ids.len() {
+        bail!("--items: none of the {} items is in the checkpoint (e.g. {})", ids.len(), examples(&unknown));
+    }
+    if !unknown.is_empty() {
+        eprintln!("warning: --items: {} of {} items are not in the checkpoint and are ignored (e.g. {})", unknown.len(), ids.len(), examples(&unknown));
+    }
+    Ok(allowed)
 }
 
 pub fn run(args: &RecommendArgs) -> Result<()> {
     if args.top_n == 0 {
         bail!("--top-n must be at least 1");
     }
+    let format = OutFormat::resolve(&args.out, args.out_format)?;
     let selected = backend::select(args.backend)?;
     println!("{}", selected.line());
     let device = &selected.device;
     let ck = checkpoint::load(&args.checkpoint, device)?;
     let n_items = ck.meta.n_items;
-    let users: Vec<u32> = (0..ck.meta.n_users as u32).collect();
-    let item_side = ck.model.item_side();
-    let width = ck.config.model.layers.get(1).copied().filter(|_| ck.model.head.layout.mlp > 0).unwrap_or(1);
-    let chunk = users_per_chunk(n_items, width);
     let k = args.top_n.min(n_items);
 
-    let out = &args.out;
-    let tmp = tmp_path(out);
-    let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let result = (|| -> Result<()> {
-        let mut w = BufWriter::new(file);
-        writeln!(w, "user,rank,item,score")?;
-        let bar = Progress::users(users.len());
-        for ids in users.chunks(chunk) {
-            let c = ids.len();
-            let seen = (!args.include_seen).then_some(&ck.train);
-            let rows = top_k_users(&ck.model, &item_side, ids, seen, k, selected.host_memory());
-            for (&user, row) in ids.iter().zip(&rows) {
-                let raw_user = ck.users.raw(user);
-                for (rank, &(item, score)) in row.iter().enumerate() {
-                    writeln!(w, "{},{},{},{}", csv_field(raw_user), rank + 1, csv_field(ck.items.raw(item)), score)?;
+    let all = args.users.eq_ignore_ascii_case("all");
+    let targets: Vec<Target> = if all {
+        (0..ck.meta.n_users as u32).map(Target::Known).collect()
+    } else {
+        id_list(&args.users, "--users")?
+            .into_iter()
+            .map(|raw| match ck.users.get(&raw) {
+                Some(u) => Target::Known(u),
+                None => Target::Unknown(raw),
+            })
+            .collect()
+    };
+    let unknown: Vec<&str> = targets.iter().filter_map(|t| if let Target::Unknown(r) = t { Some(r.as_str()) } else { None }).collect();
+    if !unknown.is_empty() {
+        let head = format!("{} of {} requested users are not in the checkpoint (e.g. {})", unknown.len(), targets.len(), examples(&unknown));
+        match args.unknown_users {
+            UnknownUsers::Error => bail!("{head}; pass --unknown-users skip or popular to export the others"),
+            UnknownUsers::Skip if unknown.len() == targets.len() => bail!("{head}: nothing to recommend"),
+            UnknownUsers::Skip => eprintln!("warning: {head}; skipped (--unknown-users skip)"),
+            UnknownUsers::Popular => eprintln!("warning: {head}; they get the most popular training items, flagged source=popularity"),
+        }
+    }
+    let allowed = args.items.as_deref().map(|s| allowed_items(s, &ck.items)).transpose()?;
+    let mut metadata = load_metadata(args)?;
+    let popular: Vec<(u32, f32)> = {
+        let pop: Vec<f32> = ck
+            .popularity
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| if allowed.as_ref().is_none_or(|a| a[i]) { c as f32 } else { f32::NEG_INFINITY })
+            .collect();
+        top_k_row(&pop, k)
+    };
+
+    let with_source = !all;
+    let mut columns = vec![("user".to_owned(), Kind::Str), ("rank".into(), Kind::U32), ("item".into(), Kind::Str), ("score".into(), Kind::F32)];
+    if with_source {
+        columns.push(("source".into(), Kind::Str));
+    }
+    if let Some(m) = &metadata {
+        columns.extend(m.names.iter().map(|n| (n.clone(), Kind::Str)));
+    }
+    let scorer = Scorer::new(&ck.model, &ck.train, device, allowed.as_deref(), args.include_seen, selected.host_memory(), k);
+    let mut export = Export::create(&args.out, format, &columns)?;
+    let bar = Progress::users(targets.len());
+    let mut users_out = 0usize;
+    let blocks: Vec<&[Target]> = targets.chunks(scorer.chunk).collect();
+    let known_of = |block: &[Target]| -> Vec<u32> { block.iter().filter_map(|t| if let Target::Known(u) = t { Some(*u) } else { None }).collect() };
+    // The output rows of one block of requested users, in request order.
+    let mut batch_of = |block: &[Target], lists: Vec<Vec<(u32, f32)>>| -> Vec<Values> {
+        let mut scored = lists.into_iter();
+        let (mut user, mut rank, mut item, mut score, mut source) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut item_ids: Vec<u32> = Vec::new();
+        for t in block {
+            let (raw, rows, src) = match t {
+                Target::Known(u) => (ck.users.raw(*u), scored.next().expect("one list per known user"), "model"),
+                Target::Unknown(_) if args.unknown_users == UnknownUsers::Skip => continue,
+                Target::Unknown(raw) => (raw.as_str(), popular.clone(), "popularity"),
+            };
+            users_out += 1;
+            for (r, (i, s)) in rows.into_iter().enumerate() {
+                user.push(Some(raw.to_owned()));
+                rank.push(r as u32 + 1);
+                item.push(Some(ck.items.raw(i).to_owned()));
+                item_ids.push(i);
+                score.push(s);
+                source.push(Some(src.to_owned()));
+            }
+        }
+        let mut batch = vec![Values::Str(user), Values::U32(rank), Values::Str(item), Values::F32(score)];
+        if with_source {
+            batch.push(Values::Str(source));
+        }
+        if let Some(m) = metadata.as_mut() {
+            let mut cols: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(item_ids.len()); m.names.len()];
+            for &i in &item_ids {
+                match m.table.get(ck.items.raw(i)) {
+                    Some(row) => cols.iter_mut().zip(row).for_each(|(c, v)| c.push(v.clone())),
+                    None => {
+                        m.missing.insert(i);
+                        cols.iter_mut().for_each(|c| c.push(None));
+                    }
                 }
             }
-            bar.inc(c as u64);
+            batch.extend(cols.into_iter().map(Values::Str));
         }
-        bar.finish_and_clear();
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
+        batch
+    };
+    // Two stages: a second thread scores chunk i+1 on the device while this one selects the
+    // top-k of chunk i and writes it (on the CPU the two run on different cores). The channel
+    // holds one chunk, so memory stays bounded by a few chunks.
+    let export = std::thread::scope(|s| -> Result<Export> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Tensor<2>>>(1);
+        let (scorer, blocks) = (&scorer, &blocks);
+        s.spawn(move || {
+            for block in blocks {
+                if tx.send(scorer.scores(&known_of(block))).is_err() {
+                    break; // the writer stopped on an error
+                }
+            }
+        });
+        for (block, scores) in blocks.iter().zip(rx) {
+            let lists = scores.map_or_else(Vec::new, |t| scorer.select(t, false));
+            export.write(&batch_of(block, lists))?;
+            bar.inc(block.len() as u64);
+        }
+        Ok(export)
+    })?;
+    bar.finish_and_clear();
+    let rows = export.rows();
+    export.finish()?;
+    if let Some(m) = &metadata
+        && !m.missing.is_empty()
+    {
+        eprintln!("warning: {} recommended items have no row in --item-metadata (their columns are empty)", m.missing.len());
     }
-    std::fs::rename(&tmp, out).with_context(|| format!("renaming to {}", out.display()))?;
-    println!("wrote top-{k} for {} users to {}", users.len(), out.display());
+    let secs = bar.elapsed().as_secs_f64();
+    println!(
+        "wrote top-{k} for {users_out} users ({rows} rows) to {} in {secs:.1}s ({:.0} users/s)",
+        args.out.display(),
+        users_out as f64 / secs.max(1e-9)
+    );
     Ok(())
-}
-
-fn tmp_path(out: &Path) -> std::path::PathBuf {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    out.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-/// Quotes a raw id for CSV when it needs it.
-fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\"")).into()
-    } else {
-        s.into()
-    }
 }
 
 #[cfg(test)]
@@ -150,5 +397,25 @@ mod tests {
         assert_eq!(top[1], vec![(4, 5.0), (3, 4.0), (2, 3.0)]);
         let all = top_k_host(&s[..5], 5, 10);
         assert_eq!(all[0].len(), 4);
+        assert_eq!(top_k_row(&[f32::NAN, 1.0, f32::NEG_INFINITY], 2), vec![(1, 1.0)]);
+    }
+
+    #[test]
+    fn insertion_and_partial_sort_paths_agree_with_a_full_sort() {
+        let mut x = 12345u64;
+        let row: Vec<f32> = (0..5000)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let v = ((x >> 40) % 200) as f32; // many ties
+                if v < 20.0 { f32::NEG_INFINITY } else { v }
+            })
+            .collect();
+        let mut want: Vec<(u32, f32)> = row.iter().enumerate().filter(|(_, s)| s.is_finite()).map(|(i, &s)| (i as u32, s)).collect();
+        want.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        for k in [1, 10, SMALL_K, SMALL_K + 1, 300] {
+            assert_eq!(top_k_row(&row, k), want[..k].to_vec(), "k = {k}");
+        }
+        let rows: Vec<f32> = row.iter().chain(&row).copied().collect();
+        assert_eq!(top_k_host(&rows, row.len(), 10), vec![want[..10].to_vec(), want[..10].to_vec()]);
     }
 }

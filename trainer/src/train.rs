@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ncf_datasets::{BatchBuilder, EpochSamples, NegativeSampler, SampledCandidates, Split};
-use ncf_model::eval::{RankingChunk, full_ranking_sums, sampled_sums};
+use ncf_model::eval::{RankingChunk, full_ranking_rows, full_ranking_sums, sampled_rows, sampled_sums};
 use ncf_model::{LossKind, Ncf, Optimizer, StepInput, train_step};
 
 use crate::backend;
@@ -48,6 +48,15 @@ impl SampledEval {
         Self { chunks, rows: c.rows(), negatives: c.negatives }
     }
 
+    /// `[hit, ndcg]` at k of every candidate row, in row order, with one device→host read.
+    pub(crate) fn rows(&self, model: &Ncf, k: usize) -> Vec<[f32; 2]> {
+        let rows: Vec<Tensor<2>> = self.chunks.iter().map(|(u, items)| sampled_rows(model, u.clone(), items.clone(), k)).collect();
+        if rows.is_empty() {
+            return Vec::new();
+        }
+        host::read_f32(Tensor::cat(rows, 0)).chunks_exact(2).map(|r| [r[0], r[1]]).collect()
+    }
+
     /// (HR@k, NDCG@k), with one device→host read.
     pub(crate) fn evaluate(&self, model: &Ncf, k: usize) -> (f64, f64) {
         let mut sum: Option<Tensor<1>> = None;
@@ -68,6 +77,8 @@ impl SampledEval {
 pub(crate) struct FullEval {
     chunks: Vec<RankingChunk>,
     users: usize,
+    /// The evaluated users (those with a test item), in chunk order.
+    pub(crate) user_ids: Vec<u32>,
 }
 
 impl FullEval {
@@ -84,7 +95,22 @@ impl FullEval {
                 RankingChunk::new(ids, &train, &test, n, k, device)
             })
             .collect();
-        Self { chunks, users: users.len() }
+        Self { chunks, users: users.len(), user_ids: users }
+    }
+
+    /// `[recall, precision, ndcg, map]` at k of every user in `user_ids`, and the catalogue
+    /// coverage, with one device→host read.
+    pub(crate) fn rows(&self, model: &Ncf, k: usize, device: &Device) -> (Vec<[f32; 4]>, f64) {
+        let side = model.item_side();
+        let mut covered = Tensor::<1>::zeros([model.n_items()], device);
+        let rows: Vec<Tensor<2>> = self.chunks.iter().map(|c| full_ranking_rows(model, &side, c, k, &mut covered)).collect();
+        if rows.is_empty() {
+            return (Vec::new(), 0.0);
+        }
+        let n_covered = covered.greater_elem(0.0).int().sum().float();
+        let v = host::read_f32(Tensor::cat(vec![Tensor::cat(rows, 0).reshape([self.users * 4]), n_covered], 0));
+        let per_user = v[..self.users * 4].chunks_exact(4).map(|r| [r[0], r[1], r[2], r[3]]).collect();
+        (per_user, v[self.users * 4] as f64 / model.n_items() as f64)
     }
 
     /// Mean (recall, precision, ndcg, map) at k and catalogue coverage, with one read.
@@ -349,7 +375,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             history: history.clone(),
             optim_step: optim.step,
         };
-        let saved = |optim| Saved { meta: &meta, config: &config, model: &model, train: &split.train, users: &data.users, items: &data.items, optim };
+        let saved = |optim| Saved { meta: &meta, config: &config, model: &model, train: &split.train, test: &split.test, users: &data.users, items: &data.items, optim };
         checkpoint::save(&run_dir.join("last"), &saved(Some(&optim)))?;
         if crate::history::best(&history, metric).is_some_and(|b| b.epoch == epoch) {
             checkpoint::save(&run_dir.join("best"), &saved(None))?;
@@ -387,7 +413,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn split_name(config: &RunConfig) -> &'static str {
+pub(crate) fn split_name(config: &RunConfig) -> &'static str {
     match config.split.method {
         ncf_datasets::SplitMethod::LeaveOneOut => "leave-one-out",
         ncf_datasets::SplitMethod::Random => "random holdout",

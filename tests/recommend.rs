@@ -1,0 +1,486 @@
+//! End-to-end tests of `ncf recommend`, `ncf evaluate` and `ncf score` on checkpoints of tiny demo
+//! runs: exports against a brute-force reference (every pair scored through the model's pairwise
+//! forward, not the whole-catalogue path the exports use), output formats, unknown users, item
+//! metadata, metric reproduction, and clean failures on bad inputs.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+#[path = "common.rs"]
+mod common;
+
+use assert_cmd::Command;
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use ncf_datasets::{DemoConfig, ReadOptions, Split, SplitConfig, reader};
+use ncf_model::{ModelConfig, Ncf};
+
+const USERS: usize = 40;
+const ITEMS: usize = 60;
+const SEED: u64 = 11;
+/// At most half the catalogue per user, so every user has items left to recommend.
+const MAX_PER_USER: usize = 30;
+
+fn ncf() -> Command {
+    Command::cargo_bin("ncf").expect("ncf binary")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ncf-rec-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// Trains `model` for `epochs` on the tiny demo set into `out`.
+fn train(out: &Path, model: &str, epochs: usize, extra: &[&str]) {
+    let mut cmd = ncf();
+    cmd.args(["train", "--backend", "flex", "--model", model, "--seed", &SEED.to_string(), "--epochs", &epochs.to_string()])
+        .args(["--set", &format!("data.demo.users={USERS}"), "--set", &format!("data.demo.items={ITEMS}")])
+        .args(["--set", &format!("data.demo.max_per_user={MAX_PER_USER}")])
+        .args(["--set", "model.factors=6", "--set", "model.layers=[8,6,4]", "--set", "model.init_std=0.5"]);
+    for s in extra {
+        cmd.args(["--set", s]);
+    }
+    ok(run(cmd.arg("--out").arg(out)));
+}
+
+/// The demo split rebuilt independently: raw user → (training items, test items), raw ids.
+fn split() -> HashMap<String, (HashSet<String>, HashSet<String>)> {
+    let data = DemoConfig { users: USERS, items: ITEMS, max_per_user: MAX_PER_USER, ..Default::default() }.generate(SEED);
+    let split = Split::new(&data, &SplitConfig::default(), SEED).unwrap();
+    let raw = |t: &ncf_datasets::UserItems, u: u32| t.items(u).iter().map(|&i| data.items.raw(i).to_owned()).collect();
+    (0..data.n_users() as u32).map(|u| (data.users.raw(u).to_owned(), (raw(&split.train, u), raw(&split.test, u)))).collect()
+}
+
+/// The checkpoint's model loaded straight from its files, with its raw id lists.
+struct Reference {
+    model: Ncf,
+    users: Vec<String>,
+    items: Vec<String>,
+    device: Device,
+}
+
+impl Reference {
+    fn load(run: &Path) -> Self {
+        let dir = run.join("best");
+        let config: toml::Table = std::fs::read_to_string(dir.join("config.toml")).unwrap().parse().unwrap();
+        let model_cfg: ModelConfig = config["model"].clone().try_into().unwrap();
+        let lines = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap().lines().map(str::to_owned).collect::<Vec<_>>();
+        let (users, items) = (lines("users.txt"), lines("items.txt"));
+        let device = Device::flex();
+        let mut model = Ncf::init(&model_cfg, users.len(), items.len(), 0, &device);
+        let applied = model.load_from(&mut SafetensorsStore::from_file(dir.join("model.safetensors"))).unwrap();
+        assert!(applied.is_success() && applied.missing.is_empty(), "{applied}");
+        Self { model, users, items, device }
+    }
+
+    /// Every item's score for raw `user`, through the pairwise forward.
+    fn scores(&self, user: &str) -> Vec<f32> {
+        let u = self.users.iter().position(|x| x == user).unwrap() as i32;
+        let n = self.items.len();
+        let ints = |v: Vec<i32>| Tensor::<1, Int>::from_data(TensorData::new(v, [n]), &self.device);
+        let s = self.model.score_pairs(ints(vec![u; n]), ints((0..n as i32).collect()));
+        s.into_data().try_into_vec_as::<f32>().unwrap()
+    }
+
+    /// Brute-force top-n (raw item, score) for `user`, best first, ties by lower item id.
+    fn top_n(&self, user: &str, n: usize, exclude: &HashSet<String>) -> Vec<(String, f32)> {
+        let s = self.scores(user);
+        let mut idx: Vec<usize> = (0..self.items.len()).filter(|&i| !exclude.contains(&self.items[i])).collect();
+        idx.sort_by(|&a, &b| s[b].total_cmp(&s[a]).then(a.cmp(&b)));
+        idx.into_iter().take(n).map(|i| (self.items[i].clone(), s[i])).collect()
+    }
+}
+
+/// Parses a CSV export (no quoted fields in these tests) into rows of fields, checking the header.
+fn csv_rows(path: &Path, header: &str) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(header), "{}", path.display());
+    lines.map(|l| l.split(',').map(str::to_owned).collect()).collect()
+}
+
+/// Asserts one user's exported (item, score) list equals the reference: same items in the same
+/// order (swaps allowed only between reference scores within 1e-6), scores within 1e-5.
+fn assert_matches(user: &str, got: &[(String, f32)], want: &[(String, f32)]) {
+    assert_eq!(got.len(), want.len(), "user {user}: {got:?} vs {want:?}");
+    for (r, ((gi, gs), (wi, ws))) in got.iter().zip(want).enumerate() {
+        assert!((gs - ws).abs() <= 1e-5, "user {user} rank {}: score {gs} vs {ws}", r + 1);
+        if gi != wi {
+            let tie = want.iter().any(|(i, s)| i == gi && (s - ws).abs() <= 1e-6);
+            assert!(tie, "user {user} rank {}: item {gi} vs {wi}\n{got:?}\n{want:?}", r + 1);
+        }
+    }
+}
+
+/// `recommend` for all users on `backend` equals the brute-force reference; training items never appear.
+fn matches_reference(backend: &str, model: &str) {
+    let dir = temp_dir(&format!("ref-{backend}-{model}"));
+    let run_dir = dir.join("run");
+    train(&run_dir, model, 1, &[]);
+    let reference = Reference::load(&run_dir);
+    let split = split();
+    let top_n = 7;
+    let out = dir.join("recs.csv");
+    ok(run(ncf().args(["recommend", "--backend", backend, "--top-n", &top_n.to_string(), "--checkpoint"]).arg(&run_dir).arg("--out").arg(&out)));
+    let mut got: HashMap<String, Vec<(String, f32)>> = HashMap::new();
+    for (k, row) in csv_rows(&out, "user,rank,item,score").into_iter().enumerate() {
+        let list = got.entry(row[0].clone()).or_default();
+        assert_eq!(row[1].parse::<usize>().unwrap(), list.len() + 1, "ranks from 1 in order, row {k}");
+        list.push((row[2].clone(), row[3].parse().unwrap()));
+    }
+    assert_eq!(got.len(), USERS, "every user present");
+    for (user, list) in &got {
+        let seen = &split[user].0;
+        assert!(list.iter().all(|(i, _)| !seen.contains(i)), "user {user} got a training item: {list:?}");
+        assert_matches(user, list, &reference.top_n(user, top_n, seen));
+    }
+
+    // --include-seen ranks the whole catalogue.
+    let all = dir.join("all.csv");
+    ok(run(ncf().args(["recommend", "--backend", backend, "--top-n", "5", "--include-seen", "--users", "3,1", "--checkpoint"]).arg(&run_dir).arg("--out").arg(&all)));
+    let rows = csv_rows(&all, "user,rank,item,score,source");
+    assert_eq!(rows.iter().map(|r| r[0].as_str()).collect::<Vec<_>>(), [["3"; 5], ["1"; 5]].concat(), "request order");
+    for user in ["3", "1"] {
+        let list: Vec<(String, f32)> = rows.iter().filter(|r| r[0] == user).map(|r| (r[2].clone(), r[3].parse().unwrap())).collect();
+        assert_matches(user, &list, &reference.top_n(user, 5, &HashSet::new()));
+    }
+
+    // More than the unseen items asked for: each user gets exactly the unseen items (device top-k
+    // pads such rows; the padding must not leak).
+    let wide = dir.join("wide.csv");
+    ok(run(ncf().args(["recommend", "--backend", backend, "--top-n", "1000", "--checkpoint"]).arg(&run_dir).arg("--out").arg(&wide)));
+    let rows = csv_rows(&wide, "user,rank,item,score");
+    for (user, (seen, _)) in &split {
+        let items: HashSet<&str> = rows.iter().filter(|r| &r[0] == user).map(|r| r[2].as_str()).collect();
+        let unseen: HashSet<&str> = reference.items.iter().map(String::as_str).filter(|i| !seen.contains(*i)).collect();
+        assert_eq!(items, unseen, "user {user}");
+    }
+}
+
+#[test]
+fn mf_recommendations_match_brute_force_on_flex() {
+    matches_reference("flex", "mf");
+}
+
+#[test]
+fn neumf_recommendations_match_brute_force_on_flex() {
+    matches_reference("flex", "neumf");
+}
+
+/// Whether a wgpu adapter exists (lavapipe in CI); NCF_REQUIRE_WGPU=1 turns a skip into a failure.
+fn wgpu_available() -> bool {
+    let probe = run(ncf()
+        .args(["train", "--backend", "wgpu", "--epochs", "0", "--set", "data.demo.users=20", "--set", "data.demo.items=30"])
+        .arg("--out")
+        .arg(temp_dir("wgpu-probe").join("run")));
+    if probe.status.success() {
+        return true;
+    }
+    let err = String::from_utf8_lossy(&probe.stderr);
+    if std::env::var("NCF_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
+        panic!("NCF_REQUIRE_WGPU=1 but wgpu is unavailable: {err}");
+    }
+    eprintln!("skipping: no wgpu adapter ({err}); install mesa-vulkan-drivers to run it");
+    false
+}
+
+#[test]
+fn neumf_recommendations_match_brute_force_on_wgpu() {
+    if wgpu_available() {
+        matches_reference("wgpu", "neumf");
+    }
+}
+
+#[test]
+fn formats_unknown_users_candidates_and_metadata() {
+    let dir = temp_dir("formats");
+    let run_dir = dir.join("run");
+    train(&run_dir, "gmf", 1, &[]);
+    let split = split();
+    let rec = |extra: &[&str], out: &Path| -> Output {
+        run(ncf().args(["recommend", "--backend", "flex", "--checkpoint"]).arg(&run_dir).args(extra).arg("--out").arg(out))
+    };
+
+    // Same recommendations in CSV, Parquet (read back through the interaction reader) and JSONL.
+    let (csv, pq, jsonl) = (dir.join("r.csv"), dir.join("r.parquet"), dir.join("r.data"));
+    ok(rec(&["--top-n", "4"], &csv));
+    ok(rec(&["--top-n", "4"], &pq));
+    ok(rec(&["--top-n", "4", "--out-format", "jsonl"], &jsonl));
+    let from_csv: Vec<(String, String)> = csv_rows(&csv, "user,rank,item,score").into_iter().map(|r| (r[0].clone(), r[2].clone())).collect();
+    let d = reader::read(&pq, &ReadOptions::default()).unwrap();
+    let from_pq: Vec<(String, String)> = d.user.iter().zip(&d.item).map(|(&u, &i)| (d.users.raw(u).to_owned(), d.items.raw(i).to_owned())).collect();
+    let from_jsonl: Vec<(String, String)> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert!(v["rank"].is_u64() && v["score"].is_f64(), "{l}");
+            (v["user"].as_str().unwrap().to_owned(), v["item"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    assert_eq!(from_csv.len(), USERS * 4);
+    assert_eq!(from_pq, from_csv);
+    assert_eq!(from_jsonl, from_csv);
+
+    // Unknown users: warned with the count, popular items flagged, or skipped, or an error.
+    let out = dir.join("u.csv");
+    let o = rec(&["--users", "5,nobody,2,ghost", "--top-n", "3"], &out);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    ok(o);
+    assert!(stderr.contains("2 of 4 requested users are not in the checkpoint"), "{stderr}");
+    let rows = csv_rows(&out, "user,rank,item,score,source");
+    assert_eq!(rows.len(), 12);
+    let popular: Vec<&Vec<String>> = rows.iter().filter(|r| r[4] == "popularity").collect();
+    assert_eq!(popular.iter().map(|r| r[0].as_str()).collect::<HashSet<_>>(), HashSet::from(["nobody", "ghost"]));
+    assert!(rows.iter().filter(|r| r[0] == "5" || r[0] == "2").all(|r| r[4] == "model"));
+    // Popularity = training users per item, most popular first.
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    split.values().flat_map(|(train, _)| train).for_each(|i| *counts.entry(i).or_default() += 1);
+    let top = counts.values().max().unwrap();
+    assert_eq!(popular[0][3].parse::<f32>().unwrap() as usize, *top);
+    assert_eq!(counts[popular[0][2].as_str()], *top);
+    ok(rec(&["--users", "5,nobody", "--unknown-users", "skip"], &out));
+    assert!(csv_rows(&out, "user,rank,item,score,source").iter().all(|r| r[0] == "5"));
+    let o = rec(&["--users", "5,nobody", "--unknown-users", "error"], &dir.join("e.csv"));
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("\"nobody\""));
+    assert!(!dir.join("e.csv").exists());
+
+    // --users FILE, --items restricting candidates, and Latin-1 pipe-separated metadata joined.
+    std::fs::write(dir.join("users.txt"), "7\n\n3\n").unwrap();
+    std::fs::write(dir.join("items.txt"), (1..=20).map(|i| format!("{i}\n")).collect::<String>()).unwrap();
+    // MovieLens u.item style: pipe-separated, no header, é as the single Latin-1 byte 0xE9.
+    let meta: String = (1..=ITEMS).map(|i| format!("{i}|Title é{i}|x\n")).collect();
+    std::fs::write(dir.join("u.item"), meta.chars().map(|c| c as u32 as u8).collect::<Vec<u8>>()).unwrap();
+    let users_file = dir.join("users.txt");
+    let items_file = dir.join("items.txt");
+    let meta_file = dir.join("u.item");
+    let out = dir.join("m.csv");
+    ok(run(ncf()
+        .args(["recommend", "--backend", "flex", "--top-n", "30", "--checkpoint"])
+        .arg(&run_dir)
+        .arg("--users")
+        .arg(&users_file)
+        .arg("--items")
+        .arg(&items_file)
+        .arg("--item-metadata")
+        .arg(&meta_file)
+        .args(["--item-key", "0", "--item-columns", "1"])
+        .arg("--out")
+        .arg(&out)));
+    let rows = csv_rows(&out, "user,rank,item,score,source,1");
+    let catalogue = Reference::load(&run_dir).items;
+    for user in ["7", "3"] {
+        let items: Vec<&Vec<String>> = rows.iter().filter(|r| r[0] == user).collect();
+        let allowed = (1..=20).map(|i| i.to_string()).filter(|i| catalogue.contains(i) && !split[user].0.contains(i)).count();
+        assert_eq!(items.len(), allowed, "user {user}: every allowed unseen item, no more");
+        for r in items {
+            let i: usize = r[2].parse().unwrap();
+            assert!(i <= 20 && !split[user].0.contains(&r[2]));
+            assert_eq!(r[5], format!("Title é{i}"));
+        }
+    }
+}
+
+/// The real MovieLens item tables (u.item: pipe-separated, Latin-1, no header; movies.csv: quoted
+/// titles) join on the demo's item ids 1..ITEMS, which are MovieLens movie ids too.
+#[test]
+fn movielens_item_metadata_joins() {
+    let (Some(u_item), Some(movies)) = (common::shared_data("ml-100k/u.item"), common::shared_data("ml-latest-small/movies.csv")) else {
+        return;
+    };
+    let dir = temp_dir("movielens-meta");
+    let run_dir = dir.join("run");
+    train(&run_dir, "mf", 1, &[]);
+    let recommend = |meta: &Path, extra: &[&str], out: &Path| {
+        ok(run(ncf()
+            .args(["recommend", "--backend", "flex", "--top-n", "3", "--users", "1,2", "--checkpoint"])
+            .arg(&run_dir)
+            .arg("--item-metadata")
+            .arg(meta)
+            .args(extra)
+            .arg("--out")
+            .arg(out)));
+    };
+    let titles_100k: HashMap<String, (String, String)> = std::fs::read(&u_item)
+        .unwrap()
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let s: String = l.iter().map(|&b| b as char).collect(); // Latin-1
+            let f: Vec<&str> = s.split('|').collect();
+            (f[0].to_owned(), (f[1].to_owned(), f[2].to_owned()))
+        })
+        .collect();
+    let out = dir.join("a.jsonl");
+    recommend(&u_item, &["--item-columns", "1,2"], &out);
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 6);
+    for r in &rows {
+        let (title, date) = &titles_100k[r["item"].as_str().unwrap()];
+        assert_eq!((r["1"].as_str().unwrap(), r["2"].as_str().unwrap()), (title.as_str(), date.as_str()), "{r}");
+    }
+    let out = dir.join("b.jsonl");
+    recommend(&movies, &["--item-key", "movieId"], &out);
+    let rows: Vec<serde_json::Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let one = rows.iter().find(|r| r["item"] == "1");
+    if let Some(r) = one {
+        assert_eq!(r["title"], "Toy Story (1995)");
+    }
+    assert!(rows.iter().all(|r| r["title"].is_string() && r["genres"].is_string()), "{rows:?}");
+}
+
+/// Reads `name VALUE` pairs from `ncf evaluate` output, e.g. "HR@10 0.1833".
+fn metric(stdout: &str, line_start: &str, name: &str) -> f64 {
+    let line = stdout.lines().find(|l| l.starts_with(line_start)).unwrap_or_else(|| panic!("{line_start} in {stdout}"));
+    let rest = &line[line.find(&format!("{name} ")).unwrap_or_else(|| panic!("{name} in {line}")) + name.len() + 1..];
+    rest.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn evaluate_reproduces_training_metrics_and_scores_are_probabilities() {
+    let dir = temp_dir("evaluate");
+    let run_dir = dir.join("run");
+    train(&run_dir, "neumf", 2, &[]);
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.csv")).unwrap();
+    let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
+    let best_epoch: usize = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(run_dir.join("best/checkpoint.json")).unwrap())
+        .unwrap()["epoch"]
+        .as_u64()
+        .unwrap() as usize;
+    let row: Vec<&str> = metrics.lines().nth(best_epoch).unwrap().split(',').collect();
+    let logged = |name: &str| row[header.iter().position(|h| *h == name).unwrap()].parse::<f64>().unwrap();
+
+    let per_user = dir.join("per_user.csv");
+    let stdout = ok(run(ncf().args(["evaluate", "--backend", "flex", "--checkpoint"]).arg(&run_dir).arg("--per-user").arg(&per_user)));
+    // evaluate prints 4 decimals, metrics.csv 6.
+    let close = |a: f64, b: f64, what: &str| assert!((a - b).abs() < 6e-5, "{what}: {a} vs {b}\n{stdout}");
+    close(metric(&stdout, "sampled", "HR@10"), logged("hr@10"), "hr");
+    close(metric(&stdout, "sampled", "NDCG@10"), logged("ndcg@10"), "ndcg");
+    close(metric(&stdout, "full", "Recall@10"), logged("recall@10"), "recall");
+    close(metric(&stdout, "full", "NDCG@10"), logged("full_ndcg@10"), "full ndcg");
+    close(metric(&stdout, "full", "MAP@10"), logged("map@10"), "map");
+    close(metric(&stdout, "full", "coverage"), logged("coverage@10"), "coverage");
+    let rows = csv_rows(&per_user, "user,test_items,hr@10,ndcg@10,recall@10,precision@10,full_ndcg@10,map@10");
+    assert_eq!(rows.len(), USERS);
+    let mean = |j: usize| rows.iter().map(|r| r[j].parse::<f64>().unwrap()).sum::<f64>() / rows.len() as f64;
+    close(mean(2), logged("hr@10"), "per-user hr mean");
+    close(mean(4), logged("recall@10"), "per-user recall mean");
+
+    // The same split given as a file (raw ids) gives the same numbers.
+    let test_csv = dir.join("test.csv");
+    let split = split();
+    let text: String = split.iter().flat_map(|(u, (_, test))| test.iter().map(move |i| format!("{u},{i}\n"))).collect();
+    std::fs::write(&test_csv, format!("user,item\n{text}")).unwrap();
+    let from_file = ok(run(ncf().args(["evaluate", "--backend", "flex", "--checkpoint"]).arg(&run_dir).arg("--test").arg(&test_csv)));
+    for (start, name) in [("sampled", "HR@10"), ("full", "Recall@10"), ("full", "MAP@10")] {
+        close(metric(&from_file, start, name), metric(&stdout, start, name), name);
+    }
+
+    // score: sigmoid of the pairwise forward for this BCE model, in file order, unknown pairs left out.
+    let reference = Reference::load(&run_dir);
+    let pairs = dir.join("pairs.csv");
+    std::fs::write(&pairs, "customer,product\n4,9\n1,2\nstranger,3\n4,1\n").unwrap();
+    let out = dir.join("scores.jsonl");
+    let o = run(ncf().args(["score", "--backend", "flex", "--user-col", "customer", "--item-col", "product", "--checkpoint"]).arg(&run_dir).arg("--pairs").arg(&pairs).arg("--out").arg(&out));
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    let stdout = ok(o);
+    assert!(stdout.contains("probability") && stderr.contains("1 of 4 pairs"), "{stdout}\n{stderr}");
+    let got: Vec<(String, String, f64)> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["user"].as_str().unwrap().to_owned(), v["item"].as_str().unwrap().to_owned(), v["probability"].as_f64().unwrap())
+        })
+        .collect();
+    assert_eq!(got.iter().map(|g| (g.0.as_str(), g.1.as_str())).collect::<Vec<_>>(), [("4", "9"), ("1", "2"), ("4", "1")]);
+    for (u, i, p) in got {
+        let logit = reference.scores(&u)[reference.items.iter().position(|x| *x == i).unwrap()] as f64;
+        assert!((p - 1.0 / (1.0 + (-logit).exp())).abs() < 1e-5, "({u}, {i}): {p} vs sigmoid({logit})");
+    }
+}
+
+#[test]
+fn bpr_scores_are_written_raw() {
+    let dir = temp_dir("bpr");
+    let run_dir = dir.join("run");
+    train(&run_dir, "mf", 1, &["train.loss=bpr", "sampler.negatives=1"]);
+    let pairs = dir.join("pairs.csv");
+    std::fs::write(&pairs, "user,item\n2,5\n").unwrap();
+    let out = dir.join("s.csv");
+    let stdout = ok(run(ncf().args(["score", "--backend", "flex", "--checkpoint"]).arg(&run_dir).arg("--pairs").arg(&pairs).arg("--out").arg(&out)));
+    assert!(stdout.contains("raw model output"), "{stdout}");
+    let rows = csv_rows(&out, "user,item,score");
+    let reference = Reference::load(&run_dir);
+    let want = reference.scores("2")[reference.items.iter().position(|x| x == "5").unwrap()];
+    assert!((rows[0][2].parse::<f32>().unwrap() - want).abs() < 1e-5);
+}
+
+#[test]
+fn bad_inputs_fail_clearly_without_partial_output() {
+    let dir = temp_dir("bad");
+    let good = dir.join("run");
+    train(&good, "neumf", 1, &[]);
+    let copy = |name: &str| -> PathBuf {
+        let to = dir.join(name);
+        std::fs::create_dir_all(&to).unwrap();
+        for f in std::fs::read_dir(good.join("best")).unwrap() {
+            let f = f.unwrap();
+            std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+        }
+        to
+    };
+    let truncated = copy("truncated");
+    let w = std::fs::read(truncated.join("model.safetensors")).unwrap();
+    std::fs::write(truncated.join("model.safetensors"), &w[..w.len() - 100]).unwrap();
+    let reshaped = copy("reshaped");
+    let cfg = std::fs::read_to_string(reshaped.join("config.toml")).unwrap().replace("factors = 6", "factors = 5");
+    assert!(cfg.contains("factors = 5"));
+    std::fs::write(reshaped.join("config.toml"), cfg).unwrap();
+    let old = copy("old-format");
+    let meta = std::fs::read_to_string(old.join("checkpoint.json")).unwrap();
+    let meta = meta.replace("\"format_version\": 2", "\"format_version\": 1");
+    assert!(meta.contains("\"format_version\": 1"));
+    std::fs::write(old.join("checkpoint.json"), meta).unwrap();
+    let meta_file = dir.join("movies.csv");
+    std::fs::write(&meta_file, "movieId,title\n1,A\n").unwrap();
+
+    let out = dir.join("out").join("recs.csv");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let cases: Vec<(Vec<String>, PathBuf, &str)> = vec![
+        (vec![], dir.join("missing"), "no such checkpoint"),
+        (vec![], truncated, "model.safetensors"),
+        (vec![], reshaped, "needs F32"),
+        (vec![], old, "format version 1"),
+        (vec!["--item-metadata".into(), meta_file.display().to_string(), "--item-key".into(), "item".into()], good.clone(), "--item-key"),
+        (vec!["--users".into(), " , ".into()], good.clone(), "--users"),
+        (vec!["--items".into(), "nope".into()], good.clone(), "none of the 1 items"),
+        (vec!["--out-format".into(), "csv".into(), "--top-n".into(), "0".into()], good.clone(), "--top-n"),
+    ];
+    for (extra, checkpoint, want) in cases {
+        let o = run(ncf().args(["recommend", "--backend", "flex", "--checkpoint"]).arg(&checkpoint).args(&extra).arg("--out").arg(&out));
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{extra:?} {}: should fail", checkpoint.display());
+        assert!(stderr.contains(want) && !stderr.contains("panicked"), "{extra:?} {}: {stderr}", checkpoint.display());
+        assert_eq!(std::fs::read_dir(out.parent().unwrap()).unwrap().count(), 0, "no output or temp file after {extra:?}");
+    }
+    let o = run(ncf().args(["score", "--backend", "flex", "--user-col", "customer", "--checkpoint"]).arg(&good).arg("--pairs").arg(&meta_file).arg("--out").arg(&out));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && stderr.contains("customer") && stderr.contains("--user-col"), "{stderr}");
+    let o = run(ncf().args(["evaluate", "--backend", "flex", "--checkpoint"]).arg(&good).arg("--per-user").arg(dir.join("out/p.txt")));
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains(".jsonl"));
+    assert_eq!(std::fs::read_dir(out.parent().unwrap()).unwrap().count(), 0);
+}

@@ -1,0 +1,66 @@
+//! `ncf score`: one value per given (user, item) pair, in file order: the purchase propensity
+//! (sigmoid of the model output) for BCE-trained models, the raw score for BPR-trained ones.
+
+use anyhow::{Result, bail};
+use burn::tensor::activation::sigmoid;
+use burn::tensor::{Int, Tensor, TensorData};
+use ncf_model::LossKind;
+
+use crate::backend;
+use crate::checkpoint;
+use crate::cli::{ScoreArgs, UnknownPairs};
+use crate::export::{Export, Kind, OutFormat, Values};
+use crate::host;
+use crate::pairs::Pairs;
+
+/// Pairs per device call (and per output batch).
+const BATCH: usize = 1 << 16;
+
+pub fn run(args: &ScoreArgs) -> Result<()> {
+    let format = OutFormat::resolve(&args.out, args.out_format)?;
+    let selected = backend::select(args.backend)?;
+    println!("{}", selected.line());
+    let device = &selected.device;
+    let ck = checkpoint::load(&args.checkpoint, device)?;
+    let pairs = Pairs::read(&args.pairs, &args.read, &ck.users, &ck.items)?;
+    let (unknown, examples) = pairs.unknown();
+    if unknown > 0 {
+        let head = format!(
+            "{}: {unknown} of {} pairs name a user or item not in the checkpoint (e.g. {})",
+            args.pairs.display(),
+            pairs.data.len(),
+            examples.join(", ")
+        );
+        match args.unknown {
+            UnknownPairs::Error => bail!("{head}; pass --unknown skip to score the others"),
+            UnknownPairs::Skip if unknown == pairs.data.len() => bail!("{head}: nothing to score"),
+            UnknownPairs::Skip => eprintln!("warning: {head}; left out (--unknown skip)"),
+        }
+    }
+    let probability = ck.config.train.loss == LossKind::Bce;
+    let column = if probability { "probability" } else { "score" };
+    if probability {
+        println!("{column}: sigmoid of the model output (the model was trained with BCE)");
+    } else {
+        println!("{column}: the raw model output (trained with BPR: a ranking score, not a probability)");
+    }
+    let rows: Vec<usize> = (0..pairs.data.len()).filter(|&r| pairs.user[r].is_some() && pairs.item[r].is_some()).collect();
+    let columns = [("user".to_owned(), Kind::Str), ("item".into(), Kind::Str), (column.into(), Kind::F32)];
+    let mut export = Export::create(&args.out, format, &columns)?;
+    for block in rows.chunks(BATCH) {
+        let n = block.len();
+        let ints = |v: Vec<i32>| Tensor::<1, Int>::from_data(TensorData::new(v, [n]), device);
+        let u = ints(block.iter().map(|&r| pairs.user[r].unwrap() as i32).collect());
+        let i = ints(block.iter().map(|&r| pairs.item[r].unwrap() as i32).collect());
+        let logits = ck.model.score_pairs(u, i);
+        let values = host::read_f32(if probability { sigmoid(logits) } else { logits });
+        export.write(&[
+            Values::Str(block.iter().map(|&r| Some(pairs.raw_user(r).to_owned())).collect()),
+            Values::Str(block.iter().map(|&r| Some(pairs.raw_item(r).to_owned())).collect()),
+            Values::F32(values),
+        ])?;
+    }
+    export.finish()?;
+    println!("wrote {} scored pairs to {}", rows.len(), args.out.display());
+    Ok(())
+}
