@@ -113,8 +113,16 @@ fn sniff(path: &Path, format: Option<Format>, has_header: Option<bool>, named_co
         if named_columns {
             return true;
         }
-        // A header when some field of the first line is text where the second line has a number.
+        // A header when the first line names known columns and holds no number, or when some
+        // field of the first line is text where the second line has a number.
         let f1 = split_line(&first, separator, false);
+        let known = |a: &&str| {
+            let a = a.trim().trim_matches('"').to_ascii_lowercase();
+            [USER_NAMES, ITEM_NAMES, RATING_NAMES, TIME_NAMES].iter().any(|names| names.contains(&a.as_str()))
+        };
+        if f1.iter().any(known) && !f1.iter().any(|a| looks_numeric(a)) {
+            return true;
+        }
         match &second {
             Some(s) => {
                 let f2 = split_line(s, separator, false);
@@ -357,6 +365,15 @@ mod tests {
         let d = read(&p, &ReadOptions::default()).unwrap();
         assert_eq!(d.items.raw_ids(), &["1193", "661"]);
         assert_eq!(d.rating, Some(vec![5.0, 3.0]));
+    }
+
+    #[test]
+    fn known_column_names_mark_a_header_even_over_text_ids() {
+        let p = write("named.csv", "user,item\nu1,i1\nu2,i1\n");
+        let d = read(&p, &ReadOptions::default()).unwrap();
+        assert_eq!(d.users.raw_ids(), &["u1", "u2"]);
+        let p = write("unnamed.csv", "a,b\nu1,i1\n");
+        assert_eq!(read(&p, &ReadOptions::default()).unwrap().users.raw_ids(), &["a", "u1"]);
     }
 
     #[test]

@@ -202,10 +202,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     println!("{}", selected.line());
     let device = &selected.device;
 
-    let (data, source) = crate::data::load(&config.data, config.seed)?;
+    let crate::data::Prepared { data, source, split, candidates, .. } = crate::data::prepare(&config)?;
     println!("data: {source}: {} users, {} items, {} interactions", data.n_users(), data.n_items(), data.len());
-    let split = Split::new(&data, &config.split, config.seed)?;
-    let candidates = SampledCandidates::draw(&split, config.train.eval_negatives, config.seed);
     let eval = SampledEval::upload(&candidates, device);
     let sampler = NegativeSampler::new(&split.train, data.n_items(), config.sampler.clone(), config.seed);
     let mut model = Ncf::init(&config.model, data.n_users(), data.n_items(), config.seed, device);
@@ -324,5 +322,6 @@ fn split_name(config: &RunConfig) -> &'static str {
         ncf_datasets::SplitMethod::LeaveOneOut => "leave-one-out",
         ncf_datasets::SplitMethod::Random => "random holdout",
         ncf_datasets::SplitMethod::Temporal => "temporal",
+        ncf_datasets::SplitMethod::Given => "given split",
     }
 }
