@@ -80,46 +80,46 @@ impl Split {
                 "split.method = \"given\" reads split.train_path and split.test_path (ncf_datasets::given::read)".into(),
             ));
         }
-        let order = data.chronological_order();
+        let by_user = data.by_user_chronological();
         let mut is_test = vec![false; data.len()];
         match config.method {
             SplitMethod::LeaveOneOut => {
-                for (k, &r) in order.iter().enumerate() {
-                    let last = order.get(k + 1).is_none_or(|&n| data.user[n] != data.user[r]);
-                    is_test[r] = last;
+                for u in 0..by_user.n_users() as u32 {
+                    if let Some(&last) = by_user.user_rows(u).last() {
+                        is_test[last as usize] = true;
+                    }
                 }
             }
             SplitMethod::Random => {
                 let mut rng = rng::stream(seed, &[0x5_9117]);
-                let mut start = 0;
-                while start < order.len() {
-                    let u = data.user[order[start]];
-                    let end = start + order[start..].iter().take_while(|&&r| data.user[r] == u).count();
-                    let mut rows: Vec<usize> = order[start..end].to_vec();
+                for u in 0..by_user.n_users() as u32 {
+                    let mut rows: Vec<u32> = by_user.user_rows(u).to_vec();
+                    if rows.is_empty() {
+                        continue;
+                    }
                     // Fisher–Yates, then hold out the first round(ratio * n), keeping one train row.
                     for k in (1..rows.len()).rev() {
                         rows.swap(k, rng.random_range(0..=k));
                     }
                     let n_test = ((rows.len() as f64 * config.test_ratio).round() as usize).min(rows.len() - 1);
                     for &r in &rows[..n_test] {
-                        is_test[r] = true;
+                        is_test[r as usize] = true;
                     }
-                    start = end;
                 }
             }
             SplitMethod::Given => unreachable!("handled above"),
             SplitMethod::Temporal => {
-                let mut rows: Vec<usize> = (0..data.len()).collect();
-                match &data.time {
-                    Some(t) => rows.sort_by_key(|&r| (t[r], r)),
-                    None => {}
+                let mut rows: Vec<u32> = (0..data.len() as u32).collect();
+                if let Some(t) = &data.time {
+                    rows.sort_unstable_by_key(|&r| (t[r as usize], r));
                 }
                 let n_test = (data.len() as f64 * config.test_ratio).round() as usize;
                 for &r in &rows[data.len() - n_test..] {
-                    is_test[r] = true;
+                    is_test[r as usize] = true;
                 }
             }
         }
+        drop(by_user);
         let is_test = &is_test;
         let pairs = |test: bool| {
             (0..data.len()).filter(move |&r| is_test[r] == test).map(|r| (data.user[r], data.item[r]))
