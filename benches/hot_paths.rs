@@ -52,6 +52,36 @@ fn sampler(c: &mut Criterion) {
     });
 }
 
+/// The sampler on the training split of a large file (e.g. the 20M-row ml-20m-shaped file that
+/// `../shared/tools/gen_20m.py` writes): `NCF_BENCH_DATA=/path/ratings20m.csv cargo bench -p
+/// ncf-trainer -- sampler/file`. Reads, dedupes and splits leave-one-out (users with one interaction
+/// dropped), then times whole epochs of 4 uniform or popularity negatives per positive; negatives
+/// per second = 4 × train positives / epoch time (the epoch includes the shuffle of all samples).
+fn sampler_on_file(c: &mut Criterion) {
+    let Some(path) = std::env::var_os("NCF_BENCH_DATA") else {
+        eprintln!("skipping sampler/file: set NCF_BENCH_DATA to an interaction file (e.g. ratings20m.csv from gen_20m.py)");
+        return;
+    };
+    let mut data = ncf_datasets::reader::read(std::path::Path::new(&path), &Default::default()).expect("reading NCF_BENCH_DATA");
+    ncf_datasets::CleanConfig { min_user_interactions: 2, ..Default::default() }.apply(&mut data);
+    let split = ncf_datasets::Split::new(&data, &Default::default(), 1).expect("leave-one-out split");
+    let positives = split.train.nnz() as u64;
+    let mut group = c.benchmark_group("sampler/file");
+    group.sample_size(10).throughput(criterion::Throughput::Elements(positives * 4));
+    for dist in [ncf_datasets::sampler::NegativeDistribution::Uniform, ncf_datasets::sampler::NegativeDistribution::Popularity] {
+        let cfg = SamplerConfig { negatives: 4, distribution: dist };
+        let s = NegativeSampler::new(&split.train, split.n_items, cfg, 3);
+        let mut epoch = 0;
+        group.bench_function(format!("{dist:?}/{positives}-positives-x4"), |b| {
+            b.iter(|| {
+                epoch += 1;
+                black_box(s.epoch(epoch).len())
+            })
+        });
+    }
+    group.finish();
+}
+
 fn scoring(c: &mut Criterion) {
     let device = Device::flex();
     for kind in [ModelKind::Mf, ModelKind::Neumf] {
@@ -96,6 +126,6 @@ fn top_k(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10);
-    targets = steps, sampler, scoring, top_k
+    targets = steps, sampler, sampler_on_file, scoring, top_k
 }
 criterion_main!(benches);

@@ -380,3 +380,83 @@ fn gpu_suite_small_mode() {
         eprintln!("gpu suite: no PyTorch peer here; ratios not checked");
     }
 }
+
+/// Sorted lines of a split file, so files that list the same pairs in another order compare equal.
+fn sorted_lines(path: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_to_string(path).unwrap().lines().map(str::to_owned).collect();
+    lines.sort();
+    lines
+}
+
+/// `ncf data split` writes train.csv, test.csv and test.negative; importing them with
+/// `split.method = "given"` and writing again gives the same split (raw ids, same candidates),
+/// and `ncf train` runs on it with the imported candidates.
+#[test]
+fn given_split_round_trip() {
+    let dir = temp_dir("given");
+    let file = dir.join("ratings.csv");
+    let mut csv = String::from("userId,movieId,rating,timestamp\n");
+    for r in 0..3000u64 {
+        let (u, i) = (r % 97, (r * 7919 + r / 97) % 211);
+        csv.push_str(&format!("u{u},m{i},{}.5,{}\n", r % 5, (r * 104_729) % 10_007));
+    }
+    std::fs::write(&file, csv).unwrap();
+    for method in ["leave-one-out", "random"] {
+        let (a, b) = (dir.join(format!("{method}-a")), dir.join(format!("{method}-b")));
+        let out = ncf()
+            .args(["data", "split", "--set", &format!("split.method={method}"), "--set", "train.eval_negatives=20"])
+            .arg(&file)
+            .arg("--out")
+            .arg(&a)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let given = |key: &str, f: &str| format!("split.{key}={}", a.join(f).display());
+        let out = ncf()
+            .args(["data", "split", "--set", "split.method=given"])
+            .args(["--set", &given("train_path", "train.csv"), "--set", &given("test_path", "test.csv")])
+            .args(["--set", &given("negatives_path", "test.negative"), "--out"])
+            .arg(&b)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("given split") && stdout.contains("test.negative"), "{stdout}");
+        for f in ["train.csv", "test.csv", "test.negative"] {
+            let (x, y) = (sorted_lines(&a.join(f)), sorted_lines(&b.join(f)));
+            assert!(x.len() > 1, "{method} {f} is empty");
+            assert_eq!(x, y, "{method}: {f} differs after the round trip");
+        }
+    }
+    let a = dir.join("leave-one-out-a");
+    let out = ncf()
+        .args(["train", "--backend", "flex", "--epochs", "1", "--set", "split.method=given"])
+        .arg("--data")
+        .arg(a.join("train.csv"))
+        .args(["--set", &format!("split.test_path={}", a.join("test.csv").display())])
+        .args(["--set", &format!("split.negatives_path={}", a.join("test.negative").display())])
+        .arg("--out")
+        .arg(dir.join("run"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let metrics = std::fs::read_to_string(dir.join("run/metrics.csv")).unwrap();
+    assert!(metrics.contains("sampled-20") && metrics.contains("(given split)"), "{metrics}");
+
+    // A bad negatives line fails naming the file and line, and writes nothing.
+    let bad = dir.join("bad.negative");
+    std::fs::write(&bad, "(u1,m1\tm2\n").unwrap();
+    let out = ncf()
+        .args(["data", "split", "--set", "split.method=given"])
+        .args(["--set", &format!("split.train_path={}", a.join("train.csv").display())])
+        .args(["--set", &format!("split.test_path={}", a.join("test.csv").display())])
+        .args(["--set", &format!("split.negatives_path={}", bad.display()), "--out"])
+        .arg(dir.join("bad-out"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("bad.negative") && stderr.contains("line 1") && !stderr.contains("panicked"), "{stderr}");
+    assert!(!dir.join("bad-out").exists());
+}

@@ -76,14 +76,21 @@ impl CleanConfig {
     }
 }
 
-/// Marks every row except the latest of each repeated (user, item) pair.
+/// Marks every row except the latest (by time, then file order) of each repeated (user, item)
+/// pair: each user's rows are walked from the latest back, and an item seen again is a duplicate.
 pub fn latest_of_duplicates(data: &Interactions) -> Vec<bool> {
-    let order = data.chronological_order(); // by user, then time, then file order
+    let by_user = data.by_user_chronological();
     let mut keep = vec![true; data.len()];
-    let mut last_row_of: std::collections::HashMap<(u32, u32), usize> = std::collections::HashMap::new();
-    for &r in &order {
-        if let Some(prev) = last_row_of.insert((data.user[r], data.item[r]), r) {
-            keep[prev] = false;
+    // seen_by[item] = 1 + the last user whose walk met the item.
+    let mut seen_by = vec![0u32; data.n_items()];
+    for u in 0..by_user.n_users() as u32 {
+        for &r in by_user.user_rows(u).iter().rev() {
+            let seen = &mut seen_by[data.item[r as usize] as usize];
+            if *seen == u + 1 {
+                keep[r as usize] = false;
+            } else {
+                *seen = u + 1;
+            }
         }
     }
     keep
@@ -114,6 +121,15 @@ mod tests {
         assert_eq!(r.duplicates, 1);
         assert_eq!(d.item, vec![1, 0]);
         assert_eq!(d.rating, Some(vec![2.0, 3.0]));
+    }
+
+    #[test]
+    fn dedupe_keeps_latest_by_time_not_file_order() {
+        let mut d = data(&[(0, 0), (1, 0), (0, 0), (0, 1)], Some(vec![1.0, 2.0, 3.0, 4.0]));
+        d.time = Some(vec![9, 1, 3, 9]);
+        let r = CleanConfig::default().apply(&mut d);
+        assert_eq!(r.duplicates, 1);
+        assert_eq!(d.rating, Some(vec![1.0, 2.0, 4.0]));
     }
 
     #[test]

@@ -129,14 +129,74 @@ impl Interactions {
         }
     }
 
-    /// The row order that sorts each user's interactions by time, ties by file order.
-    pub fn chronological_order(&self) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.len()).collect();
-        match &self.time {
-            Some(t) => order.sort_by_key(|&r| (self.user[r], t[r], r)),
-            None => order.sort_by_key(|&r| (self.user[r], r)),
+    /// Rows grouped by user (users in dense order), each user's rows sorted by time, ties by file
+    /// order. A counting sort by user, then one small sort per user: O(n) plus the per-user sorts.
+    pub fn by_user_chronological(&self) -> ByUser {
+        assert!(self.len() < u32::MAX as usize, "more than 2^32 - 1 interactions");
+        let mut offsets = vec![0usize; self.n_users() + 1];
+        for &u in &self.user {
+            offsets[u as usize + 1] += 1;
         }
-        order
+        for k in 1..offsets.len() {
+            offsets[k] += offsets[k - 1];
+        }
+        let mut next = offsets.clone();
+        let Some(t) = &self.time else {
+            let mut rows = vec![0u32; self.len()];
+            for (r, &u) in self.user.iter().enumerate() {
+                rows[next[u as usize]] = r as u32;
+                next[u as usize] += 1;
+            }
+            return ByUser { rows, offsets };
+        };
+        // Scatter (time, row) so each user's sort works on contiguous memory, then sort the users'
+        // slices on all cores; rows are unique, so the order is total and ties go by file order.
+        let mut keyed = vec![(0i64, 0u32); self.len()];
+        for (r, (&u, &time)) in self.user.iter().zip(t).enumerate() {
+            keyed[next[u as usize]] = (time, r as u32);
+            next[u as usize] += 1;
+        }
+        drop(next);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16);
+        std::thread::scope(|s| {
+            let mut rest: &mut [(i64, u32)] = &mut keyed;
+            let mut first_user = 0;
+            for k in 1..=threads {
+                // Users up to the one where the k-th share of rows ends.
+                let target = self.len() * k / threads;
+                let last_user = if k == threads { self.n_users() } else { offsets.partition_point(|&o| o < target).max(first_user) };
+                let (base, end) = (offsets[first_user], offsets[last_user.min(self.n_users())]);
+                let (mine, tail) = std::mem::take(&mut rest).split_at_mut(end - base);
+                rest = tail;
+                let bounds = &offsets[first_user..=last_user.min(self.n_users())];
+                s.spawn(move || {
+                    for w in bounds.windows(2) {
+                        mine[w[0] - base..w[1] - base].sort_unstable();
+                    }
+                });
+                first_user = last_user.min(self.n_users());
+            }
+        });
+        let rows = keyed.iter().map(|&(_, r)| r).collect();
+        ByUser { rows, offsets }
+    }
+}
+
+/// Row indices grouped by user: user `u`'s rows are `rows[offsets[u]..offsets[u + 1]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ByUser {
+    pub rows: Vec<u32>,
+    pub offsets: Vec<usize>,
+}
+
+impl ByUser {
+    /// The rows of `user`, in the order the table was built with.
+    pub fn user_rows(&self, user: u32) -> &[u32] {
+        &self.rows[self.offsets[user as usize]..self.offsets[user as usize + 1]]
+    }
+
+    pub fn n_users(&self) -> usize {
+        self.offsets.len() - 1
     }
 }
 
@@ -162,9 +222,27 @@ mod tests {
         let it = Interactions {
             user: vec![0, 0, 0, 1],
             item: vec![0, 1, 2, 0],
+            users: IdMap::from_raw(vec!["a".into(), "b".into()]),
             time: Some(vec![5, 3, 5, 1]),
             ..Default::default()
         };
-        assert_eq!(it.chronological_order(), vec![1, 0, 2, 3]);
+        let by = it.by_user_chronological();
+        assert_eq!(by.rows, vec![1, 0, 2, 3]);
+        assert_eq!(by.user_rows(1), &[3]);
+        let no_time = Interactions { time: None, ..it.clone() };
+        // Many users with repeated times: the same order as a plain sort by (user, time, row).
+        let n = 5000u32;
+        let big = Interactions {
+            user: (0..n).map(|r| (r * 7919) % 301).collect(),
+            item: vec![0; n as usize],
+            time: Some((0..n).map(|r| ((r * 104_729) % 37) as i64).collect()),
+            users: IdMap::from_raw((0..301).map(|u| u.to_string()).collect()),
+            ..Default::default()
+        };
+        let mut want: Vec<u32> = (0..n).collect();
+        let t = big.time.as_ref().unwrap();
+        want.sort_by_key(|&r| (big.user[r as usize], t[r as usize], r));
+        assert_eq!(big.by_user_chronological().rows, want);
+        assert_eq!(no_time.by_user_chronological().rows, vec![0, 1, 2, 3]);
     }
 }

@@ -1,9 +1,14 @@
 //! Interaction files in: CSV/TSV (with or without header), MovieLens `u.data` (tab) and
 //! `ratings.dat` (`::`), and Parquet, read through polars; columns mapped by name or index.
 //!
-//! polars reads every text column as a string (it cannot fail on values and does not report line
-//! numbers), then this module parses ratings and timestamps itself so every error names the file,
-//! the line and the column.
+//! Plain delimited text (no quotes, every line with the header's number of fields, values that
+//! parse) takes a fast streaming path ([`plain`]) that parses and interns in parallel chunks.
+//! Anything else, and any file the fast path finds a problem in, goes through polars: it reads
+//! every text column as a string (it cannot fail on values and does not report line numbers), then
+//! this module parses ratings and timestamps itself so every error names the file, the line and
+//! the column.
+
+mod plain;
 
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
@@ -113,8 +118,16 @@ fn sniff(path: &Path, format: Option<Format>, has_header: Option<bool>, named_co
         if named_columns {
             return true;
         }
-        // A header when some field of the first line is text where the second line has a number.
+        // A header when the first line names known columns and holds no number, or when some
+        // field of the first line is text where the second line has a number.
         let f1 = split_line(&first, separator, false);
+        let known = |a: &&str| {
+            let a = a.trim().trim_matches('"').to_ascii_lowercase();
+            [USER_NAMES, ITEM_NAMES, RATING_NAMES, TIME_NAMES].iter().any(|names| names.contains(&a.as_str()))
+        };
+        if f1.iter().any(known) && !f1.iter().any(|a| looks_numeric(a)) {
+            return true;
+        }
         match &second {
             Some(s) => {
                 let f2 = split_line(s, separator, false);
@@ -124,6 +137,14 @@ fn sniff(path: &Path, format: Option<Format>, has_header: Option<bool>, named_co
         }
     });
     Ok(Sniffed { separator, double_colon, has_header })
+}
+
+/// Separator and header of a text file, as configured or sniffed.
+fn sniff_text(path: &Path, opts: &ReadOptions) -> Result<Sniffed> {
+    let named = [&opts.user_col, &opts.item_col, &opts.rating_col, &opts.time_col]
+        .iter()
+        .any(|c| matches!(c, Some(ColumnRef::Name(_))));
+    sniff(path, opts.format, opts.has_header, named)
 }
 
 fn polars_err(path: &Path) -> impl FnOnce(PolarsError) -> DataError + '_ {
@@ -170,17 +191,12 @@ fn read_frame(path: &Path, opts: &ReadOptions) -> Result<(DataFrame, bool)> {
     if meta.len() == 0 {
         return Err(DataError::Empty { path: path.to_path_buf() });
     }
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-    let parquet = opts.format == Some(Format::Parquet) || (opts.format.is_none() && ext == "parquet");
-    if parquet {
+    if is_parquet(path, opts) {
         let file = std::fs::File::open(path).map_err(io_err(path))?;
         let df = ParquetReader::new(file).finish().map_err(polars_err(path))?;
         return Ok((df, true));
     }
-    let named = [&opts.user_col, &opts.item_col, &opts.rating_col, &opts.time_col]
-        .iter()
-        .any(|c| matches!(c, Some(ColumnRef::Name(_))));
-    let s = sniff(path, opts.format, opts.has_header, named)?;
+    let s = sniff_text(path, opts)?;
     let options = CsvReadOptions::default()
         .with_has_header(s.has_header)
         .with_infer_schema_length(Some(0))
@@ -203,14 +219,13 @@ const TIME_NAMES: &[&str] = &["timestamp", "time", "ts", "date", "datetime"];
 
 fn resolve(
     path: &Path,
-    df: &DataFrame,
+    names: &[String],
     given: &Option<ColumnRef>,
     guesses: &[&str],
     fallback: Option<usize>,
     flag: &'static str,
     header: bool,
 ) -> Result<Option<usize>> {
-    let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
     let available = || {
         if header { format!("columns {names:?}") } else { format!("{} unnamed columns (0-based indices 0..{})", names.len(), names.len()) }
     };
@@ -234,16 +249,20 @@ fn resolve(
     }
 }
 
-/// Reads `path` into dense-id interactions in file order.
-pub fn read(path: &Path, opts: &ReadOptions) -> Result<Interactions> {
-    let (mut df, header) = read_frame(path, opts)?;
-    df.rechunk_mut();
-    if df.height() == 0 {
-        return Err(DataError::Empty { path: path.to_path_buf() });
-    }
-    let width = df.width();
-    let user = resolve(path, &df, &opts.user_col, USER_NAMES, Some(0), "user-col", header)?;
-    let item = resolve(path, &df, &opts.item_col, ITEM_NAMES, Some(1), "item-col", header)?;
+/// The 0-based positions of the columns to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Columns {
+    user: usize,
+    item: usize,
+    rating: Option<usize>,
+    time: Option<usize>,
+}
+
+/// Maps the configured or guessed columns onto a file's column `names`.
+fn resolve_columns(path: &Path, names: &[String], header: bool, opts: &ReadOptions) -> Result<Columns> {
+    let width = names.len();
+    let user = resolve(path, names, &opts.user_col, USER_NAMES, Some(0), "user-col", header)?;
+    let item = resolve(path, names, &opts.item_col, ITEM_NAMES, Some(1), "item-col", header)?;
     let (Some(user), Some(item)) = (user, item) else {
         return Err(DataError::Parse {
             path: path.into(),
@@ -253,8 +272,34 @@ pub fn read(path: &Path, opts: &ReadOptions) -> Result<Interactions> {
     // Without a header, columns 2 and 3 are rating and time (MovieLens order) unless already used.
     let unused = |i: usize| (width > i && !header && i != user && i != item).then_some(i);
     let (rating_fallback, time_fallback) = (unused(2), unused(3));
-    let rating = resolve(path, &df, &opts.rating_col, RATING_NAMES, rating_fallback, "rating-col", header)?;
-    let time = resolve(path, &df, &opts.time_col, TIME_NAMES, time_fallback, "time-col", header)?;
+    let rating = resolve(path, names, &opts.rating_col, RATING_NAMES, rating_fallback, "rating-col", header)?;
+    let time = resolve(path, names, &opts.time_col, TIME_NAMES, time_fallback, "time-col", header)?;
+    Ok(Columns { user, item, rating, time })
+}
+
+fn is_parquet(path: &Path, opts: &ReadOptions) -> bool {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    opts.format == Some(Format::Parquet) || (opts.format.is_none() && ext == "parquet")
+}
+
+/// Reads `path` into dense-id interactions in file order (dense ids in first-seen order).
+pub fn read(path: &Path, opts: &ReadOptions) -> Result<Interactions> {
+    if let Some(data) = plain::read(path, opts)? {
+        return Ok(data);
+    }
+    read_polars(path, opts)
+}
+
+/// The general path: polars reads every column as text, then values are parsed here so that
+/// every error names the line and column.
+fn read_polars(path: &Path, opts: &ReadOptions) -> Result<Interactions> {
+    let (mut df, header) = read_frame(path, opts)?;
+    df.rechunk_mut();
+    if df.height() == 0 {
+        return Err(DataError::Empty { path: path.to_path_buf() });
+    }
+    let names: Vec<String> = df.get_column_names().iter().map(|s| s.to_string()).collect();
+    let Columns { user, item, rating, time } = resolve_columns(path, &names, header, opts)?;
     let first_line = 1 + header as usize;
     let columns = df.columns();
     let name = |i: usize| columns[i].name().to_string();
@@ -357,6 +402,15 @@ mod tests {
         let d = read(&p, &ReadOptions::default()).unwrap();
         assert_eq!(d.items.raw_ids(), &["1193", "661"]);
         assert_eq!(d.rating, Some(vec![5.0, 3.0]));
+    }
+
+    #[test]
+    fn known_column_names_mark_a_header_even_over_text_ids() {
+        let p = write("named.csv", "user,item\nu1,i1\nu2,i1\n");
+        let d = read(&p, &ReadOptions::default()).unwrap();
+        assert_eq!(d.users.raw_ids(), &["u1", "u2"]);
+        let p = write("unnamed.csv", "a,b\nu1,i1\n");
+        assert_eq!(read(&p, &ReadOptions::default()).unwrap().users.raw_ids(), &["a", "u1"]);
     }
 
     #[test]

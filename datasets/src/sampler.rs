@@ -55,52 +55,104 @@ pub struct NegativeSampler<'a> {
     train: &'a UserItems,
     n_items: u32,
     config: SamplerConfig,
-    /// Cumulative popularity weights for [`NegativeDistribution::Popularity`].
-    cumulative: Vec<f64>,
+    /// Walker alias table for [`NegativeDistribution::Popularity`]: O(1) per draw.
+    alias: Option<Alias>,
     seed: u64,
 }
 
+/// Positives per parallel work unit; each chunk's draws come from its own seeded stream.
 const CHUNK: usize = 1 << 16;
+/// Shuffle buckets: each sample (or group) goes to a random bucket, then each bucket is shuffled
+/// on its own, in cache and in parallel. Uniform: bucket sizes do not depend on the order.
+const BUCKETS: usize = 512;
+/// Users with more training items than this get a bitset for O(1) membership tests.
+const BITSET_MIN_SEEN: usize = 32;
+/// A sample packed for the shuffle: label in bit 63, user in bits 32..63, item in bits 0..32.
+const LABEL_BIT: u64 = 1 << 63;
+
+/// Walker's alias method: a draw is one uniform index and one comparison.
+struct Alias {
+    prob: Vec<f64>,
+    alias: Vec<u32>,
+}
+
+impl Alias {
+    fn new(weights: &[f64]) -> Self {
+        let n = weights.len();
+        let total: f64 = weights.iter().sum();
+        let mut prob: Vec<f64> = weights.iter().map(|w| w * n as f64 / total).collect();
+        let mut alias: Vec<u32> = (0..n as u32).collect();
+        let (mut small, mut large): (Vec<u32>, Vec<u32>) = (0..n as u32).partition(|&i| prob[i as usize] < 1.0);
+        while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
+            alias[s as usize] = l;
+            prob[l as usize] -= 1.0 - prob[s as usize];
+            if prob[l as usize] < 1.0 {
+                large.pop();
+                small.push(l);
+            }
+        }
+        // Rounding leftovers are certain picks of themselves.
+        for i in small.into_iter().chain(large) {
+            prob[i as usize] = 1.0;
+        }
+        Self { prob, alias }
+    }
+
+    #[inline]
+    fn draw(&self, rng: &mut rng::Rng) -> u32 {
+        let k = rng.random_range(0..self.prob.len() as u32);
+        if rng.random::<f64>() < self.prob[k as usize] { k } else { self.alias[k as usize] }
+    }
+}
+
+/// Membership in one user's training items: a bitset for heavy users, else binary search.
+struct Seen<'s> {
+    items: &'s [u32],
+    bits: &'s [u64],
+}
+
+impl Seen<'_> {
+    #[inline]
+    fn contains(&self, j: u32) -> bool {
+        if self.bits.is_empty() {
+            self.items.binary_search(&j).is_ok()
+        } else {
+            self.bits[j as usize / 64] >> (j % 64) & 1 == 1
+        }
+    }
+}
 
 impl<'a> NegativeSampler<'a> {
     pub fn new(train: &'a UserItems, n_items: usize, config: SamplerConfig, seed: u64) -> Self {
-        let cumulative = match config.distribution {
-            NegativeDistribution::Uniform => Vec::new(),
+        assert!(train.n_users() < 1 << 31 && n_items <= u32::MAX as usize, "ids must fit the packed samples");
+        let alias = match config.distribution {
+            NegativeDistribution::Uniform => None,
             NegativeDistribution::Popularity => {
-                let mut acc = 0.0;
-                train
-                    .item_counts(n_items)
-                    .iter()
-                    .map(|&c| {
-                        acc += (c as f64 + 1.0).powf(0.75);
-                        acc
-                    })
-                    .collect()
+                let weights: Vec<f64> = train.item_counts(n_items).iter().map(|&c| (c as f64 + 1.0).powf(0.75)).collect();
+                Some(Alias::new(&weights))
             }
         };
-        Self { train, n_items: n_items as u32, config, cumulative, seed }
+        Self { train, n_items: n_items as u32, config, alias, seed }
     }
 
-    /// Draws one item `user` has not interacted with, or `None` when there is none.
-    fn draw(&self, rng: &mut rng::Rng, user: u32) -> Option<u32> {
-        let seen = self.train.items(user);
-        if seen.len() >= self.n_items as usize {
+    /// Draws one item the user has not interacted with, or `None` when there is none.
+    #[inline]
+    fn draw(&self, rng: &mut rng::Rng, seen: &Seen) -> Option<u32> {
+        if seen.items.len() >= self.n_items as usize {
             return None;
         }
         // Rejection sampling: cheap while users have seen a small share of the catalogue.
         for _ in 0..64 {
-            let j = match self.config.distribution {
-                NegativeDistribution::Uniform => rng.random_range(0..self.n_items),
-                NegativeDistribution::Popularity => {
-                    let x = rng.random::<f64>() * self.cumulative.last().copied().unwrap_or(0.0);
-                    self.cumulative.partition_point(|&c| c <= x).min(self.n_items as usize - 1) as u32
-                }
+            let j = match &self.alias {
+                None => rng.random_range(0..self.n_items),
+                Some(a) => a.draw(rng),
             };
-            if seen.binary_search(&j).is_err() {
+            if !seen.contains(j) {
                 return Some(j);
             }
         }
         // Dense users: pick uniformly among the unseen items directly.
+        let seen = seen.items;
         let k = rng.random_range(0..self.n_items - seen.len() as u32);
         let (mut lo, mut hi) = (0u32, self.n_items);
         // Find the k-th unseen item: smallest j with j + 1 - |seen ≤ j| > k.
@@ -120,56 +172,144 @@ impl<'a> NegativeSampler<'a> {
     /// Like [`epoch`](Self::epoch); with `grouped`, each positive stays followed by its
     /// negatives (a group of `1 + negatives` samples) and whole groups are shuffled, as pairwise
     /// losses such as BPR need.
+    ///
+    /// Work is split into chunks of positives (draws) and shuffle buckets, each with its own
+    /// stream of the seed, so the result does not depend on the number of threads.
     pub fn epoch_grouped(&self, epoch: u64, grouped: bool) -> EpochSamples {
-        let positives: Vec<(u32, u32)> = self.train.pairs().collect();
         let per = 1 + self.config.negatives;
-        let mut out = EpochSamples {
-            user: vec![0; positives.len() * per],
-            item: vec![0; positives.len() * per],
-            label: vec![0.0; positives.len() * per],
-        };
+        let unit = if grouped { per } else { 1 };
+        let n_pos = self.train.nnz();
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let chunks: Vec<_> = positives
-            .chunks(CHUNK)
-            .zip(out.user.chunks_mut(CHUNK * per))
-            .zip(out.item.chunks_mut(CHUNK * per))
-            .zip(out.label.chunks_mut(CHUNK * per))
-            .enumerate()
-            .collect();
-        let next = std::sync::Mutex::new(chunks.into_iter());
+        let n_chunks = n_pos.div_ceil(CHUNK);
+        // 1. Draw: per chunk of positives, the packed samples dealt into random buckets.
+        let parts: Vec<Vec<Vec<u64>>> = par_map(n_chunks, threads, |c| self.draw_chunk(epoch, c, unit));
+        // 2. Lay the buckets out one after another, chunks in order inside each bucket.
+        let mut by_bucket: Vec<Vec<Vec<u64>>> = (0..BUCKETS).map(|_| Vec::with_capacity(n_chunks)).collect();
+        for chunk in parts {
+            for (b, part) in chunk.into_iter().enumerate() {
+                by_bucket[b].push(part);
+            }
+        }
+        let total = n_pos * per;
+        let mut out = EpochSamples { user: vec![0; total], item: vec![0; total], label: vec![0.0; total] };
+        let mut jobs = Vec::with_capacity(BUCKETS);
+        let (mut us, mut is, mut ls) = (&mut out.user[..], &mut out.item[..], &mut out.label[..]);
+        for (b, parts) in by_bucket.into_iter().enumerate() {
+            let len: usize = parts.iter().map(Vec::len).sum();
+            let (u, u_rest) = std::mem::take(&mut us).split_at_mut(len);
+            let (i, i_rest) = std::mem::take(&mut is).split_at_mut(len);
+            let (l, l_rest) = std::mem::take(&mut ls).split_at_mut(len);
+            (us, is, ls) = (u_rest, i_rest, l_rest);
+            jobs.push((b, parts, u, i, l));
+        }
+        // 3. Shuffle each bucket (by units) and unpack it into its slice of the output.
+        let next = std::sync::Mutex::new(jobs.into_iter());
         std::thread::scope(|s| {
             for _ in 0..threads {
                 s.spawn(|| {
+                    let mut scratch: Vec<u64> = Vec::new();
                     loop {
-                        let Some((c, (((pos, us), is), ls))) = next.lock().unwrap().next() else { break };
-                        let mut rng = rng::stream(self.seed, &[0x5A_3B1E, epoch, c as u64]);
-                        for (k, &(u, i)) in pos.iter().enumerate() {
-                            let base = k * per;
-                            us[base] = u;
-                            is[base] = i;
-                            ls[base] = 1.0;
-                            for n in 1..per {
-                                us[base + n] = u;
-                                is[base + n] = self.draw(&mut rng, u).unwrap_or(i);
+                        let Some((b, parts, us, is, ls)) = next.lock().unwrap().next() else { break };
+                        scratch.clear();
+                        for p in parts {
+                            scratch.extend_from_slice(&p);
+                        }
+                        let mut rng = rng::stream(self.seed, &[0x5_4FF1E, epoch, b as u64]);
+                        let units = scratch.len() / unit;
+                        for k in (1..units).rev() {
+                            let j = rng.random_range(0..=k);
+                            for o in 0..unit {
+                                scratch.swap(k * unit + o, j * unit + o);
                             }
+                        }
+                        for (k, &x) in scratch.iter().enumerate() {
+                            us[k] = ((x & !LABEL_BIT) >> 32) as u32;
+                            is[k] = x as u32;
+                            ls[k] = if x & LABEL_BIT != 0 { 1.0 } else { 0.0 };
                         }
                     }
                 });
             }
         });
-        // Shuffle all samples together, as the paper's reference does, or whole groups.
-        let mut rng = rng::stream(self.seed, &[0x5_4FF1E, epoch]);
-        let g = if grouped { per } else { 1 };
-        for k in (1..out.len() / g).rev() {
-            let j = rng.random_range(0..=k);
-            for o in 0..g {
-                out.user.swap(k * g + o, j * g + o);
-                out.item.swap(k * g + o, j * g + o);
-                out.label.swap(k * g + o, j * g + o);
-            }
-        }
         out
     }
+
+    /// The samples of chunk `c` of the positives (in user order), packed and dealt into
+    /// [`BUCKETS`] buckets by units of `unit` samples.
+    fn draw_chunk(&self, epoch: u64, c: usize, unit: usize) -> Vec<Vec<u64>> {
+        let per = 1 + self.config.negatives;
+        let mut rng = rng::stream(self.seed, &[0x5A_3B1E, epoch, c as u64]);
+        let mut deal = rng::stream(self.seed, &[0xDEA1, epoch, c as u64]);
+        let mut buckets: Vec<Vec<u64>> = (0..BUCKETS).map(|_| Vec::with_capacity(CHUNK * per / BUCKETS * 5 / 4)).collect();
+        let offsets = self.train.offsets();
+        let (lo, hi) = (c * CHUNK, ((c + 1) * CHUNK).min(self.train.nnz()));
+        // The first user whose items reach into this chunk.
+        let mut u = offsets.partition_point(|&o| o <= lo) - 1;
+        let mut bits: Vec<u64> = vec![0; (self.n_items as usize).div_ceil(64)];
+        // Bucket picks: 9 bits each, seven from one 64-bit draw.
+        const _: () = assert!(BUCKETS == 1 << 9);
+        let (mut picks, mut left) = (0u64, 0u32);
+        let mut pick = move || {
+            if left == 0 {
+                (picks, left) = (deal.random::<u64>(), 7);
+            }
+            left -= 1;
+            let b = (picks & (BUCKETS as u64 - 1)) as usize;
+            picks >>= 9;
+            b
+        };
+        let mut pos = lo;
+        while pos < hi {
+            while offsets[u + 1] <= pos {
+                u += 1;
+            }
+            let items = self.train.items(u as u32);
+            let end = offsets[u + 1].min(hi);
+            let dense = items.len() > BITSET_MIN_SEEN && self.config.negatives > 0;
+            if dense {
+                for &j in items {
+                    bits[j as usize / 64] |= 1 << (j % 64);
+                }
+            }
+            let seen = Seen { items, bits: if dense { &bits } else { &[] } };
+            let user_bits = (u as u64) << 32;
+            for &i in &self.train.all_items()[pos..end] {
+                let group = if unit == 1 { None } else { Some(pick()) };
+                let mut put = |x: u64| buckets[group.unwrap_or_else(&mut pick)].push(x);
+                put(LABEL_BIT | user_bits | i as u64);
+                for _ in 1..per {
+                    put(user_bits | self.draw(&mut rng, &seen).unwrap_or(i) as u64);
+                }
+            }
+            if dense {
+                for &j in items {
+                    bits[j as usize / 64] = 0;
+                }
+            }
+            pos = end;
+        }
+        buckets
+    }
+}
+
+/// `f(0..n)` on `threads` threads, results in index order.
+fn par_map<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let results: Vec<std::sync::Mutex<Option<T>>> = (0..n).map(|_| std::sync::Mutex::new(None)).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(n.max(1)) {
+            s.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if k >= n {
+                        break;
+                    }
+                    *results[k].lock().unwrap() = Some(f(k));
+                }
+            });
+        }
+    });
+    results.into_iter().map(|r| r.into_inner().unwrap().expect("every chunk ran")).collect()
 }
 
 #[cfg(test)]
@@ -216,15 +356,49 @@ mod tests {
     }
 
     #[test]
+    fn heavy_users_use_the_bitset_and_the_shuffle_mixes() {
+        // User 0 has 40 of 50 items (bitset path), user 1 has 3 (binary search path).
+        let t = UserItems::from_pairs(2, (0..40).map(|i| (0, i * 7 % 50)).chain([(1, 0), (1, 1), (1, 2)]));
+        for grouped in [false, true] {
+            let s = NegativeSampler::new(&t, 50, SamplerConfig { negatives: 6, ..Default::default() }, 2).epoch_grouped(0, grouped);
+            assert_eq!(s.len(), 43 * 7);
+            for k in 0..s.len() {
+                assert_eq!(t.contains(s.user[k], s.item[k]), s.label[k] == 1.0, "sample {k}");
+            }
+            // Shuffled: the users no longer come in blocks (sorted by chance: < 1e-4).
+            let firsts: Vec<u32> = s.user.chunks(if grouped { 7 } else { 1 }).map(|g| g[0]).collect();
+            assert!(!firsts.windows(2).all(|w| w[0] <= w[1]), "{firsts:?}");
+        }
+    }
+
+    #[test]
+    fn alias_table_matches_the_weights() {
+        let w = [1.0, 2.0, 3.0, 0.0, 4.0];
+        let a = Alias::new(&w);
+        let mut rng = rng::stream(3, &[]);
+        let mut counts = [0usize; 5];
+        let n = 200_000;
+        for _ in 0..n {
+            counts[a.draw(&mut rng) as usize] += 1;
+        }
+        for (c, w) in counts.iter().zip(w) {
+            let want = w / 10.0;
+            assert!((*c as f64 / n as f64 - want).abs() < 0.005, "{counts:?}");
+        }
+    }
+
+    #[test]
     fn dense_user_falls_back_to_exact_draw() {
         // User 0 has seen every item but 7 of 0..8.
         let t = UserItems::from_pairs(1, (0..7).map(|i| (0, i)));
         let s = NegativeSampler::new(&t, 8, SamplerConfig::default(), 0);
         let mut rng = rng::stream(0, &[]);
+        let seen = Seen { items: t.items(0), bits: &[] };
         for _ in 0..100 {
-            assert_eq!(s.draw(&mut rng, 0), Some(7));
+            assert_eq!(s.draw(&mut rng, &seen), Some(7));
         }
         let full = UserItems::from_pairs(1, (0..8).map(|i| (0, i)));
-        assert_eq!(NegativeSampler::new(&full, 8, SamplerConfig::default(), 0).draw(&mut rng, 0), None);
+        let seen = Seen { items: full.items(0), bits: &[] };
+        assert_eq!(NegativeSampler::new(&full, 8, SamplerConfig::default(), 0).draw(&mut rng, &seen), None);
     }
 }

@@ -1,4 +1,7 @@
-//! Train/test splits: leave-one-out (NCF paper), per-user random holdout, global temporal cut.
+//! Train/test splits: leave-one-out (NCF paper), per-user random holdout, global temporal cut, or a
+//! split given as files (see [`crate::given`]).
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,20 +21,42 @@ pub enum SplitMethod {
     Random,
     /// One global time cut: the latest `test_ratio` share of all interactions is test.
     Temporal,
+    /// Train and test read from `train_path` and `test_path` (e.g. a published split), with the
+    /// sampled-evaluation candidates from `negatives_path` when given; see [`crate::given`].
+    Given,
 }
 
-/// Split settings. Defaults: leave-one-out, test ratio 0.25 for the ratio-based methods.
+impl SplitMethod {
+    /// The name used in messages and metrics labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::LeaveOneOut => "leave-one-out",
+            Self::Random => "random holdout",
+            Self::Temporal => "temporal",
+            Self::Given => "given split",
+        }
+    }
+}
+
+/// Split settings. Defaults: leave-one-out, test ratio 0.25 for the ratio-based methods, no files.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SplitConfig {
     pub method: SplitMethod,
     /// Share of interactions held out by `random` and `temporal`.
     pub test_ratio: f64,
+    /// `given`: the training interactions (read like `data.path`; `data.path` is used when unset).
+    pub train_path: Option<PathBuf>,
+    /// `given`: the test interactions, read with the same reader options as the training file.
+    pub test_path: Option<PathBuf>,
+    /// `given`, optional: the sampled-evaluation candidates in the NCF reference `.test.negative`
+    /// format (`(user,item)\tneg1\tneg2...`), used instead of drawing them.
+    pub negatives_path: Option<PathBuf>,
 }
 
 impl Default for SplitConfig {
     fn default() -> Self {
-        Self { method: SplitMethod::LeaveOneOut, test_ratio: 0.25 }
+        Self { method: SplitMethod::LeaveOneOut, test_ratio: 0.25, train_path: None, test_path: None, negatives_path: None }
     }
 }
 
@@ -50,45 +75,51 @@ impl Split {
         if data.is_empty() {
             return Err(DataError::Invalid("no interactions to split".into()));
         }
-        let order = data.chronological_order();
+        if config.method == SplitMethod::Given {
+            return Err(DataError::Invalid(
+                "split.method = \"given\" reads split.train_path and split.test_path (ncf_datasets::given::read)".into(),
+            ));
+        }
+        let by_user = data.by_user_chronological();
         let mut is_test = vec![false; data.len()];
         match config.method {
             SplitMethod::LeaveOneOut => {
-                for (k, &r) in order.iter().enumerate() {
-                    let last = order.get(k + 1).is_none_or(|&n| data.user[n] != data.user[r]);
-                    is_test[r] = last;
+                for u in 0..by_user.n_users() as u32 {
+                    if let Some(&last) = by_user.user_rows(u).last() {
+                        is_test[last as usize] = true;
+                    }
                 }
             }
             SplitMethod::Random => {
                 let mut rng = rng::stream(seed, &[0x5_9117]);
-                let mut start = 0;
-                while start < order.len() {
-                    let u = data.user[order[start]];
-                    let end = start + order[start..].iter().take_while(|&&r| data.user[r] == u).count();
-                    let mut rows: Vec<usize> = order[start..end].to_vec();
+                for u in 0..by_user.n_users() as u32 {
+                    let mut rows: Vec<u32> = by_user.user_rows(u).to_vec();
+                    if rows.is_empty() {
+                        continue;
+                    }
                     // Fisher–Yates, then hold out the first round(ratio * n), keeping one train row.
                     for k in (1..rows.len()).rev() {
                         rows.swap(k, rng.random_range(0..=k));
                     }
                     let n_test = ((rows.len() as f64 * config.test_ratio).round() as usize).min(rows.len() - 1);
                     for &r in &rows[..n_test] {
-                        is_test[r] = true;
+                        is_test[r as usize] = true;
                     }
-                    start = end;
                 }
             }
+            SplitMethod::Given => unreachable!("handled above"),
             SplitMethod::Temporal => {
-                let mut rows: Vec<usize> = (0..data.len()).collect();
-                match &data.time {
-                    Some(t) => rows.sort_by_key(|&r| (t[r], r)),
-                    None => {}
+                let mut rows: Vec<u32> = (0..data.len() as u32).collect();
+                if let Some(t) = &data.time {
+                    rows.sort_unstable_by_key(|&r| (t[r as usize], r));
                 }
                 let n_test = (data.len() as f64 * config.test_ratio).round() as usize;
                 for &r in &rows[data.len() - n_test..] {
-                    is_test[r] = true;
+                    is_test[r as usize] = true;
                 }
             }
         }
+        drop(by_user);
         let is_test = &is_test;
         let pairs = |test: bool| {
             (0..data.len()).filter(move |&r| is_test[r] == test).map(|r| (data.user[r], data.item[r]))
@@ -102,11 +133,8 @@ impl Split {
         }
         if config.method != SplitMethod::Temporal {
             if let Some(u) = (0..data.n_users() as u32).find(|&u| train.items(u).is_empty()) {
-                let name = match config.method {
-                    SplitMethod::LeaveOneOut => "leave-one-out",
-                    _ => "random",
-                };
-                return Err(DataError::EmptyTrainUser { user: data.users.raw(u).to_owned(), split: name, need: 2 });
+                let split = config.method.label();
+                return Err(DataError::EmptyTrainUser { user: data.users.raw(u).to_owned(), split, need: 2 });
             }
         }
         Ok(Self { train, test, n_items: data.n_items(), method: config.method })
@@ -152,7 +180,7 @@ mod tests {
     fn random_split_keeps_ratio_and_disjointness() {
         let n = 40u32;
         let d = data((0..n * 8).map(|r| r / 8).collect(), (0..n * 8).map(|r| r % 8 + (r / 8) % 3).collect(), None);
-        let cfg = SplitConfig { method: SplitMethod::Random, test_ratio: 0.25 };
+        let cfg = SplitConfig { method: SplitMethod::Random, test_ratio: 0.25, ..Default::default() };
         let s = Split::new(&d, &cfg, 3).unwrap();
         for u in 0..n {
             assert_eq!(s.test.items(u).len(), 2);
@@ -167,7 +195,7 @@ mod tests {
     #[test]
     fn temporal_split_cuts_globally() {
         let d = data(vec![0, 1, 0, 1], vec![0, 1, 2, 3], Some(vec![1, 2, 3, 4]));
-        let cfg = SplitConfig { method: SplitMethod::Temporal, test_ratio: 0.5 };
+        let cfg = SplitConfig { method: SplitMethod::Temporal, test_ratio: 0.5, ..Default::default() };
         let s = Split::new(&d, &cfg, 0).unwrap();
         assert_eq!(s.test.items(0), &[2]);
         assert_eq!(s.test.items(1), &[3]);

@@ -46,13 +46,18 @@ pub enum DataCommand {
     },
     /// Clean and split a file as `ncf train` would, and write train.csv, test.csv and
     /// test.negative (the NCF reference format) so other tools can use the same split.
+    /// Prints the seconds each phase took.
     Split {
-        file: PathBuf,
+        /// Interaction file (optional with split.method = "given", which reads split.train_path).
+        file: Option<PathBuf>,
         #[command(flatten)]
         read: ReadFlags,
         /// Output directory.
+        #[arg(long, required_unless_present = "no_write")]
+        out: Option<PathBuf>,
+        /// Read, clean, split and draw the candidates, but write nothing (to time or check).
         #[arg(long)]
-        out: PathBuf,
+        no_write: bool,
         /// TOML config whose [split], [data.clean] and [train] eval_negatives apply.
         #[arg(long)]
         config: Option<PathBuf>,

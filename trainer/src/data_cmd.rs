@@ -1,29 +1,29 @@
 //! `ncf data stats` and `ncf data split`.
 
-use std::fmt::Write as _;
+use std::io::{BufWriter, Write};
 use std::path::Path;
+use std::time::Instant;
 
-use anyhow::{Context, Result};
-use ncf_datasets::{Quantiles, ReadOptions, SampledCandidates, Split, Stats, reader};
+use anyhow::{Context, Result, bail};
+use ncf_datasets::{IdMap, Quantiles, ReadOptions, SampledCandidates, SplitMethod, Stats, UserItems, reader};
 
 use crate::cli::{DataCommand, ReadFlags};
 use crate::config::RunConfig;
+use crate::data;
 
 pub fn run(cmd: &DataCommand) -> Result<()> {
     match cmd {
         DataCommand::Stats { file, read } => stats(file, read),
-        DataCommand::Split { file, read, out, config, sets } => split(file, read, out, config.as_deref(), sets),
+        DataCommand::Split { file, read, out, no_write, config, sets } => {
+            split(file.as_deref(), read, if *no_write { None } else { out.as_deref() }, config.as_deref(), sets)
+        }
     }
 }
 
-fn read_file(file: &Path, flags: &ReadFlags, base: ReadOptions) -> Result<ncf_datasets::Interactions> {
-    let mut opts = base;
-    flags.apply(&mut opts)?;
-    Ok(reader::read(file, &opts)?)
-}
-
 fn stats(file: &Path, flags: &ReadFlags) -> Result<()> {
-    let data = read_file(file, flags, ReadOptions::default())?;
+    let mut opts = ReadOptions::default();
+    flags.apply(&mut opts)?;
+    let data = reader::read(file, &opts)?;
     let s = Stats::of(&data);
     let q = |name: &str, q: &Quantiles| {
         format!(
@@ -46,48 +46,87 @@ fn stats(file: &Path, flags: &ReadFlags) -> Result<()> {
     Ok(())
 }
 
-fn split(file: &Path, flags: &ReadFlags, out: &Path, config: Option<&Path>, sets: &[String]) -> Result<()> {
-    let config = RunConfig::resolve(config, sets)?;
-    let mut data = read_file(file, flags, config.data.read.clone())?;
-    config.data.clean.apply(&mut data);
-    let split = Split::new(&data, &config.split, config.seed)?;
-    let cands = SampledCandidates::draw(&split, config.train.eval_negatives, config.seed);
-    let (users, items) = (&data.users, &data.items);
-    let pairs = |t: &ncf_datasets::UserItems| {
-        let mut s = String::from("user,item\n");
-        for (u, i) in t.pairs() {
-            let _ = writeln!(s, "{},{}", users.raw(u), items.raw(i));
-        }
-        s
-    };
-    let mut negative = String::new();
-    let w = cands.width();
-    for r in 0..cands.rows() {
-        let row = &cands.items[r * w..(r + 1) * w];
-        let _ = write!(negative, "({},{})", users.raw(cands.user[r]), items.raw(row[0]));
-        for &j in &row[1..] {
-            let _ = write!(negative, "\t{}", items.raw(j));
-        }
-        negative.push('\n');
+/// `ncf data split`: the run's data preparation, then the three files (unless `out` is `None`).
+fn split(file: Option<&Path>, flags: &ReadFlags, out: Option<&Path>, config: Option<&Path>, sets: &[String]) -> Result<()> {
+    let mut config = RunConfig::resolve(config, sets)?;
+    if let Some(f) = file {
+        config.data.path = Some(f.to_path_buf());
     }
-    let tmp = out.with_file_name(format!(".{}.tmp-{}", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), std::process::id()));
+    flags.apply(&mut config.data.read)?;
+    if config.data.path.is_none() && config.split.method != SplitMethod::Given {
+        bail!("no interaction file: pass FILE (or use split.method = \"given\" with split.train_path and split.test_path)");
+    }
+    let p = data::prepare(&config)?;
+    let mut timings = p.timings.clone();
+    let t = Instant::now();
+    if let Some(out) = out {
+        write_split(out, &p, &config)?;
+        timings.push(("write", t.elapsed().as_secs_f64()));
+    }
+    println!("data: {}: {} users, {} items, {} interactions", p.source, p.data.n_users(), p.data.n_items(), p.data.len());
+    let what = format!(
+        "{} train and {} test pairs, {} test rows × {} negatives",
+        p.split.train.nnz(),
+        p.split.test.nnz(),
+        p.candidates.rows(),
+        p.candidates.negatives
+    );
+    match out {
+        Some(out) => println!("wrote {what} to {}", out.display()),
+        None => println!("split {what} (--no-write: nothing written)"),
+    }
+    let total: f64 = timings.iter().map(|t| t.1).sum();
+    let parts: Vec<String> = timings.iter().map(|(n, s)| format!("{n} {s:.2}s")).collect();
+    println!("seconds: {} (total {total:.2}s)", parts.join(", "));
+    Ok(())
+}
+
+/// Writes train.csv, test.csv, test.negative and config.toml into a temporary directory, then
+/// renames it to `out`, so a failure leaves no half-written split.
+fn write_split(out: &Path, p: &data::Prepared, config: &RunConfig) -> Result<()> {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    std::fs::write(tmp.join("train.csv"), pairs(&split.train))?;
-    std::fs::write(tmp.join("test.csv"), pairs(&split.test))?;
-    std::fs::write(tmp.join("test.negative"), negative)?;
-    std::fs::write(tmp.join("config.toml"), config.to_toml())?;
+    let (users, items) = (&p.data.users, &p.data.items);
+    write_pairs(&tmp.join("train.csv"), &p.split.train, users, items)?;
+    write_pairs(&tmp.join("test.csv"), &p.split.test, users, items)?;
+    write_negatives(&tmp.join("test.negative"), &p.candidates, users, items)?;
+    std::fs::write(tmp.join("config.toml"), config.to_toml()).with_context(|| format!("writing {}", tmp.display()))?;
     if out.exists() {
         std::fs::remove_dir_all(out).with_context(|| format!("replacing {}", out.display()))?;
     }
-    std::fs::rename(&tmp, out).with_context(|| format!("renaming into {}", out.display()))?;
-    println!(
-        "wrote {} train and {} test pairs, {} test rows × {} negatives to {}",
-        split.train.nnz(),
-        split.test.nnz(),
-        cands.rows(),
-        cands.negatives,
-        out.display()
-    );
-    Ok(())
+    std::fs::rename(&tmp, out).with_context(|| format!("renaming into {}", out.display()))
+}
+
+fn create(path: &Path) -> Result<BufWriter<std::fs::File>> {
+    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    Ok(BufWriter::with_capacity(1 << 20, f))
+}
+
+/// `user,item` rows with raw ids, in user order.
+fn write_pairs(path: &Path, table: &UserItems, users: &IdMap, items: &IdMap) -> Result<()> {
+    let mut w = create(path)?;
+    let io = |e| anyhow::Error::new(e).context(format!("writing {}", path.display()));
+    w.write_all(b"user,item\n").map_err(io)?;
+    for (u, i) in table.pairs() {
+        writeln!(w, "{},{}", users.raw(u), items.raw(i)).map_err(io)?;
+    }
+    w.flush().map_err(io)
+}
+
+/// The NCF reference `.test.negative` format: `(user,item)` then the negatives, tab-separated.
+fn write_negatives(path: &Path, c: &SampledCandidates, users: &IdMap, items: &IdMap) -> Result<()> {
+    let mut w = create(path)?;
+    let io = |e| anyhow::Error::new(e).context(format!("writing {}", path.display()));
+    let width = c.width();
+    for (r, &u) in c.user.iter().enumerate() {
+        let row = &c.items[r * width..(r + 1) * width];
+        write!(w, "({},{})", users.raw(u), items.raw(row[0])).map_err(io)?;
+        for &j in &row[1..] {
+            write!(w, "\t{}", items.raw(j)).map_err(io)?;
+        }
+        w.write_all(b"\n").map_err(io)?;
+    }
+    w.flush().map_err(io)
 }

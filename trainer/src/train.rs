@@ -278,13 +278,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     println!("{}", selected.line());
     let device = &selected.device;
 
-    let (data, source) = crate::data::load(&config.data, config.seed)?;
+    let crate::data::Prepared { data, source, split, candidates, .. } = crate::data::prepare(&config)?;
     println!("data: {source}: {} users, {} items, {} interactions", data.n_users(), data.n_items(), data.len());
     let width = config.model.layout().width();
     selected.check_table("the user embedding table", data.n_users(), width)?;
     selected.check_table("the item embedding table", data.n_items(), width)?;
-    let split = Split::new(&data, &config.split, config.seed)?;
-    let candidates = SampledCandidates::draw(&split, config.train.eval_negatives, config.seed);
     let eval = SampledEval::upload(&candidates, device);
     let sampler = NegativeSampler::new(&split.train, data.n_items(), config.sampler.clone(), config.seed);
     let (mut model, mut optim, mut history) = match &args.resume {
@@ -418,5 +416,6 @@ pub(crate) fn split_name(config: &RunConfig) -> &'static str {
         ncf_datasets::SplitMethod::LeaveOneOut => "leave-one-out",
         ncf_datasets::SplitMethod::Random => "random holdout",
         ncf_datasets::SplitMethod::Temporal => "temporal",
+        ncf_datasets::SplitMethod::Given => "given split",
     }
 }

@@ -1,0 +1,238 @@
+//! A split given as files, so published splits (e.g. the NCF reference's `ml-1m.train.rating`,
+//! `ml-1m.test.rating`, `ml-1m.test.negative`) and `ncf data split` outputs are reproduced exactly.
+//!
+//! Both interaction files are read with the same [`ReadOptions`]. Ids of the test file go through
+//! the training file's id maps:
+//! - a test user absent from the training file has nothing to rank from: its test rows (and its
+//!   negatives lines) are dropped and counted in [`GivenReport::dropped_test_rows`];
+//! - a test or negative item absent from the training file is appended to the item catalogue
+//!   (counted in [`GivenReport::new_items`]), as the reference scripts' catalogue `0..max id` holds it.
+//!
+//! The negatives file has one line per test pair: `(user,item)` then its negatives, tab-separated;
+//! every line must list the same number of negatives.
+
+use std::io::BufRead;
+use std::path::Path;
+
+use crate::candidates::SampledCandidates;
+use crate::error::{DataError, Result};
+use crate::interactions::Interactions;
+use crate::reader::{self, ReadOptions};
+use crate::split::{Split, SplitMethod};
+use crate::user_items::UserItems;
+
+/// What importing changed relative to the files, for the run's log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GivenReport {
+    /// Test rows whose user is not in the training file.
+    pub dropped_test_rows: usize,
+    /// Negatives lines whose user is not in the training file.
+    pub dropped_negative_lines: usize,
+    /// Items of the test or negatives file absent from the training file, added to the catalogue.
+    pub new_items: usize,
+}
+
+/// A split read from files: the training interactions (with the id maps of the whole catalogue),
+/// the split over them and, when a negatives file was given, the sampled-evaluation candidates.
+#[derive(Debug, Clone)]
+pub struct Given {
+    pub data: Interactions,
+    pub split: Split,
+    pub candidates: Option<SampledCandidates>,
+    pub report: GivenReport,
+}
+
+/// Reads a given split: `train` and `test` interaction files, and optionally `negatives`.
+pub fn read(train: &Path, test: &Path, negatives: Option<&Path>, opts: &ReadOptions) -> Result<Given> {
+    let mut data = reader::read(train, opts)?;
+    let test_data = reader::read(test, opts)?;
+    let mut report = GivenReport::default();
+    let items_before = data.n_items();
+    // Dense test ids of each distinct raw test id, mapped once.
+    let test_users: Vec<Option<u32>> = test_data.users.raw_ids().iter().map(|r| data.users.get(r)).collect();
+    // Items are interned only for kept rows, so a dropped user's items do not join the catalogue.
+    let mut test_items: Vec<Option<u32>> = vec![None; test_data.n_items()];
+    let mut pairs = Vec::with_capacity(test_data.len());
+    for (&u, &i) in test_data.user.iter().zip(&test_data.item) {
+        let Some(u) = test_users[u as usize] else {
+            report.dropped_test_rows += 1;
+            continue;
+        };
+        let i = *test_items[i as usize].get_or_insert_with(|| data.items.intern(test_data.items.raw(i)));
+        pairs.push((u, i));
+    }
+    drop(test_data);
+    let n_users = data.n_users();
+    let test_items_table = UserItems::from_pairs(n_users, pairs);
+    let candidates = match negatives {
+        Some(path) => Some(read_negatives(path, test, &mut data, &test_items_table, &mut report)?),
+        None => None,
+    };
+    report.new_items = data.n_items() - items_before;
+    let train_table = UserItems::from_pairs(n_users, data.user.iter().copied().zip(data.item.iter().copied()));
+    let split = Split { train: train_table, test: test_items_table, n_items: data.n_items(), method: SplitMethod::Given };
+    Ok(Given { data, split, candidates, report })
+}
+
+/// Parses `(user,item)` at the start of a negatives line.
+fn parse_pair(field: &str) -> Option<(&str, &str)> {
+    let inner = field.trim().strip_prefix('(')?.strip_suffix(')')?;
+    let (u, i) = inner.split_once(',')?;
+    let (u, i) = (u.trim(), i.trim());
+    (!u.is_empty() && !i.is_empty()).then_some((u, i))
+}
+
+/// Reads the NCF `.test.negative` format into candidates in the order of the test pairs.
+fn read_negatives(
+    path: &Path,
+    test_path: &Path,
+    data: &mut Interactions,
+    test: &UserItems,
+    report: &mut GivenReport,
+) -> Result<SampledCandidates> {
+    let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.into(), source })?;
+    let line_err = |line: usize, message: String| DataError::Line { path: path.into(), line, message };
+    // Row of each test pair in `test.pairs()` order: offsets[u] + position among u's test items.
+    let offsets = test.offsets();
+    let mut rows: Vec<Option<Vec<u32>>> = vec![None; test.nnz()];
+    let mut width: Option<(usize, usize)> = None; // (negatives per line, first line)
+    let mut seen_any = false;
+    for (k, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line_no = k + 1;
+        let line = line.map_err(|source| DataError::Io { path: path.into(), source })?;
+        let line = line.trim_end(); // CRLF and trailing tabs
+        if line.is_empty() {
+            continue;
+        }
+        seen_any = true;
+        let mut fields = line.split('\t');
+        let head = fields.next().unwrap_or("");
+        let (raw_u, raw_i) = parse_pair(head).ok_or_else(|| {
+            line_err(line_no, format!("expected \"(user,item)\" then tab-separated negative items, found {head:?}"))
+        })?;
+        let negs: Vec<&str> = fields.map(str::trim).collect();
+        if let Some(empty) = negs.iter().position(|n| n.is_empty()) {
+            return Err(line_err(line_no, format!("negative {} is empty", empty + 1)));
+        }
+        match width {
+            None => width = Some((negs.len(), line_no)),
+            Some((w, first)) if w != negs.len() => {
+                return Err(line_err(line_no, format!("{} negatives where line {first} has {w}; every line needs the same number", negs.len())));
+            }
+            Some(_) => {}
+        }
+        let Some(u) = data.users.get(raw_u) else {
+            report.dropped_negative_lines += 1;
+            continue;
+        };
+        let not_test = || {
+            line_err(line_no, format!("({raw_u},{raw_i}) is not a test pair of {}", test_path.display()))
+        };
+        let i = data.items.get(raw_i).ok_or_else(not_test)?;
+        let pos = test.items(u).binary_search(&i).map_err(|_| not_test())?;
+        let slot = &mut rows[offsets[u as usize] + pos];
+        if slot.is_some() {
+            return Err(line_err(line_no, format!("a second line for test pair ({raw_u},{raw_i})")));
+        }
+        *slot = Some(negs.iter().map(|n| data.items.intern(n)).collect());
+    }
+    if !seen_any {
+        return Err(DataError::Empty { path: path.into() });
+    }
+    let negatives = width.map_or(0, |w| w.0);
+    let mut out = SampledCandidates { user: Vec::with_capacity(rows.len()), items: Vec::with_capacity(rows.len() * (1 + negatives)), negatives };
+    for ((u, i), row) in test.pairs().zip(rows) {
+        let Some(row) = row else {
+            return Err(DataError::Parse {
+                path: path.into(),
+                message: format!(
+                    "no line for test pair ({},{}) of {}; every test pair needs its negatives",
+                    data.users.raw(u),
+                    data.items.raw(i),
+                    test_path.display()
+                ),
+            });
+        };
+        out.user.push(u);
+        out.items.push(i);
+        out.items.extend(row);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ncf-given-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// The NCF reference layout: tab-separated `user item rating timestamp`, integer ids, no header.
+    fn reference_files(tag: &str) -> (PathBuf, PathBuf) {
+        let train = write(&format!("{tag}.train.rating"), "0\t10\t5\t100\n0\t11\t4\t101\n1\t10\t3\t102\n1\t12\t3\t103\n");
+        let test = write(&format!("{tag}.test.rating"), "0\t12\t4\t200\n1\t11\t2\t201\n");
+        (train, test)
+    }
+
+    #[test]
+    fn reads_reference_format_with_negatives() {
+        let (train, test) = reference_files("ok");
+        let neg = write("ok.test.negative", "(0,12)\t13\t14\n(1,11)\t14\t13\n");
+        let g = read(&train, &test, Some(&neg), &ReadOptions::default()).unwrap();
+        assert_eq!(g.data.users.raw_ids(), &["0", "1"]);
+        // Items 13 and 14 appear only among the negatives: appended to the catalogue.
+        assert_eq!(g.data.items.raw_ids(), &["10", "11", "12", "13", "14"]);
+        assert_eq!(g.report, GivenReport { new_items: 2, ..Default::default() });
+        assert_eq!(g.split.n_items, 5);
+        assert_eq!(g.split.train.items(0), &[0, 1]);
+        assert_eq!(g.split.test.items(0), &[2]);
+        assert_eq!(g.split.test.items(1), &[1]);
+        let c = g.candidates.unwrap();
+        assert_eq!((c.rows(), c.negatives), (2, 2));
+        assert_eq!(c.user, vec![0, 1]);
+        assert_eq!(c.items, vec![2, 3, 4, 1, 4, 3]);
+    }
+
+    #[test]
+    fn unseen_test_users_are_dropped_and_counted() {
+        let (train, _) = reference_files("drop");
+        let test = write("drop.test.rating", "0\t12\t4\t200\n7\t11\t2\t201\n");
+        let neg = write("drop.test.negative", "(0,12)\t13\n(7,11)\t10\n");
+        let g = read(&train, &test, Some(&neg), &ReadOptions::default()).unwrap();
+        assert_eq!(g.report, GivenReport { dropped_test_rows: 1, dropped_negative_lines: 1, new_items: 1 });
+        assert_eq!(g.split.test.nnz(), 1);
+        assert_eq!(g.candidates.unwrap().rows(), 1);
+    }
+
+    #[test]
+    fn negatives_errors_name_file_and_line() {
+        let (train, test) = reference_files("err");
+        let cases = [
+            ("bad-head", "(0,12)\t13\n0,11\t14\n", "line 2"),
+            ("bad-width", "(0,12)\t13\t14\n(1,11)\t14\n", "line 2"),
+            ("not-test", "(0,12)\t13\n(1,10)\t14\n", "line 2"),
+            ("twice", "(0,12)\t13\n(0,12)\t14\n", "line 2"),
+            ("empty-neg", "\n(0,12)\t\t13\n", "line 2"),
+        ];
+        for (name, text, want) in cases {
+            let neg = write(&format!("{name}.test.negative"), text);
+            let e = read(&train, &test, Some(&neg), &ReadOptions::default()).unwrap_err().to_string();
+            assert!(e.contains(&format!("{name}.test.negative")) && e.contains(want), "{name}: {e}");
+        }
+        let neg = write("missing.test.negative", "(0,12)\t13\n");
+        let e = read(&train, &test, Some(&neg), &ReadOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("missing.test.negative") && e.contains("(1,11)"), "{e}");
+        let neg = write("blank.test.negative", "\n\n");
+        let e = read(&train, &test, Some(&neg), &ReadOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("empty"), "{e}");
+        let bad_test = write("bad.test.rating", "0\t12\tfour\t200\n");
+        let e = read(&train, &bad_test, None, &ReadOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("bad.test.rating") && e.contains("line 1") && e.contains("four"), "{e}");
+    }
+}
