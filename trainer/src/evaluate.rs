@@ -55,7 +55,7 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
     let negatives = ck.config.train.eval_negatives;
     // The same candidates training drew: same split, negatives and seed.
     let candidates = SampledCandidates::draw(&split, negatives, ck.config.seed);
-    let sampled = SampledEval::upload(&candidates, device).rows(&ck.model, k);
+    let sampled = SampledEval::upload(&candidates, ck.model.user.val().dims()[1], device).rows(&ck.model, k);
     let full = FullEval::upload(&split, &ck.model, k, device);
     let (per_user, coverage) = full.rows(&ck.model, k, device);
 

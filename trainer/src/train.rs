@@ -20,8 +20,10 @@ use crate::history::{EpochRecord, FullMetrics};
 use crate::host;
 use crate::progress::Progress;
 
-/// Candidate rows evaluated per device call; bounds evaluation memory.
-const EVAL_ROWS: usize = 2048;
+/// Embedding values gathered per side and device call in sampled evaluation (8 MiB of f32):
+/// bounds evaluation memory, so wide tables (MF with 200 factors) score in cache-sized chunks
+/// instead of page-faulting fresh gigabyte buffers.
+const EVAL_PAIR_VALUES: usize = 2 << 20;
 
 /// The sampled-protocol candidates, uploaded once.
 pub(crate) struct SampledEval {
@@ -31,12 +33,15 @@ pub(crate) struct SampledEval {
 }
 
 impl SampledEval {
-    pub(crate) fn upload(c: &SampledCandidates, device: &Device) -> Self {
+    /// Uploads the candidates in chunks sized for a model whose embedding rows are
+    /// `table_width` values wide.
+    pub(crate) fn upload(c: &SampledCandidates, table_width: usize, device: &Device) -> Self {
         let w = c.width();
+        let chunk_rows = (EVAL_PAIR_VALUES / (w * table_width.max(1)).max(1)).max(1);
         let chunks = (0..c.rows())
-            .step_by(EVAL_ROWS)
+            .step_by(chunk_rows)
             .map(|start| {
-                let end = (start + EVAL_ROWS).min(c.rows());
+                let end = (start + chunk_rows).min(c.rows());
                 let users: Vec<i32> = c.user[start..end].iter().map(|&u| u as i32).collect();
                 let items: Vec<i32> = c.items[start * w..end * w].iter().map(|&i| i as i32).collect();
                 (
@@ -283,7 +288,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let width = config.model.layout().width();
     selected.check_table("the user embedding table", data.n_users(), width)?;
     selected.check_table("the item embedding table", data.n_items(), width)?;
-    let eval = SampledEval::upload(&candidates, device);
+    let eval = SampledEval::upload(&candidates, width, device);
     let sampler = NegativeSampler::new(&split.train, data.n_items(), config.sampler.clone(), config.seed);
     let (mut model, mut optim, mut history) = match &args.resume {
         Some(run) => resume_from(run, &config, &split, device)?,
