@@ -38,13 +38,28 @@ impl SplitMethod {
     }
 }
 
-/// Split settings. Defaults: leave-one-out, test ratio 0.25 for the ratio-based methods, no files.
+/// Whose interactions `random` holds out a share of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SplitGroup {
+    /// `test_ratio` of each user's interactions (at least one kept for training).
+    #[default]
+    User,
+    /// `test_ratio` of each item's interactions (at least one kept for training), as
+    /// recommenders-team's `python_stratified_split(filter_by="item")` does in their benchmark.
+    Item,
+}
+
+/// Split settings. Defaults: leave-one-out, test ratio 0.25 for the ratio-based methods, grouped
+/// by user, no files.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SplitConfig {
     pub method: SplitMethod,
     /// Share of interactions held out by `random` and `temporal`.
     pub test_ratio: f64,
+    /// `random`: hold out the share per user (default) or per item.
+    pub group: SplitGroup,
     /// `given`: the training interactions (read like `data.path`; `data.path` is used when unset).
     pub train_path: Option<PathBuf>,
     /// `given`: the test interactions, read with the same reader options as the training file.
@@ -56,7 +71,7 @@ pub struct SplitConfig {
 
 impl Default for SplitConfig {
     fn default() -> Self {
-        Self { method: SplitMethod::LeaveOneOut, test_ratio: 0.25, train_path: None, test_path: None, negatives_path: None }
+        Self { method: SplitMethod::LeaveOneOut, test_ratio: 0.25, group: SplitGroup::User, train_path: None, test_path: None, negatives_path: None }
     }
 }
 
@@ -92,8 +107,13 @@ impl Split {
             }
             SplitMethod::Random => {
                 let mut rng = rng::stream(seed, &[0x5_9117]);
-                for u in 0..by_user.n_users() as u32 {
-                    let mut rows: Vec<u32> = by_user.user_rows(u).to_vec();
+                let by_item = (config.group == SplitGroup::Item).then(|| rows_by_item(data));
+                let groups: Vec<&[u32]> = match &by_item {
+                    Some(rows) => rows.iter().map(Vec::as_slice).collect(),
+                    None => (0..by_user.n_users() as u32).map(|u| by_user.user_rows(u)).collect(),
+                };
+                for group in groups {
+                    let mut rows: Vec<u32> = group.to_vec();
                     if rows.is_empty() {
                         continue;
                     }
@@ -139,6 +159,15 @@ impl Split {
         }
         Ok(Self { train, test, n_items: data.n_items(), method: config.method })
     }
+}
+
+/// Row indices of each item's interactions, in file order.
+fn rows_by_item(data: &Interactions) -> Vec<Vec<u32>> {
+    let mut rows = vec![Vec::new(); data.n_items()];
+    for (r, &i) in data.item.iter().enumerate() {
+        rows[i as usize].push(r as u32);
+    }
+    rows
 }
 
 #[cfg(test)]
@@ -190,6 +219,25 @@ mod tests {
         let again = Split::new(&d, &cfg, 3).unwrap();
         assert_eq!(again.test, s.test);
         assert_ne!(Split::new(&d, &cfg, 4).unwrap().test, s.test);
+    }
+
+    #[test]
+    fn random_split_by_item_holds_out_a_share_of_each_item() {
+        // 12 users who each rated all 8 items: per item, round(0.25 * 12) = 3 held out.
+        let (nu, ni) = (12u32, 8u32);
+        let d = data((0..nu * ni).map(|r| r / ni).collect(), (0..nu * ni).map(|r| r % ni).collect(), None);
+        let cfg = SplitConfig { method: SplitMethod::Random, test_ratio: 0.25, group: SplitGroup::Item, ..Default::default() };
+        let s = Split::new(&d, &cfg, 5).unwrap();
+        let mut per_item = vec![0; ni as usize];
+        for (u, i) in s.test.pairs() {
+            per_item[i as usize] += 1;
+            assert!(!s.train.contains(u, i));
+        }
+        assert_eq!(per_item, vec![3; ni as usize]);
+        assert_eq!(s.train.nnz() + s.test.nnz(), (nu * ni) as usize);
+        // Per-user counts vary, unlike the per-user split.
+        let counts: Vec<usize> = (0..nu).map(|u| s.test.items(u).len()).collect();
+        assert!(counts.iter().any(|&c| c != counts[0]), "{counts:?}");
     }
 
     #[test]

@@ -417,10 +417,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
 }
 
 pub(crate) fn split_name(config: &RunConfig) -> &'static str {
-    match config.split.method {
-        ncf_datasets::SplitMethod::LeaveOneOut => "leave-one-out",
-        ncf_datasets::SplitMethod::Random => "random holdout",
-        ncf_datasets::SplitMethod::Temporal => "temporal",
-        ncf_datasets::SplitMethod::Given => "given split",
+    match (config.split.method, config.split.group) {
+        (ncf_datasets::SplitMethod::Random, ncf_datasets::SplitGroup::Item) => "random holdout per item",
+        (method, _) => method.label(),
     }
 }
