@@ -66,38 +66,20 @@ impl<const D: usize> Moments<D> {
     }
 }
 
-/// Adam state of an embedding table, one packed row per table row: `[m | v | last]`, where
-/// `last` is the global step of the row's last update (0 = never). Packing lets a sparse step
-/// gather and scatter each row's state once instead of three times: on large catalogues these
-/// random row accesses are most of the update's cost.
+/// Adam state of an embedding table: per-row moments and, for the sparse path, the step each
+/// row was last updated at.
 #[derive(Debug, Clone)]
 pub struct RowMoments {
-    /// `[rows, 2 * width + 1]`.
-    pub packed: Tensor<2>,
+    pub m: Tensor<2>,
+    pub v: Tensor<2>,
+    /// `[rows]`: global step of the row's last update (0 = never).
+    pub last: Tensor<1>,
 }
 
 impl RowMoments {
     fn zeros_like(t: &Tensor<2>) -> Self {
-        let [rows, width] = t.dims();
-        Self { packed: Tensor::zeros([rows, 2 * width + 1], &t.device()) }
-    }
-
-    /// Width of the table this state belongs to.
-    fn width(&self) -> usize {
-        (self.packed.dims()[1] - 1) / 2
-    }
-
-    /// `(m, v, last)` as separate tensors: `[rows, width]`, `[rows, width]`, `[rows]`.
-    pub fn unpack(&self) -> (Tensor<2>, Tensor<2>, Tensor<1>) {
-        let ([rows, _], w) = (self.packed.dims(), self.width());
-        let m = self.packed.clone().slice([0..rows, 0..w]);
-        let v = self.packed.clone().slice([0..rows, w..2 * w]);
-        let last = self.packed.clone().slice([0..rows, 2 * w..2 * w + 1]).reshape([rows]);
-        (m, v, last)
-    }
-
-    fn pack(m: Tensor<2>, v: Tensor<2>, last: Tensor<1>) -> Self {
-        Self { packed: Tensor::cat(vec![m, v, last.unsqueeze_dim::<2>(1)], 1) }
+        let rows = t.dims()[0];
+        Self { m: t.zeros_like(), v: t.zeros_like(), last: Tensor::zeros([rows], &t.device()) }
     }
 }
 
@@ -163,10 +145,9 @@ impl Optimizer {
                     table
                 } else {
                     let dense = table.zeros_like().select_assign(0, rows, g, IndexingUpdateOp::Add);
-                    let (m, v, last) = state.unpack();
-                    let (update, m, v) = self.adam(dense, m, v);
-                    let last = last.zeros_like().add_scalar(self.step as f64);
-                    *self.slot(side) = Some(RowMoments::pack(m, v, last));
+                    let (update, m, v) = self.adam(dense, state.m, state.v);
+                    let last = state.last.zeros_like().add_scalar(self.step as f64);
+                    *self.slot(side) = Some(RowMoments { m, v, last });
                     table - update
                 }
             }
@@ -179,15 +160,10 @@ impl Optimizer {
     fn sparse_adam(&self, table: Tensor<2>, rows: Tensor<1, Int>, g: Tensor<2>, state: RowMoments) -> (Tensor<2>, RowMoments) {
         let c = &self.config;
         let t = self.step as f64;
-        let w = state.width();
-        // One gather of each row's packed [m | v | last].
-        let gathered = state.packed.clone().select(0, rows.clone());
-        let r_count = gathered.dims()[0];
-        let m_old = gathered.clone().slice([0..r_count, 0..w]);
-        let v_old = gathered.clone().slice([0..r_count, w..2 * w]);
-        let last = gathered.slice([0..r_count, 2 * w..2 * w + 1]); // [r, 1]
+        let last = state.last.clone().select(0, rows.clone());
+        let r_count = last.dims()[0];
         // Steps since the row's last update, excluding this one: [r, 1].
-        let skipped = last.clone().neg().add_scalar(t - 1.0);
+        let skipped = last.clone().neg().add_scalar(t - 1.0).unsqueeze_dim::<2>(1);
         // Dense Adam's moves over the skipped steps s+1..s+k (g = 0, s = last):
         //   Σ_j lr/c1(s+j) · rʲ · m / (sqrt(v)/sqrt(c2(s+j))),  r = β1/sqrt(β2),
         // with the bias corrections taken at the rʲ-weighted mean step s + j̄.
@@ -197,7 +173,7 @@ impl Optimizer {
         // j̄ = (1 - (k+1)rᵏ + k rᵏ⁺¹) / ((1-r)(1-rᵏ))
         let num = rk.clone().neg().add_scalar(1.0) - skipped.clone() * rk.clone().mul_scalar(1.0 - r);
         let j_bar = num / rk.neg().add_scalar(1.0).mul_scalar(1.0 - r).clamp_min(1e-12);
-        let t_mid = last + j_bar;
+        let t_mid = last.unsqueeze_dim::<2>(1) + j_bar;
         let c1 = t_mid.clone().mul_scalar(c.beta1.ln()).exp().neg().add_scalar(1.0).clamp_min(1e-12);
         let c2 = t_mid.mul_scalar(c.beta2.ln()).exp().neg().add_scalar(1.0).clamp_min(1e-12);
         let catch_factor = (geo * c2.sqrt() / c1).mul_scalar(c.lr); // [r, 1]
@@ -205,15 +181,19 @@ impl Optimizer {
         let decay1 = skipped.clone().mul_scalar(c.beta1.ln()).exp().mul_scalar(c.beta1);
         let decay2 = skipped.mul_scalar(c.beta2.ln()).exp().mul_scalar(c.beta2);
 
+        let m_old = state.m.clone().select(0, rows.clone());
+        let v_old = state.v.clone().select(0, rows.clone());
         let catch_up = m_old.clone() * catch_factor / v_old.clone().sqrt().add_scalar(c.eps);
         let m_new = m_old * decay1 + g.clone().mul_scalar(1.0 - c.beta1);
         let v_new = v_old * decay2 + (g.clone() * g).mul_scalar(1.0 - c.beta2);
         let (step, inv_sqrt_c2) = self.corrections();
         let update = m_new.clone().mul_scalar(step) / v_new.clone().sqrt().mul_scalar(inv_sqrt_c2).add_scalar(c.eps);
-        let now = Tensor::<2>::full([r_count, 1], t, &table.device());
-        // One scatter of the packed rows back.
-        let packed_rows = Tensor::cat(vec![m_new, v_new, now], 1);
-        let state = RowMoments { packed: state.packed.select_assign(0, rows.clone(), packed_rows, IndexingUpdateOp::Assign) };
+        let now = Tensor::<1>::full([r_count], t, &table.device());
+        let state = RowMoments {
+            m: state.m.select_assign(0, rows.clone(), m_new, IndexingUpdateOp::Assign),
+            v: state.v.select_assign(0, rows.clone(), v_new, IndexingUpdateOp::Assign),
+            last: state.last.select_assign(0, rows.clone(), now, IndexingUpdateOp::Assign),
+        };
         (table.select_assign(0, rows, (update + catch_up).neg(), IndexingUpdateOp::Add), state)
     }
 
@@ -248,11 +228,10 @@ impl Optimizer {
         }
         for (side, state) in [("user", &self.user), ("item", &self.item)] {
             if let Some(s) = state {
-                let (m, v, last) = s.unpack();
-                let n: usize = m.dims().iter().product();
-                out.push((format!("{side}.m"), m.reshape([n])));
-                out.push((format!("{side}.v"), v.reshape([n])));
-                out.push((format!("{side}.last"), last));
+                let n: usize = s.m.dims().iter().product();
+                out.push((format!("{side}.m"), s.m.clone().reshape([n])));
+                out.push((format!("{side}.v"), s.v.clone().reshape([n])));
+                out.push((format!("{side}.last"), s.last.clone()));
             }
         }
         out
@@ -281,7 +260,7 @@ impl Optimizer {
             let [rows, width] = t.dims();
             let (m, v, last) = (take(&format!("{side}.m"), rows * width)?, take(&format!("{side}.v"), rows * width)?, take(&format!("{side}.last"), rows)?);
             match (m, v, last) {
-                (Some(m), Some(v), Some(last)) => Ok(Some(RowMoments::pack(m.reshape([rows, width]), v.reshape([rows, width]), last))),
+                (Some(m), Some(v), Some(last)) => Ok(Some(RowMoments { m: m.reshape([rows, width]), v: v.reshape([rows, width]), last })),
                 (None, None, None) => Ok(None),
                 _ => Err(format!("optimizer state for the {side} table is incomplete")),
             }
