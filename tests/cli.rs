@@ -443,6 +443,14 @@ fn given_split_round_trip() {
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let metrics = std::fs::read_to_string(dir.join("run/metrics.csv")).unwrap();
     assert!(metrics.contains("sampled-20") && metrics.contains("(given split)"), "{metrics}");
+    // `ncf evaluate` scores the imported candidates kept in the checkpoint, not a fresh draw of
+    // train.eval_negatives (100 here): same HR@10 as the training run logged.
+    let out = ncf().args(["evaluate", "--backend", "flex", "--checkpoint"]).arg(dir.join("run")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let logged: f64 = metrics.lines().nth(1).unwrap().split(',').nth(2).unwrap().parse().unwrap();
+    let printed: f64 = stdout.split("HR@10 ").nth(1).and_then(|t| t.split_whitespace().next()).unwrap().parse().unwrap();
+    assert!(stdout.contains("(20 negatives per test item)") && (printed - logged).abs() < 6e-5, "hr@10 {logged}\n{stdout}");
 
     // A bad negatives line fails naming the file and line, and writes nothing.
     let bad = dir.join("bad.negative");

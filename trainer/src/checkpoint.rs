@@ -4,7 +4,9 @@
 //! DIR/checkpoint.json   format version, model kind, sizes, epoch, metrics
 //! DIR/config.toml       the resolved run configuration
 //! DIR/model.safetensors weights (burn-store; PyTorch can read it)
-//! DIR/train.safetensors each user's training and test items (CSR) and item popularity
+//! DIR/train.safetensors each user's training and test items (CSR) and item popularity; with a
+//!                       given split's imported .test.negative, its candidates (`eval_users`
+//!                       `[rows]`, `eval_items` `[rows, 1 + negatives]`, test item first)
 //! DIR/users.txt         raw user ids, one per line, in dense-id order
 //! DIR/items.txt         raw item ids, likewise
 //! DIR/optim.safetensors optimizer state (last/ only): moments, per-row last-update steps
@@ -16,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::Device;
-use ncf_datasets::{IdMap, UserItems};
+use ncf_datasets::{IdMap, SampledCandidates, UserItems};
 use ncf_model::{Ncf, Optimizer};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
@@ -59,6 +61,9 @@ pub struct Checkpoint {
     pub popularity: Vec<u32>,
     pub users: IdMap,
     pub items: IdMap,
+    /// Sampled-evaluation candidates imported with a given split (`split.negatives_path`), which
+    /// cannot be redrawn from the seed; `None` when the run drew its own.
+    pub candidates: Option<SampledCandidates>,
 }
 
 /// What a run saves besides the model.
@@ -72,6 +77,8 @@ pub struct Saved<'a> {
     pub items: &'a IdMap,
     /// Optimizer state, for checkpoints a run can resume from.
     pub optim: Option<&'a Optimizer>,
+    /// Imported evaluation candidates to keep with the run (see [`Checkpoint::candidates`]).
+    pub candidates: Option<&'a SampledCandidates>,
 }
 
 fn bytes<T: Copy>(v: &[T]) -> Vec<u8> {
@@ -104,13 +111,21 @@ pub fn save(dir: &Path, saved: &Saved) -> Result<()> {
     let ((ob, ib), (tob, tib)) = (csr(saved.train), csr(saved.test));
     let pop: Vec<i32> = saved.train.item_counts(saved.meta.n_items).iter().map(|&c| c as i32).collect();
     let pb = bytes(&pop);
-    let views = [
+    let (cub, cib) = match saved.candidates {
+        Some(c) => (bytes(&c.user.iter().map(|&u| u as i32).collect::<Vec<_>>()), bytes(&c.items.iter().map(|&i| i as i32).collect::<Vec<_>>())),
+        None => (Vec::new(), Vec::new()),
+    };
+    let mut views = vec![
         ("offsets", TensorView::new(Dtype::I64, vec![ob.len() / 8], &ob)?),
         ("items", TensorView::new(Dtype::I32, vec![ib.len() / 4], &ib)?),
         ("test_offsets", TensorView::new(Dtype::I64, vec![tob.len() / 8], &tob)?),
         ("test_items", TensorView::new(Dtype::I32, vec![tib.len() / 4], &tib)?),
         ("popularity", TensorView::new(Dtype::I32, vec![pop.len()], &pb)?),
     ];
+    if let Some(c) = saved.candidates {
+        views.push(("eval_users", TensorView::new(Dtype::I32, vec![c.rows()], &cub)?));
+        views.push(("eval_items", TensorView::new(Dtype::I32, vec![c.rows(), c.width()], &cib)?));
+    }
     safetensors::serialize_to_file(views, None, &tmp.join("train.safetensors"))?;
     if let Some(optim) = saved.optim {
         let state: Vec<(String, Vec<u8>, usize)> = optim
@@ -207,6 +222,21 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
     }
     let train = csr("offsets", "items", "training")?;
     let test = csr("test_offsets", "test_items", "test")?;
+    let candidates = match st.tensor("eval_items") {
+        Err(_) => None,
+        Ok(t) => {
+            let (user, items) = (i32s("eval_users")?, i32s("eval_items")?);
+            let width = t.shape().get(1).copied().unwrap_or(0);
+            if width == 0
+                || items.len() != user.len() * width
+                || user.iter().any(|&u| u as usize >= meta.n_users)
+                || items.iter().any(|&i| i as usize >= meta.n_items)
+            {
+                bail!("{}: inconsistent evaluation candidates", train_path.display());
+            }
+            Some(SampledCandidates { user, items, negatives: width - 1 })
+        }
+    };
 
     let mut model = Ncf::init(&config.model, meta.n_users, meta.n_items, config.seed, device);
     let weights = file("model.safetensors");
@@ -218,7 +248,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
     if !result.is_success() || !result.missing.is_empty() {
         bail!("{}: weights do not match the model in config.toml: {result}", weights.display());
     }
-    Ok(Checkpoint { meta, config, model, train, test, popularity, users, items })
+    Ok(Checkpoint { meta, config, model, train, test, popularity, users, items, candidates })
 }
 
 /// Checks `model.safetensors` against the model built from `config.toml`: every parameter present

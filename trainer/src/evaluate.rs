@@ -15,7 +15,7 @@ use crate::train::{FullEval, SampledEval, split_name};
 /// The test split to evaluate: the saved one, or `--test` mapped onto the checkpoint's ids.
 fn test_split(args: &EvaluateArgs, ck: &Checkpoint) -> Result<(UserItems, String)> {
     let Some(path) = &args.test else {
-        return Ok((ck.test.clone(), format!("the run's saved {} test split", split_name(&ck.config))));
+        return Ok((ck.test.clone(), format!("the run's saved test split ({})", split_name(&ck.config))));
     };
     let pairs = Pairs::read(path, &args.read, &ck.users, &ck.items)?;
     let (unknown, examples) = pairs.unknown();
@@ -53,8 +53,12 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
     let (test, source) = test_split(args, &ck)?;
     let split = Split { train: ck.train.clone(), test, n_items: ck.meta.n_items, method: ck.config.split.method };
     let negatives = ck.config.train.eval_negatives;
-    // The same candidates training drew: same split, negatives and seed.
-    let candidates = SampledCandidates::draw(&split, negatives, ck.config.seed);
+    // The same candidates training used: imported ones kept in the checkpoint, else redrawn from
+    // the same split, negatives and seed.
+    let candidates = match (&ck.candidates, &args.test) {
+        (Some(c), None) => c.clone(),
+        _ => SampledCandidates::draw(&split, negatives, ck.config.seed),
+    };
     let sampled = SampledEval::upload(&candidates, ck.model.user.val().dims()[1], device).rows(&ck.model, k);
     let full = FullEval::upload(&split, &ck.model, k, device);
     let (per_user, coverage) = full.rows(&ck.model, k, device);

@@ -289,6 +289,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     selected.check_table("the user embedding table", data.n_users(), width)?;
     selected.check_table("the item embedding table", data.n_items(), width)?;
     let eval = SampledEval::upload(&candidates, width, device);
+    // Candidates read from a .test.negative file cannot be redrawn: checkpoints keep them.
+    let imported_candidates = (config.split.method == ncf_datasets::SplitMethod::Given && config.split.negatives_path.is_some()).then_some(&candidates);
     let sampler = NegativeSampler::new(&split.train, data.n_items(), config.sampler.clone(), config.seed);
     let (mut model, mut optim, mut history) = match &args.resume {
         Some(run) => resume_from(run, &config, &split, device)?,
@@ -378,7 +380,17 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             history: history.clone(),
             optim_step: optim.step,
         };
-        let saved = |optim| Saved { meta: &meta, config: &config, model: &model, train: &split.train, test: &split.test, users: &data.users, items: &data.items, optim };
+        let saved = |optim| Saved {
+            meta: &meta,
+            config: &config,
+            model: &model,
+            train: &split.train,
+            test: &split.test,
+            users: &data.users,
+            items: &data.items,
+            optim,
+            candidates: imported_candidates,
+        };
         checkpoint::save(&run_dir.join("last"), &saved(Some(&optim)))?;
         if crate::history::best(&history, metric).is_some_and(|b| b.epoch == epoch) {
             checkpoint::save(&run_dir.join("best"), &saved(None))?;
