@@ -74,7 +74,7 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
         per_user.len(),
         split.test.nnz()
     );
-    println!("sampled ({negatives} negatives per test item): HR@{k} {hr:.4}  NDCG@{k} {ndcg:.4}");
+    println!("sampled ({} negatives per test item): HR@{k} {hr:.4}  NDCG@{k} {ndcg:.4}", candidates.negatives);
     println!(
         "full ranking (all items, training items masked): Recall@{k} {:.4}  Precision@{k} {:.4}  NDCG@{k} {:.4}  MAP@{k} {:.4}  coverage {coverage:.4}",
         f[0], f[1], f[2], f[3]
