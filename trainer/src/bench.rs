@@ -320,7 +320,7 @@ fn measure_train(plan: &Plan, v: &Variant, batch: usize, inputs: &Inputs, device
 fn measure_eval(plan: &Plan, v: &Variant, inputs: &Inputs, device: &Device) -> [Figure; 2] {
     let model = Ncf::init(&v.config, plan.users, plan.items, plan.seed, device);
     let reps = plan.reps.min(3);
-    let sampled = SampledEval::upload(&inputs.candidates, model.user.val().dims()[1], device);
+    let sampled = SampledEval::upload(&inputs.candidates, v.config.layout().width(), device);
     let full = FullEval::upload(&inputs.eval_split, &model, plan.k, device);
     let users = inputs.candidates.rows();
     let time = |f: &dyn Fn()| {

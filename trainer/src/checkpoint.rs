@@ -81,6 +81,11 @@ pub struct Saved<'a> {
     pub candidates: Option<&'a SampledCandidates>,
 }
 
+/// Dense ids as the `I32` values safetensors stores them in.
+fn i32_bytes(ids: &[u32]) -> Vec<u8> {
+    bytes(&ids.iter().map(|&i| i as i32).collect::<Vec<i32>>())
+}
+
 fn bytes<T: Copy>(v: &[T]) -> Vec<u8> {
     // Safetensors is little-endian; so is every target ncf builds for.
     let n = std::mem::size_of_val(v);
@@ -105,16 +110,12 @@ pub fn save(dir: &Path, saved: &Saved) -> Result<()> {
     write("items.txt", ids(saved.items).as_bytes())?;
     let csr = |t: &UserItems| -> (Vec<u8>, Vec<u8>) {
         let offsets: Vec<i64> = t.offsets().iter().map(|&o| o as i64).collect();
-        let items: Vec<i32> = t.all_items().iter().map(|&i| i as i32).collect();
-        (bytes(&offsets), bytes(&items))
+        (bytes(&offsets), i32_bytes(t.all_items()))
     };
     let ((ob, ib), (tob, tib)) = (csr(saved.train), csr(saved.test));
     let pop: Vec<i32> = saved.train.item_counts(saved.meta.n_items).iter().map(|&c| c as i32).collect();
     let pb = bytes(&pop);
-    let (cub, cib) = match saved.candidates {
-        Some(c) => (bytes(&c.user.iter().map(|&u| u as i32).collect::<Vec<_>>()), bytes(&c.items.iter().map(|&i| i as i32).collect::<Vec<_>>())),
-        None => (Vec::new(), Vec::new()),
-    };
+    let candidates = saved.candidates.map(|c| (c, i32_bytes(&c.user), i32_bytes(&c.items)));
     let mut views = vec![
         ("offsets", TensorView::new(Dtype::I64, vec![ob.len() / 8], &ob)?),
         ("items", TensorView::new(Dtype::I32, vec![ib.len() / 4], &ib)?),
@@ -122,9 +123,9 @@ pub fn save(dir: &Path, saved: &Saved) -> Result<()> {
         ("test_items", TensorView::new(Dtype::I32, vec![tib.len() / 4], &tib)?),
         ("popularity", TensorView::new(Dtype::I32, vec![pop.len()], &pb)?),
     ];
-    if let Some(c) = saved.candidates {
-        views.push(("eval_users", TensorView::new(Dtype::I32, vec![c.rows()], &cub)?));
-        views.push(("eval_items", TensorView::new(Dtype::I32, vec![c.rows(), c.width()], &cib)?));
+    if let Some((c, users, items)) = &candidates {
+        views.push(("eval_users", TensorView::new(Dtype::I32, vec![c.rows()], users)?));
+        views.push(("eval_items", TensorView::new(Dtype::I32, vec![c.rows(), c.width()], items)?));
     }
     safetensors::serialize_to_file(views, None, &tmp.join("train.safetensors"))?;
     if let Some(optim) = saved.optim {

@@ -59,7 +59,7 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
         (Some(c), None) => c.clone(),
         _ => SampledCandidates::draw(&split, negatives, ck.config.seed),
     };
-    let sampled = SampledEval::upload(&candidates, ck.model.user.val().dims()[1], device).rows(&ck.model, k);
+    let sampled = SampledEval::upload(&candidates, ck.config.model.layout().width(), device).rows(&ck.model, k);
     let full = FullEval::upload(&split, &ck.model, k, device);
     let (per_user, coverage) = full.rows(&ck.model, k, device);
 
