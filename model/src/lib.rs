@@ -8,6 +8,7 @@ pub mod loss;
 pub mod metrics;
 pub mod ncf;
 pub mod optim;
+pub mod rows;
 pub mod step;
 
 pub use config::{ModelConfig, ModelKind, TableLayout};

@@ -19,6 +19,7 @@ use burn::tensor::Gradients;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
 use crate::ncf::Ncf;
+use crate::rows::{self, AdamRows, RowStep};
 use serde::{Deserialize, Serialize};
 
 /// Which update rule.
@@ -130,6 +131,9 @@ impl Optimizer {
     /// - table: `[n, width]`, rows: `[r]`, grad: `[r, width]`
     pub fn update_rows(&mut self, side: TableSide, table: Tensor<2>, rows: Tensor<1, Int>, grad: Tensor<2>) -> Tensor<2> {
         let c = self.config.clone();
+        if rows::fused_on(&table.device()) && (c.sparse || c.kind == OptimKind::Sgd) {
+            return self.fused_update(side, table, rows, grad);
+        }
         let g = if c.l2 > 0.0 { grad + table.clone().select(0, rows.clone()).mul_scalar(c.l2) } else { grad };
         match c.kind {
             OptimKind::Sgd => table.select_assign(0, rows, g.mul_scalar(-c.lr), IndexingUpdateOp::Add),
@@ -150,6 +154,21 @@ impl Optimizer {
                     *self.slot(side) = Some(RowMoments { m, v, last });
                     table - update
                 }
+            }
+        }
+    }
+
+    /// [`Optimizer::update_rows`] through the fused kernels of [`crate::rows`].
+    fn fused_update(&mut self, side: TableSide, table: Tensor<2>, rows: Tensor<1, Int>, grad: Tensor<2>) -> Tensor<2> {
+        let c = &self.config;
+        let step = RowStep { t: self.step as f64, lr: c.lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, l2: c.l2 };
+        match c.kind {
+            OptimKind::Sgd => rows::sgd_rows(table, rows, grad, step),
+            OptimKind::Adam => {
+                let state = self.slot(side).take().unwrap_or_else(|| RowMoments::zeros_like(&table));
+                let out = rows::adam_rows(AdamRows { table, m: state.m, v: state.v, last: state.last }, rows, grad, step);
+                *self.slot(side) = Some(RowMoments { m: out.m, v: out.v, last: out.last });
+                out.table
             }
         }
     }
@@ -331,5 +350,74 @@ pub struct Track;
 impl ModuleMapper for Track {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         param.map(|t| t.autodiff().require_grad())
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod fused_tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution, TensorData};
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_into_vec_as::<f32>().unwrap()
+    }
+
+    fn assert_close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (k, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= 1e-6 + 1e-5 * y.abs(), "{what}[{k}]: fused {x} vs composed {y}");
+        }
+    }
+
+    /// A table of `n` rows with Adam state whose rows were last updated at assorted steps
+    /// (never, the previous step, long ago) before step `t`.
+    fn state(n: usize, w: usize, t: u64, d: &Device) -> (Tensor<2>, RowMoments) {
+        let table = Tensor::<2>::random([n, w], Distribution::Normal(0.0, 0.1), d);
+        let m = Tensor::<2>::random([n, w], Distribution::Normal(0.0, 0.01), d);
+        let v = Tensor::<2>::random([n, w], Distribution::Uniform(0.0, 1e-4), d);
+        let last: Vec<f32> = (0..n).map(|r| [0, t - 1, t / 2, 1, t - 7][r % 5] as f32).collect();
+        (table, RowMoments { m, v, last: Tensor::from_data(TensorData::new(last, [n]), d) })
+    }
+
+    #[test]
+    fn fused_adam_matches_the_composed_ops() {
+        let d = Device::flex();
+        assert!(rows::fused_on(&d));
+        // 60000 x 40 floats is past the huge-page threshold, so that path runs too.
+        for (n, w) in [(50, 6), (60_000, 40)] {
+            let t = 41;
+            let (table, st) = state(n, w, t, &d);
+            let ids: Vec<i32> = (0..n as i32).filter(|r| r % 3 != 1).rev().collect();
+            let r = ids.len();
+            let rows_t = Tensor::<1, Int>::from_data(TensorData::new(ids, [r]), &d);
+            let grad = Tensor::<2>::random([r, w], Distribution::Normal(0.0, 0.05), &d);
+            let mut optim = Optimizer::new(OptimConfig { l2: 0.01, lr: 0.003, ..Default::default() });
+            optim.step = t;
+            let g = grad.clone() + table.clone().select(0, rows_t.clone()).mul_scalar(0.01);
+            let (want_table, want) = optim.sparse_adam(table.clone(), rows_t.clone(), g, st.clone());
+            let step = RowStep { t: t as f64, lr: 0.003, beta1: 0.9, beta2: 0.999, eps: 1e-8, l2: 0.01 };
+            let got = rows::adam_rows(AdamRows { table, m: st.m, v: st.v, last: st.last }, rows_t, grad, step);
+            assert_close(&values(got.table), &values(want_table), "table");
+            assert_close(&values(got.m), &values(want.m), "m");
+            assert_close(&values(got.v), &values(want.v), "v");
+            assert_eq!(values(got.last), values(want.last));
+        }
+    }
+
+    #[test]
+    fn fused_sgd_and_gather_match_the_composed_ops() {
+        let d = Device::flex();
+        let table = Tensor::<2>::random([30, 5], Distribution::Normal(0.0, 0.1), &d);
+        let rows_t = Tensor::<1, Int>::from_data(TensorData::new(vec![7, 0, 29, 3], [4]), &d);
+        let grad = Tensor::<2>::random([4, 5], Distribution::Normal(0.0, 0.05), &d);
+        assert_eq!(values(rows::gather(table.clone(), rows_t.clone())), values(table.clone().select(0, rows_t.clone())));
+        let want = table.clone().select_assign(
+            0,
+            rows_t.clone(),
+            (grad.clone() + table.clone().select(0, rows_t.clone()).mul_scalar(0.1)).mul_scalar(-0.5),
+            IndexingUpdateOp::Add,
+        );
+        let step = RowStep { t: 1.0, lr: 0.5, beta1: 0.9, beta2: 0.999, eps: 1e-8, l2: 0.1 };
+        assert_close(&values(rows::sgd_rows(table, rows_t, grad, step)), &values(want), "table");
     }
 }

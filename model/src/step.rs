@@ -8,6 +8,7 @@ use burn::tensor::{Int, Tensor};
 use crate::loss::{LossKind, bce_with_logits, bpr};
 use crate::ncf::Ncf;
 use crate::optim::{HeadUpdate, Optimizer, TableSide, Track};
+use crate::rows;
 
 /// A batch on the device, sliced from one uploaded integer buffer.
 #[derive(Debug, Clone)]
@@ -47,8 +48,8 @@ pub fn train_step(mut model: Ncf, optim: &mut Optimizer, input: StepInput, loss:
     optim.begin_step();
     // The tables are read here and updated in place below: no handle to them is kept in
     // between, so backends that update uniquely owned buffers in place (flex) never copy them.
-    let user_rows = model.user.val().select(0, input.users.clone()).autodiff().require_grad();
-    let item_rows = model.item.val().select(0, input.items.clone()).autodiff().require_grad();
+    let user_rows = rows::gather(model.user.val(), input.users.clone()).autodiff().require_grad();
+    let item_rows = rows::gather(model.item.val(), input.items.clone()).autodiff().require_grad();
     let head = model.head.clone().map(&mut Track);
     let logits = head.forward_rows(user_rows.clone(), input.user_pos, item_rows.clone(), input.item_pos);
     let loss = match loss {
