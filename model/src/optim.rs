@@ -353,10 +353,30 @@ impl ModuleMapper for Track {
     }
 }
 
-#[cfg(all(test, feature = "flex"))]
+#[cfg(all(test, any(feature = "flex", feature = "cube")))]
 mod fused_tests {
     use super::*;
     use burn::tensor::{Device, Distribution, TensorData};
+
+    /// The devices with fused kernels in this build that can run here. A missing wgpu adapter
+    /// is skipped with a note (install mesa-vulkan-drivers), or fails with NCF_REQUIRE_WGPU=1.
+    fn devices() -> Vec<Device> {
+        let mut out = Vec::new();
+        #[cfg(feature = "flex")]
+        out.push(Device::flex());
+        #[cfg(feature = "cube")]
+        {
+            // wgpu's runtime registers once per process: every test shares the one device.
+            static WGPU: std::sync::OnceLock<Result<Device, String>> = std::sync::OnceLock::new();
+            let wgpu = WGPU.get_or_init(|| Device::wgpu_options().device_kind(burn::tensor::DeviceKind::Cpu).init().map_err(|e| e.to_string()));
+            match wgpu.clone() {
+                Ok(d) => out.push(d),
+                Err(e) if std::env::var("NCF_REQUIRE_WGPU").is_ok_and(|v| v == "1") => panic!("NCF_REQUIRE_WGPU=1 but wgpu is unavailable: {e}"),
+                Err(e) => eprintln!("skipping wgpu: no adapter ({e}); install mesa-vulkan-drivers to run it"),
+            }
+        }
+        out
+    }
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         t.into_data().try_into_vec_as::<f32>().unwrap()
@@ -381,43 +401,46 @@ mod fused_tests {
 
     #[test]
     fn fused_adam_matches_the_composed_ops() {
-        let d = Device::flex();
-        assert!(rows::fused_on(&d));
-        // 60000 x 40 floats is past the huge-page threshold, so that path runs too.
-        for (n, w) in [(50, 6), (60_000, 40)] {
-            let t = 41;
-            let (table, st) = state(n, w, t, &d);
-            let ids: Vec<i32> = (0..n as i32).filter(|r| r % 3 != 1).rev().collect();
-            let r = ids.len();
-            let rows_t = Tensor::<1, Int>::from_data(TensorData::new(ids, [r]), &d);
-            let grad = Tensor::<2>::random([r, w], Distribution::Normal(0.0, 0.05), &d);
-            let mut optim = Optimizer::new(OptimConfig { l2: 0.01, lr: 0.003, ..Default::default() });
-            optim.step = t;
-            let g = grad.clone() + table.clone().select(0, rows_t.clone()).mul_scalar(0.01);
-            let (want_table, want) = optim.sparse_adam(table.clone(), rows_t.clone(), g, st.clone());
-            let step = RowStep { t: t as f64, lr: 0.003, beta1: 0.9, beta2: 0.999, eps: 1e-8, l2: 0.01 };
-            let got = rows::adam_rows(AdamRows { table, m: st.m, v: st.v, last: st.last }, rows_t, grad, step);
-            assert_close(&values(got.table), &values(want_table), "table");
-            assert_close(&values(got.m), &values(want.m), "m");
-            assert_close(&values(got.v), &values(want.v), "v");
-            assert_eq!(values(got.last), values(want.last));
+        for d in devices() {
+            assert!(rows::fused_on(&d));
+            // 60000 x 40 floats is past flex's huge-page threshold, so that path runs too.
+            for (n, w) in [(50, 6), (60_000, 40)] {
+                let t = 41;
+                let (table, st) = state(n, w, t, &d);
+                let ids: Vec<i32> = (0..n as i32).filter(|r| r % 3 != 1).rev().collect();
+                let r = ids.len();
+                let rows_t = Tensor::<1, Int>::from_data(TensorData::new(ids, [r]), &d);
+                let grad = Tensor::<2>::random([r, w], Distribution::Normal(0.0, 0.05), &d);
+                let mut optim = Optimizer::new(OptimConfig { l2: 0.01, lr: 0.003, ..Default::default() });
+                optim.step = t;
+                let g = grad.clone() + table.clone().select(0, rows_t.clone()).mul_scalar(0.01);
+                let (want_table, want) = optim.sparse_adam(table.clone(), rows_t.clone(), g, st.clone());
+                let step = RowStep { t: t as f64, lr: 0.003, beta1: 0.9, beta2: 0.999, eps: 1e-8, l2: 0.01 };
+                let got = rows::adam_rows(AdamRows { table, m: st.m, v: st.v, last: st.last }, rows_t, grad, step);
+                let on = format!("{d:?} {n}x{w}");
+                assert_close(&values(got.table), &values(want_table), &format!("{on} table"));
+                assert_close(&values(got.m), &values(want.m), &format!("{on} m"));
+                assert_close(&values(got.v), &values(want.v), &format!("{on} v"));
+                assert_eq!(values(got.last), values(want.last), "{on} last");
+            }
         }
     }
 
     #[test]
     fn fused_sgd_and_gather_match_the_composed_ops() {
-        let d = Device::flex();
-        let table = Tensor::<2>::random([30, 5], Distribution::Normal(0.0, 0.1), &d);
-        let rows_t = Tensor::<1, Int>::from_data(TensorData::new(vec![7, 0, 29, 3], [4]), &d);
-        let grad = Tensor::<2>::random([4, 5], Distribution::Normal(0.0, 0.05), &d);
-        assert_eq!(values(rows::gather(table.clone(), rows_t.clone())), values(table.clone().select(0, rows_t.clone())));
-        let want = table.clone().select_assign(
-            0,
-            rows_t.clone(),
-            (grad.clone() + table.clone().select(0, rows_t.clone()).mul_scalar(0.1)).mul_scalar(-0.5),
-            IndexingUpdateOp::Add,
-        );
-        let step = RowStep { t: 1.0, lr: 0.5, beta1: 0.9, beta2: 0.999, eps: 1e-8, l2: 0.1 };
-        assert_close(&values(rows::sgd_rows(table, rows_t, grad, step)), &values(want), "table");
+        for d in devices() {
+            let table = Tensor::<2>::random([30, 5], Distribution::Normal(0.0, 0.1), &d);
+            let rows_t = Tensor::<1, Int>::from_data(TensorData::new(vec![7, 0, 29, 3], [4]), &d);
+            let grad = Tensor::<2>::random([4, 5], Distribution::Normal(0.0, 0.05), &d);
+            assert_eq!(values(rows::gather(table.clone(), rows_t.clone())), values(table.clone().select(0, rows_t.clone())));
+            let want = table.clone().select_assign(
+                0,
+                rows_t.clone(),
+                (grad.clone() + table.clone().select(0, rows_t.clone()).mul_scalar(0.1)).mul_scalar(-0.5),
+                IndexingUpdateOp::Add,
+            );
+            let step = RowStep { t: 1.0, lr: 0.5, beta1: 0.9, beta2: 0.999, eps: 1e-8, l2: 0.1 };
+            assert_close(&values(rows::sgd_rows(table, rows_t, grad, step)), &values(want), &format!("{d:?} table"));
+        }
     }
 }

@@ -67,7 +67,7 @@ pub struct RowFactors {
 ///
 /// # Shapes
 /// - table, m, v: `[n, width]`; last: `[n]`; rows: `[r]` (unique); grad: `[r, width]`
-#[backend_extension(Flex: cfg(feature = "flex"))]
+#[backend_extension(Flex: cfg(feature = "flex"), Cube: cfg(feature = "cube"))]
 pub trait RowUpdate: burn::backend::Backend {
     /// Row-sparse Adam with catch-up at `rows`; returns the updated (table, m, v, last).
     fn adam_rows(
@@ -92,6 +92,10 @@ pub trait RowUpdate: burn::backend::Backend {
 pub fn fused_on(device: &Device) -> bool {
     #[cfg(feature = "flex")]
     if matches!(device.as_dispatch(), burn::backend::DispatchDevice::Flex(_)) {
+        return true;
+    }
+    #[cfg(feature = "cube")]
+    if matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_)) {
         return true;
     }
     let _ = device;
@@ -329,6 +333,180 @@ mod flex {
                     *t -= lr * (gc + l2 * *t);
                 }
             }
+            table
+        }
+    }
+}
+
+/// The CubeCL kernels (wgpu, CUDA): one unit per batch row, walking the row's columns, so a
+/// row's last-step stamp is read and written by the unit that owns the row.
+#[cfg(feature = "cube")]
+mod cube {
+    use super::{RowStep, RowUpdate};
+    use burn::backend::ops::{FloatTensorOps, IntTensorOps};
+    use burn::backend::{DType, IntDType};
+    use burn_cubecl::CubeBackend;
+    use burn_cubecl::tensor::CubeTensor;
+    use cubecl::prelude::*;
+    use cubecl::{CubeDim, calculate_cube_count_elemwise};
+
+    #[cube(launch)]
+    #[allow(clippy::too_many_arguments)]
+    fn adam_rows_kernel(
+        table: &mut Tensor<f32>,
+        m: &mut Tensor<f32>,
+        v: &mut Tensor<f32>,
+        last: &mut Tensor<f32>,
+        rows: &Tensor<i32>,
+        grad: &Tensor<f32>,
+        hyper: &Tensor<f32>,
+        width: u32,
+    ) {
+        if ABSOLUTE_POS >= rows.len() {
+            terminate!();
+        }
+        // hyper = [t, lr, β1, β2, ε, l2, step size, 1/sqrt(c2), ln β1, ln β2, r, ln r]
+        let t = hyper[0];
+        let lr = hyper[1];
+        let b1 = hyper[2];
+        let b2 = hyper[3];
+        let eps = hyper[4];
+        let l2 = hyper[5];
+        let step_size = hyper[6];
+        let inv_sqrt_c2 = hyper[7];
+        let ln_b1 = hyper[8];
+        let ln_b2 = hyper[9];
+        let r = hyper[10];
+        let ln_r = hyper[11];
+        let row = usize::cast_from(rows[ABSOLUTE_POS]);
+        let w = width as usize;
+        let prev = last[row];
+        let k = t - 1.0 - prev;
+        let mut catch_up = 0.0;
+        let mut d1 = b1;
+        let mut d2 = b2;
+        if k > 0.0 {
+            // See RowStep::row_factors; the same formula in f32.
+            let rk = f32::exp(k * ln_r);
+            let geo = (1.0 - rk) * r / (1.0 - r);
+            let j_bar = ((1.0 - rk) - k * rk * (1.0 - r)) / f32::max((1.0 - rk) * (1.0 - r), 1e-12);
+            let t_mid = prev + j_bar;
+            let c1 = f32::max(1.0 - f32::exp(t_mid * ln_b1), 1e-12);
+            let c2 = f32::max(1.0 - f32::exp(t_mid * ln_b2), 1e-12);
+            catch_up = geo * f32::sqrt(c2) / c1 * lr;
+            d1 = f32::exp(k * ln_b1) * b1;
+            d2 = f32::exp(k * ln_b2) * b2;
+        }
+        let base = row * w;
+        let gbase = ABSOLUTE_POS * w;
+        for c in 0..w {
+            let x = table[base + c];
+            let g = grad[gbase + c] + l2 * x;
+            let m0 = m[base + c];
+            let v0 = v[base + c];
+            let catch = m0 * catch_up / (f32::sqrt(v0) + eps);
+            let m1 = m0 * d1 + (1.0 - b1) * g;
+            let v1 = v0 * d2 + (1.0 - b2) * g * g;
+            table[base + c] = x - (m1 * step_size / (f32::sqrt(v1) * inv_sqrt_c2 + eps) + catch);
+            m[base + c] = m1;
+            v[base + c] = v1;
+        }
+        last[row] = t;
+    }
+
+    #[cube(launch)]
+    fn sgd_rows_kernel(table: &mut Tensor<f32>, rows: &Tensor<i32>, grad: &Tensor<f32>, lr: f32, l2: f32, width: u32) {
+        if ABSOLUTE_POS >= rows.len() {
+            terminate!();
+        }
+        let w = width as usize;
+        let base = usize::cast_from(rows[ABSOLUTE_POS]) * w;
+        let gbase = ABSOLUTE_POS * w;
+        for c in 0..w {
+            let x = table[base + c];
+            table[base + c] = x - lr * (grad[gbase + c] + l2 * x);
+        }
+    }
+
+    /// A contiguous f32 tensor this kernel may write in place (copied if shared).
+    fn writable(t: CubeTensor) -> CubeTensor {
+        assert_eq!(t.dtype, DType::F32, "row updates run on f32 tables");
+        let t = if t.is_contiguous() { t } else { burn_cubecl::kernel::into_contiguous(t) };
+        if t.can_mut() { t } else { t.copy() }
+    }
+
+    fn readable(t: CubeTensor) -> CubeTensor {
+        if t.is_contiguous() { t } else { burn_cubecl::kernel::into_contiguous(t) }
+    }
+
+    fn int32(rows: CubeTensor) -> CubeTensor {
+        let rows = if rows.dtype == DType::I32 { rows } else { CubeBackend::int_cast(rows, IntDType::I32) };
+        readable(rows)
+    }
+
+    impl RowUpdate for CubeBackend {
+        fn adam_rows(
+            table: CubeTensor,
+            m: CubeTensor,
+            v: CubeTensor,
+            last: CubeTensor,
+            rows: CubeTensor,
+            grad: CubeTensor,
+            s: RowStep,
+        ) -> (CubeTensor, CubeTensor, CubeTensor, CubeTensor) {
+            let (table, m, v, last) = (writable(table), writable(m), writable(v), writable(last));
+            let (rows, grad) = (int32(rows), readable(grad));
+            let width = table.meta.shape()[1];
+            let r = rows.meta.shape()[0];
+            let (step_size, inv_sqrt_c2) = s.corrections();
+            let ratio = s.beta1 / s.beta2.sqrt();
+            let hyper: Vec<f32> = [s.t, s.lr, s.beta1, s.beta2, s.eps, s.l2, step_size, inv_sqrt_c2, s.beta1.ln(), s.beta2.ln(), ratio, ratio.ln()]
+                .iter()
+                .map(|&x| x as f32)
+                .collect();
+            let hyper = CubeBackend::float_from_data(burn::tensor::TensorData::new(hyper, [12]), &table.device);
+            let client = table.client.clone();
+            let cube_dim = CubeDim::new(&client, r);
+            let count = calculate_cube_count_elemwise(&client, r, cube_dim);
+            adam_rows_kernel::launch(
+                &client,
+                count,
+                cube_dim,
+                table.clone().into_tensor_arg(),
+                m.clone().into_tensor_arg(),
+                v.clone().into_tensor_arg(),
+                last.clone().into_tensor_arg(),
+                rows.into_tensor_arg(),
+                grad.into_tensor_arg(),
+                hyper.into_tensor_arg(),
+                width as u32,
+            );
+            (table, m, v, last)
+        }
+
+        fn gather_rows(table: CubeTensor, rows: CubeTensor) -> CubeTensor {
+            CubeBackend::float_select(table, 0, rows)
+        }
+
+        fn sgd_rows(table: CubeTensor, rows: CubeTensor, grad: CubeTensor, s: RowStep) -> CubeTensor {
+            let table = writable(table);
+            let (rows, grad) = (int32(rows), readable(grad));
+            let width = table.meta.shape()[1];
+            let r = rows.meta.shape()[0];
+            let client = table.client.clone();
+            let cube_dim = CubeDim::new(&client, r);
+            let count = calculate_cube_count_elemwise(&client, r, cube_dim);
+            sgd_rows_kernel::launch(
+                &client,
+                count,
+                cube_dim,
+                table.clone().into_tensor_arg(),
+                rows.into_tensor_arg(),
+                grad.into_tensor_arg(),
+                s.lr as f32,
+                s.l2 as f32,
+                width as u32,
+            );
             table
         }
     }
