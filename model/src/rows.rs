@@ -241,9 +241,28 @@ mod flex {
 
         /// Updates rows `work[j].1` of these range slices with gradient row `work[j].0`.
         fn run(&self, tp: &mut [f32], mp: &mut [f32], vp: &mut [f32], lp: &mut [f32], work: &[(usize, usize)]) {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports AVX2 (checked just above).
+                return unsafe { self.run_avx2(tp, mp, vp, lp, work) };
+            }
+            self.run_any(tp, mp, vp, lp, work)
+        }
+
+        /// [`AdamKernel::run_any`] compiled for AVX2: the row loops' square roots and divisions
+        /// go 8 lanes wide instead of SSE2's 4 (the same IEEE operations, so the same results).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        fn run_avx2(&self, tp: &mut [f32], mp: &mut [f32], vp: &mut [f32], lp: &mut [f32], work: &[(usize, usize)]) {
+            self.run_any(tp, mp, vp, lp, work)
+        }
+
+        #[inline(always)]
+        fn run_any(&self, tp: &mut [f32], mp: &mut [f32], vp: &mut [f32], lp: &mut [f32], work: &[(usize, usize)]) {
             let (s, w) = (&self.step, self.width);
             let (eps, l2) = (s.eps as f32, s.l2 as f32);
             let (one_b1, one_b2) = ((1.0 - s.beta1) as f32, (1.0 - s.beta2) as f32);
+            let (step_size, inv_sqrt_c2) = (self.step_size, self.inv_sqrt_c2);
             let mut memo = [(-1.0, RowFactors { catch_up: 0.0, decay1: 0.0, decay2: 0.0 }); MEMO];
             for (j, &(i, row)) in work.iter().enumerate() {
                 if let Some(&(_, ahead)) = work.get(j + AHEAD) {
@@ -262,12 +281,24 @@ mod flex {
                 let (catch_up, d1, d2) = (f.catch_up as f32, f.decay1 as f32, f.decay2 as f32);
                 let span = row * w..row * w + w;
                 let (tr, mr, vr) = (&mut tp[span.clone()], &mut mp[span.clone()], &mut vp[span]);
-                for (((t, m), v), &g) in tr.iter_mut().zip(mr.iter_mut()).zip(vr.iter_mut()).zip(&self.grad[i * w..i * w + w]) {
-                    let g = g + l2 * *t;
-                    let catch = *m * catch_up / (v.sqrt() + eps);
-                    *m = *m * d1 + one_b1 * g;
-                    *v = *v * d2 + one_b2 * g * g;
-                    *t -= *m * self.step_size / (v.sqrt() * self.inv_sqrt_c2 + eps) + catch;
+                let cols = tr.iter_mut().zip(mr.iter_mut()).zip(vr.iter_mut()).zip(&self.grad[i * w..i * w + w]);
+                if catch_up == 0.0 {
+                    // Updated on the previous step (or never): no catch-up term, one square
+                    // root and one division per value instead of two.
+                    for (((t, m), v), &g) in cols {
+                        let g = g + l2 * *t;
+                        *m = *m * d1 + one_b1 * g;
+                        *v = *v * d2 + one_b2 * g * g;
+                        *t -= *m * step_size / (v.sqrt() * inv_sqrt_c2 + eps);
+                    }
+                } else {
+                    for (((t, m), v), &g) in cols {
+                        let g = g + l2 * *t;
+                        let catch = *m * catch_up / (v.sqrt() + eps);
+                        *m = *m * d1 + one_b1 * g;
+                        *v = *v * d2 + one_b2 * g * g;
+                        *t -= *m * step_size / (v.sqrt() * inv_sqrt_c2 + eps) + catch;
+                    }
                 }
                 lp[row] = s.t as f32;
             }
