@@ -33,7 +33,8 @@ pub enum OptimKind {
     Sgd,
 }
 
-/// Optimizer settings. Defaults: Adam, lr 0.001, β = (0.9, 0.999), ε = 1e-8, no L2, sparse rows.
+/// Optimizer settings. Defaults: Adam, lr 0.001, β = (0.9, 0.999), ε = 1e-8, no L2, sparse rows
+/// through fused kernels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OptimConfig {
@@ -46,11 +47,15 @@ pub struct OptimConfig {
     pub l2: f64,
     /// Row-sparse table updates (lazy Adam). `false` updates every row every step.
     pub sparse: bool,
+    /// Row-sparse updates through the backend's fused row kernels where it has them (flex,
+    /// wgpu, CUDA; see [`crate::rows`]). `false` runs the same update as composed tensor ops:
+    /// slower, kept for comparison and as a fallback.
+    pub fused: bool,
 }
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        Self { kind: OptimKind::Adam, lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, l2: 0.0, sparse: true }
+        Self { kind: OptimKind::Adam, lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, l2: 0.0, sparse: true, fused: true }
     }
 }
 
@@ -131,7 +136,7 @@ impl Optimizer {
     /// - table: `[n, width]`, rows: `[r]`, grad: `[r, width]`
     pub fn update_rows(&mut self, side: TableSide, table: Tensor<2>, rows: Tensor<1, Int>, grad: Tensor<2>) -> Tensor<2> {
         let c = self.config.clone();
-        if rows::fused_on(&table.device()) && (c.sparse || c.kind == OptimKind::Sgd) {
+        if c.fused && rows::fused_on(&table.device()) && (c.sparse || c.kind == OptimKind::Sgd) {
             return self.fused_update(side, table, rows, grad);
         }
         let g = if c.l2 > 0.0 { grad + table.clone().select(0, rows.clone()).mul_scalar(c.l2) } else { grad };
