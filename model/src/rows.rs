@@ -3,9 +3,11 @@
 //! The composed row-sparse Adam in [`crate::optim`] is ~30 tensor ops per table per step: 8 row
 //! gathers and scatters and a chain of element-wise passes, each allocating its result. Here one
 //! pass walks the batch's unique rows and updates the table, both moments and the last-step
-//! stamp in place, reading each row once. Backends listed in [`RowUpdate`]'s extension attribute
-//! run the fused kernel; every other device keeps the composed path (same numbers up to f32
-//! rounding, checked by the tests below).
+//! stamp in place, reading each row once: native Rust on flex (prefetching, AVX2 when the CPU has
+//! it), a CubeCL kernel on the cubecl backends (wgpu, CUDA). Backends listed in [`RowUpdate`]'s
+//! extension attribute run these kernels; every other device (ndarray) and `optim.fused = false`
+//! keep the composed path. Both give the same numbers up to f32 rounding (`optim`'s fused tests,
+//! on flex and on wgpu).
 
 use burn::backend::backend_extension;
 use burn::backend::tensor::{FloatTensor, IntTensor};
