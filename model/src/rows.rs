@@ -392,25 +392,25 @@ mod cube {
         last: &mut Tensor<f32>,
         rows: &Tensor<i32>,
         grad: &Tensor<f32>,
-        hyper: &Tensor<f32>,
+        t: f32,
+        lr: f32,
+        b1: f32,
+        b2: f32,
+        eps: f32,
+        l2: f32,
+        // This step's bias-corrected step size and 1/sqrt(1 - β2ᵗ).
+        step_size: f32,
+        inv_sqrt_c2: f32,
+        // ln β1, ln β2, r = β1/sqrt(β2) and ln r, for the catch-up factors.
+        ln_b1: f32,
+        ln_b2: f32,
+        r: f32,
+        ln_r: f32,
         width: u32,
     ) {
         if ABSOLUTE_POS >= rows.len() {
             terminate!();
         }
-        // hyper = [t, lr, β1, β2, ε, l2, step size, 1/sqrt(c2), ln β1, ln β2, r, ln r]
-        let t = hyper[0];
-        let lr = hyper[1];
-        let b1 = hyper[2];
-        let b2 = hyper[3];
-        let eps = hyper[4];
-        let l2 = hyper[5];
-        let step_size = hyper[6];
-        let inv_sqrt_c2 = hyper[7];
-        let ln_b1 = hyper[8];
-        let ln_b2 = hyper[9];
-        let r = hyper[10];
-        let ln_r = hyper[11];
         let row = usize::cast_from(rows[ABSOLUTE_POS]);
         let w = width as usize;
         let prev = last[row];
@@ -477,6 +477,12 @@ mod cube {
         readable(rows)
     }
 
+    /// One unit per batch row.
+    fn grid(client: &cubecl::client::Client, rows: usize) -> (CubeCount, CubeDim) {
+        let cube_dim = CubeDim::new(client, rows);
+        (calculate_cube_count_elemwise(client, rows, cube_dim), cube_dim)
+    }
+
     impl RowUpdate for CubeBackend {
         fn adam_rows(
             table: CubeTensor,
@@ -493,14 +499,8 @@ mod cube {
             let r = rows.meta.shape()[0];
             let (step_size, inv_sqrt_c2) = s.corrections();
             let ratio = s.beta1 / s.beta2.sqrt();
-            let hyper: Vec<f32> = [s.t, s.lr, s.beta1, s.beta2, s.eps, s.l2, step_size, inv_sqrt_c2, s.beta1.ln(), s.beta2.ln(), ratio, ratio.ln()]
-                .iter()
-                .map(|&x| x as f32)
-                .collect();
-            let hyper = CubeBackend::float_from_data(burn::tensor::TensorData::new(hyper, [12]), &table.device);
             let client = table.client.clone();
-            let cube_dim = CubeDim::new(&client, r);
-            let count = calculate_cube_count_elemwise(&client, r, cube_dim);
+            let (count, cube_dim) = grid(&client, r);
             adam_rows_kernel::launch(
                 &client,
                 count,
@@ -511,7 +511,18 @@ mod cube {
                 last.clone().into_tensor_arg(),
                 rows.into_tensor_arg(),
                 grad.into_tensor_arg(),
-                hyper.into_tensor_arg(),
+                s.t as f32,
+                s.lr as f32,
+                s.beta1 as f32,
+                s.beta2 as f32,
+                s.eps as f32,
+                s.l2 as f32,
+                step_size as f32,
+                inv_sqrt_c2 as f32,
+                s.beta1.ln() as f32,
+                s.beta2.ln() as f32,
+                ratio as f32,
+                ratio.ln() as f32,
                 width as u32,
             );
             (table, m, v, last)
@@ -527,8 +538,7 @@ mod cube {
             let width = table.meta.shape()[1];
             let r = rows.meta.shape()[0];
             let client = table.client.clone();
-            let cube_dim = CubeDim::new(&client, r);
-            let count = calculate_cube_count_elemwise(&client, r, cube_dim);
+            let (count, cube_dim) = grid(&client, r);
             sgd_rows_kernel::launch(
                 &client,
                 count,
