@@ -337,6 +337,25 @@ fn bench_small_on_flex() {
     bench_small("flex");
 }
 
+/// `--composed-rows` measures the composed-op row updates and says so in bench.json.
+#[test]
+fn bench_reports_fused_or_composed_row_updates() {
+    for (flag, expect) in [(None, "fused row kernels"), (Some("--composed-rows"), "composed burn ops")] {
+        let dir = temp_dir(&format!("bench-rows-{}", flag.is_some()));
+        let out = ncf()
+            .args(["bench", "--workload", "small", "--backends", "flex", "--models", "mf", "--only", "train", "--reps", "1"])
+            .args(flag)
+            .arg("--out")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("bench.json")).unwrap()).unwrap();
+        let optimizer = json["workload"]["optimizer"].as_str().unwrap_or_default().to_string();
+        assert!(optimizer.contains(expect), "{flag:?}: {optimizer}");
+    }
+}
+
 #[test]
 fn bench_small_on_wgpu() {
     if wgpu_available() {

@@ -171,7 +171,7 @@ pub fn plan(args: &BenchArgs) -> Result<Plan> {
     if batches.contains(&0) || args.reps == Some(0) || args.steps == Some(0) {
         bail!("--batch, --reps and --steps must be at least 1");
     }
-    let optim = OptimConfig { sparse: !args.dense_adam, ..Default::default() };
+    let optim = OptimConfig { sparse: !args.dense_adam, fused: !args.composed_rows, ..Default::default() };
     Ok(Plan {
         workload,
         users,
@@ -567,7 +567,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             eval_negatives: plan.eval_negatives,
             recommend_users: plan.recommend_users,
             k: plan.k,
-            optimizer: if plan.optim.sparse { "adam, row-sparse (lazy) tables".into() } else { "adam, dense tables".into() },
+            optimizer: match (plan.optim.sparse, plan.optim.fused) {
+                (true, true) => "adam, row-sparse (lazy) tables, fused row kernels where the backend has them".into(),
+                (true, false) => "adam, row-sparse (lazy) tables, composed burn ops".into(),
+                (false, _) => "adam, dense tables".into(),
+            },
             variants: plan
                 .variants
                 .iter()
