@@ -9,6 +9,8 @@ pub mod metrics;
 pub mod ncf;
 pub mod optim;
 pub mod rows;
+#[cfg(feature = "flex")]
+mod second_core;
 pub mod step;
 
 pub use config::{ModelConfig, ModelKind, TableLayout};

@@ -104,6 +104,19 @@ pub fn fused_on(device: &Device) -> bool {
     false
 }
 
+/// Tells the flex kernels that `table` will be updated at about `rows` rows later in this step,
+/// so that the second thread of a split update is awake by then (see [`crate::second_core`]).
+pub fn expect_update(table: &Tensor<2>, rows: usize) {
+    #[cfg(feature = "flex")]
+    if matches!(table.device().as_dispatch(), burn::backend::DispatchDevice::Flex(_)) {
+        let [n, w] = table.dims();
+        if flex::split_worthwhile(n, w, rows) {
+            crate::second_core::expect_work(std::time::Duration::from_millis(5));
+        }
+    }
+    let _ = (table, rows);
+}
+
 /// Adam state of a table as tensors, for the fused update.
 pub struct AdamRows {
     pub table: Tensor<2>,
@@ -220,6 +233,12 @@ mod flex {
         }
     }
 
+    /// Whether a table of `n × w` values updated at `rows` rows is split over two threads: only
+    /// past the caches (about 8 MiB), and with enough rows to pay for the hand-over.
+    pub(super) fn split_worthwhile(n: usize, w: usize, rows: usize) -> bool {
+        n * w >= 2 << 20 && rows >= 1024
+    }
+
     /// Slots of the per-step cache of row factors, keyed by the row's last step.
     const MEMO: usize = 512;
 
@@ -328,10 +347,26 @@ mod flex {
             for buf in [&*tp, &*mp, &*vp] {
                 huge_pages(buf);
             }
-            // One thread: splitting the rows across flex's rayon pool by range measured slower
-            // on this 2-core machine (ML-1M table update 0.39 → 0.60 ms, 1M items 1.19 → 1.57).
-            let work: Vec<(usize, usize)> = idx.into_iter().enumerate().collect();
-            AdamKernel::new(&s, &g, w).run(tp, mp, vp, lp, &work);
+            let kernel = AdamKernel::new(&s, &g, w);
+            if split_worthwhile(n, w, idx.len()) {
+                // A table this large is updated at DRAM latency: two threads, each owning one
+                // half of the table's rows (so repeated rows can never race), keep twice the
+                // misses in flight. (Over flex's rayon pool the wake-ups cost more than it saved.)
+                let half = n.div_ceil(2);
+                let (mut lo, mut hi) = (Vec::with_capacity(idx.len()), Vec::with_capacity(idx.len()));
+                for (i, &row) in idx.iter().enumerate() {
+                    if row < half { lo.push((i, row)) } else { hi.push((i, row - half)) }
+                }
+                let (t0, t1) = tp.split_at_mut(half * w);
+                let (m0, m1) = mp.split_at_mut(half * w);
+                let (v0, v1) = vp.split_at_mut(half * w);
+                let (l0, l1) = lp.split_at_mut(half);
+                let kernel = &kernel;
+                crate::second_core::join(|| kernel.run(t0, m0, v0, l0, &lo), || kernel.run(t1, m1, v1, l1, &hi));
+            } else {
+                let work: Vec<(usize, usize)> = idx.into_iter().enumerate().collect();
+                kernel.run(tp, mp, vp, lp, &work);
+            }
             (table, m, v, last)
         }
 

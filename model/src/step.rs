@@ -7,7 +7,7 @@ use burn::tensor::{Int, Tensor};
 
 use crate::loss::{LossKind, bce_with_logits, bpr};
 use crate::ncf::Ncf;
-use crate::optim::{HeadUpdate, Optimizer, TableSide, Track};
+use crate::optim::{HeadUpdate, OptimKind, Optimizer, TableSide, Track};
 use crate::rows;
 
 /// A batch on the device, sliced from one uploaded integer buffer.
@@ -46,6 +46,11 @@ impl StepInput {
 /// negatives, and the loss is -log σ(pos - neg) over every (positive, negative) pair.
 pub fn train_step(mut model: Ncf, optim: &mut Optimizer, input: StepInput, loss: LossKind, group: usize) -> (Ncf, Tensor<1>) {
     optim.begin_step();
+    if optim.config.fused && optim.config.sparse && optim.config.kind == OptimKind::Adam {
+        let (users, items) = (input.users.dims()[0], input.items.dims()[0]);
+        rows::expect_update(&model.user.val(), users);
+        rows::expect_update(&model.item.val(), items);
+    }
     // The tables are read here and updated in place below: no handle to them is kept in
     // between, so backends that update uniquely owned buffers in place (flex) never copy them.
     let user_rows = rows::gather(model.user.val(), input.users.clone()).autodiff().require_grad();
