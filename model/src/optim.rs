@@ -408,7 +408,8 @@ mod fused_tests {
     fn fused_adam_matches_the_composed_ops() {
         for d in devices() {
             assert!(rows::fused_on(&d));
-            // 60000 x 40 floats is past flex's huge-page threshold, so that path runs too.
+            // 60000 x 40 floats is past flex's huge-page and two-thread thresholds, so those paths
+            // run too.
             for (n, w) in [(50, 6), (60_000, 40)] {
                 let t = 41;
                 let (table, st) = state(n, w, t, &d);
@@ -418,6 +419,8 @@ mod fused_tests {
                 let grad = Tensor::<2>::random([r, w], Distribution::Normal(0.0, 0.05), &d);
                 let mut optim = Optimizer::new(OptimConfig { l2: 0.01, lr: 0.003, ..Default::default() });
                 optim.step = t;
+                // The gather too (split over two threads on the large table).
+                assert_eq!(values(rows::gather(table.clone(), rows_t.clone())), values(table.clone().select(0, rows_t.clone())));
                 let g = grad.clone() + table.clone().select(0, rows_t.clone()).mul_scalar(0.01);
                 let (want_table, want) = optim.sparse_adam(table.clone(), rows_t.clone(), g, st.clone());
                 let step = RowStep { t: t as f64, lr: 0.003, beta1: 0.9, beta2: 0.999, eps: 1e-8, l2: 0.01 };

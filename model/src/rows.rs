@@ -233,11 +233,14 @@ mod flex {
         }
     }
 
-    /// Whether a table of `n × w` values updated at `rows` rows is split over two threads: only
-    /// past the caches (about 8 MiB), and with enough rows to pay for the hand-over.
+    /// Whether a table of `n × w` values gathered or updated at `rows` rows is split over two
+    /// threads: only past the caches (about 8 MiB), and with enough rows to pay for the hand-over.
     pub(super) fn split_worthwhile(n: usize, w: usize, rows: usize) -> bool {
         n * w >= 2 << 20 && rows >= 1024
     }
+
+    /// Pieces a split gather or update is cut into, claimed one at a time by either thread.
+    const BLOCKS: usize = 16;
 
     /// Slots of the per-step cache of row factors, keyed by the row's last step.
     const MEMO: usize = 512;
@@ -349,20 +352,27 @@ mod flex {
             }
             let kernel = AdamKernel::new(&s, &g, w);
             if split_worthwhile(n, w, idx.len()) {
-                // A table this large is updated at DRAM latency: two threads, each owning one
-                // half of the table's rows (so repeated rows can never race), keep twice the
-                // misses in flight. (Over flex's rayon pool the wake-ups cost more than it saved.)
-                let half = n.div_ceil(2);
-                let (mut lo, mut hi) = (Vec::with_capacity(idx.len()), Vec::with_capacity(idx.len()));
+                // A table this large is updated at DRAM latency: two threads keep twice the misses
+                // in flight. The table is cut into row-range blocks that either thread claims
+                // whole, so a repeated row can never be updated by both at once, and a late
+                // second thread leaves its share to this one. (Over flex's rayon pool the
+                // wake-ups cost more than it saved.)
+                let span = n.div_ceil(BLOCKS);
+                let mut work: Vec<Vec<(usize, usize)>> = vec![Vec::with_capacity(idx.len() / BLOCKS + 16); n.div_ceil(span)];
                 for (i, &row) in idx.iter().enumerate() {
-                    if row < half { lo.push((i, row)) } else { hi.push((i, row - half)) }
+                    work[row / span].push((i, row % span));
                 }
-                let (t0, t1) = tp.split_at_mut(half * w);
-                let (m0, m1) = mp.split_at_mut(half * w);
-                let (v0, v1) = vp.split_at_mut(half * w);
-                let (l0, l1) = lp.split_at_mut(half);
-                let kernel = &kernel;
-                crate::second_core::join(|| kernel.run(t0, m0, v0, l0, &lo), || kernel.run(t1, m1, v1, l1, &hi));
+                let blocks: Vec<_> = tp
+                    .chunks_mut(span * w)
+                    .zip(mp.chunks_mut(span * w))
+                    .zip(vp.chunks_mut(span * w))
+                    .zip(lp.chunks_mut(span))
+                    .map(|block| std::sync::Mutex::new(Some(block)))
+                    .collect();
+                crate::second_core::for_each(blocks.len(), |b| {
+                    let (((t, m), v), l) = blocks[b].lock().unwrap_or_else(|e| e.into_inner()).take().expect("each block is claimed once");
+                    kernel.run(t, m, v, l, &work[b]);
+                });
             } else {
                 let work: Vec<(usize, usize)> = idx.into_iter().enumerate().collect();
                 kernel.run(tp, mp, vp, lp, &work);
@@ -376,11 +386,24 @@ mod flex {
             let idx = indices(&rows, n);
             let tp = table.storage::<f32>();
             let mut out = vec![0f32; idx.len() * w];
-            for (i, (dst, &row)) in out.chunks_exact_mut(w.max(1)).zip(&idx).enumerate() {
-                if let Some(&ahead) = idx.get(i + AHEAD) {
-                    prefetch(tp.as_ptr().wrapping_add(ahead * w), w * 4);
+            let copy = |out: &mut [f32], idx: &[usize]| {
+                for (i, (dst, &row)) in out.chunks_exact_mut(w.max(1)).zip(idx).enumerate() {
+                    if let Some(&ahead) = idx.get(i + AHEAD) {
+                        prefetch(tp.as_ptr().wrapping_add(ahead * w), w * 4);
+                    }
+                    dst.copy_from_slice(&tp[row * w..row * w + w]);
                 }
-                dst.copy_from_slice(&tp[row * w..row * w + w]);
+            };
+            if split_worthwhile(n, w, idx.len()) {
+                // Rows of a large table are DRAM misses: chunks of them on both threads.
+                let chunk = idx.len().div_ceil(BLOCKS);
+                let parts: Vec<_> = out.chunks_mut(chunk * w).map(|o| std::sync::Mutex::new(Some(o))).collect();
+                crate::second_core::for_each(parts.len(), |p| {
+                    let o = parts[p].lock().unwrap_or_else(|e| e.into_inner()).take().expect("each chunk is claimed once");
+                    copy(o, &idx[p * chunk..p * chunk + o.len() / w]);
+                });
+            } else {
+                copy(&mut out, &idx);
             }
             FlexTensor::from_data(burn::tensor::TensorData::new(out, [idx.len(), w]))
         }

@@ -1,15 +1,19 @@
 //! A second thread for memory-bound kernels. A large table's row update waits on DRAM; two cores
 //! keep twice the cache misses in flight. Spawning a thread for it each step costs 80–200 µs on
 //! the 2-core VM this was measured on (as much as the split saves), so one thread is kept: parked
-//! between steps, woken at a step's start ([`expect_work`]) so that it is already running when the
-//! update hands it half of the rows ([`join`]).
+//! between steps, woken at a step's start ([`expect_work`]) and spinning (politely, yielding) from
+//! then until a millisecond after its last job, so that it is already running when the gather or
+//! the update shares its rows with it ([`for_each`]).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// A job on the caller's stack; valid until the caller has seen `done` (see [`join`]).
+/// How long the thread keeps spinning after a job before it parks.
+const LINGER: Duration = Duration::from_millis(1);
+
+/// A job on the caller's stack; valid until the caller has seen `done` (see [`share`]).
 type JobRef = &'static (dyn Fn() + Sync);
 
 struct Shared {
@@ -47,11 +51,12 @@ impl Shared {
                     }
                 }
             };
-            // The job is taken: park again after it unless the next step asks.
-            self.spin_until.store(0, Ordering::Release);
             if catch_unwind(AssertUnwindSafe(job)).is_err() {
                 self.panicked.store(true, Ordering::Release);
             }
+            // Stay awake a little for the next hand-over (the next step's gather follows this
+            // step's update within microseconds); park after that.
+            self.spin_until.fetch_max(self.now() + LINGER.as_nanos() as u64, Ordering::AcqRel);
             self.done.store(true, Ordering::Release);
         }
     }
@@ -74,82 +79,91 @@ fn shared() -> Option<&'static Shared> {
     })
 }
 
-/// Asks the thread to be awake for the next `within`: call it well before a [`join`] so the
+/// Asks the thread to be awake for the next `within`: call it well before a [`share`] so the
 /// wake-up overlaps other work.
 pub fn expect_work(within: Duration) {
     if let Some(s) = shared() {
-        s.spin_until.store(s.now() + within.as_nanos() as u64, Ordering::Release);
+        s.spin_until.fetch_max(s.now() + within.as_nanos() as u64, Ordering::AcqRel);
         s.wake.notify_one();
     }
 }
 
-/// Runs `mine` here and `theirs` on the second thread, returning when both are done (a panic in
-/// either is raised here). Runs both here, one after the other, when the thread is in use by
-/// another caller or could not be started.
-pub fn join(mine: impl FnOnce(), theirs: impl FnOnce() + Send) {
-    let Some(s) = shared() else {
-        mine();
-        return theirs();
-    };
-    let Ok(_busy) = s.busy.try_lock() else {
-        mine();
-        return theirs();
-    };
-    let cell = Mutex::new(Some(theirs));
-    let call = move || {
-        if let Some(f) = cell.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            f()
-        }
-    };
-    let job: &(dyn Fn() + Sync) = &call;
-    // SAFETY: `job` borrows from this frame. It is erased to 'static only to cross to the thread,
-    // and this function does not return or unwind past `Wait` before the thread has set `done`
-    // after its last use of `job`.
-    let job: JobRef = unsafe { std::mem::transmute::<&(dyn Fn() + Sync), JobRef>(job) };
+/// Runs `work` here and, at the same time, on the second thread; returns once this thread's call
+/// has returned and the second thread's has too, or never started (taken back: a descheduled
+/// helper never holds the caller up). `work` must split its work with the other call through
+/// shared state (e.g. an atomic cursor over chunks); each call should run until none is left.
+/// A panic on the second thread is raised here.
+pub fn share(work: &(dyn Fn() + Sync)) {
+    let Some(s) = shared() else { return work() };
+    let Ok(_busy) = s.busy.try_lock() else { return work() };
+    // SAFETY: `work` borrows from the caller. It is erased to 'static only to cross to the
+    // thread, and this function does not return or unwind past `Wait` before the thread either
+    // never took the job (taken back below) or has set `done` after its last use of it.
+    let job: JobRef = unsafe { std::mem::transmute::<&(dyn Fn() + Sync), JobRef>(work) };
     s.done.store(false, Ordering::Release);
     *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
     s.wake.notify_one();
 
-    /// Waits for the thread's half, also when `mine` unwinds.
+    /// Takes the job back if the thread has not started it, else waits for it; also on unwind.
     struct Wait(&'static Shared);
     impl Drop for Wait {
         fn drop(&mut self) {
+            if self.0.job.lock().unwrap_or_else(|e| e.into_inner()).take().is_some() {
+                return;
+            }
             while !self.0.done.load(Ordering::Acquire) {
                 std::hint::spin_loop();
             }
         }
     }
     let wait = Wait(s);
-    mine();
+    work();
     drop(wait);
     if s.panicked.swap(false, Ordering::AcqRel) {
-        panic!("the second row-update thread panicked");
+        panic!("the second row-kernel thread panicked");
     }
+}
+
+/// Calls `f(k)` once for every `k` in `0..n`, spread over this thread and the second one in
+/// claim order.
+pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    share(&|| {
+        loop {
+            let k = next.fetch_add(1, Ordering::Relaxed);
+            if k >= n {
+                break;
+            }
+            f(k);
+        }
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
 
     #[test]
-    fn both_halves_run_and_see_their_borrows() {
-        let mut a = vec![0u32; 1000];
-        let mut b = vec![0u32; 1000];
-        for round in 1..=50u32 {
+    fn every_index_runs_once() {
+        for round in 0..50 {
             expect_work(Duration::from_millis(5));
-            join(|| a.iter_mut().for_each(|x| *x += round), || b.iter_mut().for_each(|x| *x += 2 * round));
+            let hits: Vec<AtomicUsize> = (0..97).map(|_| AtomicUsize::new(0)).collect();
+            for_each(hits.len(), |k| {
+                hits[k].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "round {round}");
         }
-        let sum: u32 = (1..=50).sum();
-        assert!(a.iter().all(|&x| x == sum) && b.iter().all(|&x| x == 2 * sum));
     }
 
     #[test]
-    fn a_panic_on_the_thread_reaches_the_caller_and_the_thread_survives() {
-        // Other tests may hold the thread: then both halves run here and the panic is direct.
-        let r = catch_unwind(|| join(|| (), || panic!("boom")));
+    fn a_panic_on_either_thread_reaches_the_caller_and_the_thread_survives() {
+        let r = catch_unwind(|| for_each(64, |k| assert!(k != 40, "boom")));
         assert!(r.is_err());
-        let mut x = 0;
-        join(|| (), || x += 1);
-        assert_eq!(x, 1);
+        let hits = AtomicUsize::new(0);
+        for_each(10, |_| {
+            hits.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(hits.load(Ordering::Relaxed), 10);
     }
 }
