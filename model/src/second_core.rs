@@ -1,9 +1,10 @@
 //! A second thread for memory-bound kernels. A large table's row update waits on DRAM; two cores
 //! keep twice the cache misses in flight. Spawning a thread for it each step costs 80–200 µs on
-//! the 2-core VM this was measured on (as much as the split saves), so one thread is kept: parked
-//! between steps, woken at a step's start ([`expect_work`]) and spinning (politely, yielding) from
-//! then until a millisecond after its last job, so that it is already running when the gather or
-//! the update shares its rows with it ([`for_each`]).
+//! the 2-core VM this was measured on (as much as the split saves), so one thread is kept. Each
+//! step's start wakes it ([`expect_work`]); it then spins (politely, yielding) until a few
+//! milliseconds have passed or a millisecond after its last job, so it is already running when the
+//! gather or the update shares its rows with it ([`for_each`]). While steps keep coming it thus
+//! stays busy on the second core; it parks within milliseconds once they stop (evaluation, I/O).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
