@@ -108,10 +108,13 @@ impl Optimizer {
 
     /// Bias-corrected step sizes for the current step: (lr / (1-β1ᵗ), 1 / sqrt(1-β2ᵗ)).
     fn corrections(&self) -> (f64, f64) {
-        let t = self.step as i32;
-        let c1 = 1.0 - self.config.beta1.powi(t);
-        let c2 = 1.0 - self.config.beta2.powi(t);
-        (self.config.lr / c1, 1.0 / c2.sqrt())
+        self.row_step().corrections()
+    }
+
+    /// This step's scalars as the fused row kernels take them.
+    fn row_step(&self) -> RowStep {
+        let c = &self.config;
+        RowStep { t: self.step as f64, lr: c.lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, l2: c.l2 }
     }
 
     /// Starts a step: call once before the updates of that step.
@@ -165,9 +168,8 @@ impl Optimizer {
 
     /// [`Optimizer::update_rows`] through the fused kernels of [`crate::rows`].
     fn fused_update(&mut self, side: TableSide, table: Tensor<2>, rows: Tensor<1, Int>, grad: Tensor<2>) -> Tensor<2> {
-        let c = &self.config;
-        let step = RowStep { t: self.step as f64, lr: c.lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, l2: c.l2 };
-        match c.kind {
+        let step = self.row_step();
+        match self.config.kind {
             OptimKind::Sgd => rows::sgd_rows(table, rows, grad, step),
             OptimKind::Adam => {
                 let state = self.slot(side).take().unwrap_or_else(|| RowMoments::zeros_like(&table));

@@ -51,7 +51,8 @@ impl RowStep {
 
     /// This step's bias-corrected step size and `1 / sqrt(1 - β2ᵗ)`.
     pub fn corrections(&self) -> (f64, f64) {
-        (self.lr / (1.0 - self.beta1.powf(self.t)), 1.0 / (1.0 - self.beta2.powf(self.t)).sqrt())
+        let t = self.t as i32;
+        (self.lr / (1.0 - self.beta1.powi(t)), 1.0 / (1.0 - self.beta2.powi(t)).sqrt())
     }
 }
 
@@ -90,10 +91,19 @@ pub trait RowUpdate: burn::backend::Backend {
     fn sgd_rows(table: FloatTensor<Self>, rows: IntTensor<Self>, grad: FloatTensor<Self>, step: RowStep) -> FloatTensor<Self>;
 }
 
-/// Whether `device` runs the fused kernels (otherwise the caller composes tensor ops).
-pub fn fused_on(device: &Device) -> bool {
+/// Whether `device` is a flex device (in a build with flex's kernels).
+fn on_flex(device: &Device) -> bool {
     #[cfg(feature = "flex")]
     if matches!(device.as_dispatch(), burn::backend::DispatchDevice::Flex(_)) {
+        return true;
+    }
+    let _ = device;
+    false
+}
+
+/// Whether `device` runs the fused kernels (otherwise the caller composes tensor ops).
+pub fn fused_on(device: &Device) -> bool {
+    if on_flex(device) {
         return true;
     }
     #[cfg(feature = "cube")]
@@ -108,7 +118,7 @@ pub fn fused_on(device: &Device) -> bool {
 /// so that the second thread of a split update is awake by then (see [`crate::second_core`]).
 pub fn expect_update(table: &Tensor<2>, rows: usize) {
     #[cfg(feature = "flex")]
-    if matches!(table.device().as_dispatch(), burn::backend::DispatchDevice::Flex(_)) {
+    if on_flex(&table.device()) {
         let [n, w] = table.dims();
         if flex::split_worthwhile(n, w, rows) {
             crate::second_core::expect_work(std::time::Duration::from_millis(5));
