@@ -29,30 +29,61 @@ impl RowStep {
     /// Per-row Adam factors for a row last updated at step `last` (0 = never): the closed-form
     /// catch-up of the skipped steps and the moment decays (see the module docs of
     /// [`crate::optim`]). Shared by every backend's kernel so they agree to the last bit on
-    /// the per-row part.
+    /// the per-row part; a kernel computing many rows builds the [`CatchUp`] once.
     pub fn row_factors(&self, last: f64) -> RowFactors {
-        let (b1, b2) = (self.beta1, self.beta2);
-        let k = self.t - 1.0 - last;
-        if k <= 0.0 {
-            // Updated on the previous step: plain Adam.
-            return RowFactors { catch_up: 0.0, decay1: b1, decay2: b2 };
-        }
-        let (ln_b1, ln_b2) = (b1.ln(), b2.ln());
-        let (b1k, b2k) = ((k * ln_b1).exp(), (k * ln_b2).exp());
-        let r = b1 / b2.sqrt();
-        let rk = b1k / b2k.sqrt();
-        let geo = (1.0 - rk) * r / (1.0 - r);
-        let j_bar = ((1.0 - rk) - k * rk * (1.0 - r)) / ((1.0 - rk) * (1.0 - r)).max(1e-12);
-        let t_mid = last + j_bar;
-        let c1 = (1.0 - (t_mid * ln_b1).exp()).max(1e-12);
-        let c2 = (1.0 - (t_mid * ln_b2).exp()).max(1e-12);
-        RowFactors { catch_up: geo * c2.sqrt() / c1 * self.lr, decay1: b1k * b1, decay2: b2k * b2 }
+        CatchUp::new(self).factors(last)
     }
 
     /// This step's bias-corrected step size and `1 / sqrt(1 - β2ᵗ)`.
     pub fn corrections(&self) -> (f64, f64) {
         let t = self.t as i32;
         (self.lr / (1.0 - self.beta1.powi(t)), 1.0 / (1.0 - self.beta2.powi(t)).sqrt())
+    }
+}
+
+/// One step's constants of [`RowStep::row_factors`], so that each row costs only what depends
+/// on it: on a large catalogue nearly every row of a batch comes back after a different number
+/// of skipped steps, and the factors are computed per row.
+#[derive(Debug, Clone, Copy)]
+pub struct CatchUp {
+    t: f64,
+    lr: f64,
+    b1: f64,
+    b2: f64,
+    ln_b1: f64,
+    ln_b2: f64,
+    /// r = β1 / sqrt(β2), ln r and 1 - r.
+    r: f64,
+    ln_r: f64,
+    one_r: f64,
+}
+
+impl CatchUp {
+    pub fn new(s: &RowStep) -> Self {
+        let r = s.beta1 / s.beta2.sqrt();
+        Self { t: s.t, lr: s.lr, b1: s.beta1, b2: s.beta2, ln_b1: s.beta1.ln(), ln_b2: s.beta2.ln(), r, ln_r: r.ln(), one_r: 1.0 - r }
+    }
+
+    /// See [`RowStep::row_factors`].
+    #[inline]
+    pub fn factors(&self, last: f64) -> RowFactors {
+        let (b1, b2) = (self.b1, self.b2);
+        let k = self.t - 1.0 - last;
+        if k <= 0.0 {
+            // Updated on the previous step: plain Adam.
+            return RowFactors { catch_up: 0.0, decay1: b1, decay2: b2 };
+        }
+        let (b1k, b2k) = ((k * self.ln_b1).exp(), (k * self.ln_b2).exp());
+        // rᵏ by its own exp: β1ᵏ / sqrt(β2ᵏ) is 0/0 once both underflow (a row skipped for
+        // ~750k steps at β2 = 0.999, e.g. one no batch has held yet).
+        let rk = (k * self.ln_r).exp();
+        let geo = (1.0 - rk) * self.r / self.one_r;
+        let j_bar = ((1.0 - rk) - k * rk * self.one_r) / ((1.0 - rk) * self.one_r).max(1e-12);
+        let t_mid = last + j_bar;
+        // 1 - βˣ; βˣ below 2⁻⁵⁴ leaves exactly 1 in f64, so its exp is skipped.
+        let one_minus = |ln_b: f64| if t_mid * ln_b < -38.0 { 1.0 } else { (1.0 - (t_mid * ln_b).exp()).max(1e-12) };
+        let (c1, c2) = (one_minus(self.ln_b1), one_minus(self.ln_b2));
+        RowFactors { catch_up: geo * c2.sqrt() / c1 * self.lr, decay1: b1k * b1, decay2: b2k * b2 }
     }
 }
 
@@ -297,6 +328,7 @@ mod flex {
             let (eps, l2) = (s.eps as f32, s.l2 as f32);
             let (one_b1, one_b2) = ((1.0 - s.beta1) as f32, (1.0 - s.beta2) as f32);
             let (step_size, inv_sqrt_c2) = (self.step_size, self.inv_sqrt_c2);
+            let factors = super::CatchUp::new(s);
             let mut memo = [(-1.0, RowFactors { catch_up: 0.0, decay1: 0.0, decay2: 0.0 }); MEMO];
             for (j, &(i, row)) in work.iter().enumerate() {
                 if let Some(&(_, ahead)) = work.get(j + AHEAD) {
@@ -309,7 +341,7 @@ mod flex {
                 let last = lp[row] as f64;
                 let slot = &mut memo[(last as usize) % MEMO];
                 if slot.0 != last {
-                    *slot = (last, s.row_factors(last));
+                    *slot = (last, factors.factors(last));
                 }
                 let f = slot.1;
                 let (catch_up, d1, d2) = (f.catch_up as f32, f.decay1 as f32, f.decay2 as f32);
@@ -619,6 +651,46 @@ mod cube {
                 width as u32,
             );
             table
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The closed form with every power taken by `exp`, as written in the module docs of
+    /// [`crate::optim`].
+    fn reference(s: &RowStep, last: f64) -> RowFactors {
+        let (b1, b2) = (s.beta1, s.beta2);
+        let k = s.t - 1.0 - last;
+        let r = b1 / b2.sqrt();
+        let rk = (k * r.ln()).exp();
+        let j_bar = ((1.0 - rk) - k * rk * (1.0 - r)) / ((1.0 - rk) * (1.0 - r)).max(1e-12);
+        let t_mid = last + j_bar;
+        let c1 = (1.0 - (t_mid * b1.ln()).exp()).max(1e-12);
+        let c2 = (1.0 - (t_mid * b2.ln()).exp()).max(1e-12);
+        let geo = (1.0 - rk) * r / (1.0 - r);
+        RowFactors { catch_up: geo * c2.sqrt() / c1 * s.lr, decay1: (k * b1.ln()).exp() * b1, decay2: (k * b2.ln()).exp() * b2 }
+    }
+
+    #[test]
+    fn catch_up_factors_equal_the_closed_form_exactly() {
+        for (beta1, beta2) in [(0.9, 0.999), (0.5, 0.99), (0.99, 0.9999)] {
+            for t in [2.0, 3.0, 50.0, 400.0, 5_000.0, 200_000.0, 3e6] {
+                let s = RowStep { t, lr: 0.001, beta1, beta2, eps: 1e-8, l2: 0.0 };
+                let c = CatchUp::new(&s);
+                for last in [0.0, 1.0, 7.0, t / 2.0, t - 3.0, t - 2.0].into_iter().filter(|&l| l >= 0.0 && l < t - 1.0) {
+                    let (got, want) = (c.factors(last), reference(&s, last));
+                    assert_eq!(got, want, "β {beta1}/{beta2} t {t} last {last}");
+                    assert_eq!(got, s.row_factors(last));
+                }
+                // A row never updated, after as many steps as β2ᵏ takes to underflow: finite.
+                let f = c.factors(0.0);
+                assert!(f.catch_up.is_finite() && f.decay1.is_finite() && f.decay2.is_finite(), "{f:?}");
+                // Updated on the previous step: no catch-up, one step's decay.
+                assert_eq!(c.factors(t - 1.0), RowFactors { catch_up: 0.0, decay1: beta1, decay2: beta2 });
+            }
         }
     }
 }
