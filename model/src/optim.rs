@@ -112,7 +112,7 @@ impl Optimizer {
     }
 
     /// This step's scalars as the fused row kernels take them.
-    fn row_step(&self) -> RowStep {
+    pub(crate) fn row_step(&self) -> RowStep {
         let c = &self.config;
         RowStep { t: self.step as f64, lr: c.lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, l2: c.l2 }
     }
@@ -172,12 +172,31 @@ impl Optimizer {
         match self.config.kind {
             OptimKind::Sgd => rows::sgd_rows(table, rows, grad, step),
             OptimKind::Adam => {
-                let state = self.slot(side).take().unwrap_or_else(|| RowMoments::zeros_like(&table));
-                let out = rows::adam_rows(AdamRows { table, m: state.m, v: state.v, last: state.last }, rows, grad, step);
-                *self.slot(side) = Some(RowMoments { m: out.m, v: out.v, last: out.last });
-                out.table
+                let state = self.take_rows(side, table);
+                let out = rows::adam_rows(state, rows, grad, step);
+                self.put_rows(side, out)
             }
         }
+    }
+
+    /// Whether [`Optimizer::update_rows`] on `device` is the fused row-sparse Adam, which
+    /// [`Optimizer::take_rows`] and [`Optimizer::put_rows`] let a caller run elsewhere.
+    pub(crate) fn fused_adam_on(&self, device: &burn::tensor::Device) -> bool {
+        let c = &self.config;
+        c.fused && c.sparse && c.kind == OptimKind::Adam && rows::fused_on(device)
+    }
+
+    /// Moves a table's Adam state out, with the table, for a fused update elsewhere (see
+    /// [`Optimizer::fused_adam_on`]); [`Optimizer::put_rows`] takes the result back.
+    pub(crate) fn take_rows(&mut self, side: TableSide, table: Tensor<2>) -> AdamRows {
+        let state = self.slot(side).take().unwrap_or_else(|| RowMoments::zeros_like(&table));
+        AdamRows { table, m: state.m, v: state.v, last: state.last }
+    }
+
+    /// Stores an updated table's Adam state; returns the table.
+    pub(crate) fn put_rows(&mut self, side: TableSide, out: AdamRows) -> Tensor<2> {
+        *self.slot(side) = Some(RowMoments { m: out.m, v: out.v, last: out.last });
+        out.table
     }
 
     /// Adam at `rows` only, catching each row up on the steps it skipped (see the module docs).

@@ -158,6 +158,31 @@ pub fn expect_update(table: &Tensor<2>, rows: usize) {
     let _ = (table, rows);
 }
 
+/// Whether the fused Adam update of `table` at `rows` unique rows had best start on the second
+/// thread while this one does the step's other updates ([`beside`]): flex, and a table past the
+/// caches, whose update waits on DRAM and is shared between the threads anyway.
+pub fn update_beside(table: &Tensor<2>, rows: usize) -> bool {
+    #[cfg(feature = "flex")]
+    if on_flex(&table.device()) {
+        let [n, w] = table.dims();
+        return flex::split_worthwhile(n, w, rows);
+    }
+    let _ = (table, rows);
+    false
+}
+
+/// Runs `there` on the second thread while `here` runs on this one, which then joins the rows
+/// `there` shares (flex builds; elsewhere one after the other). Returns both results.
+pub fn beside<A: Send, B>(there: impl FnOnce() -> A + Send, here: impl FnOnce() -> B) -> (A, B) {
+    #[cfg(feature = "flex")]
+    return crate::second_core::beside(there, here);
+    #[cfg(not(feature = "flex"))]
+    {
+        let b = here();
+        (there(), b)
+    }
+}
+
 /// Adam state of a table as tensors, for the fused update.
 pub struct AdamRows {
     pub table: Tensor<2>,

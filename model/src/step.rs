@@ -2,12 +2,12 @@
 //! into tracked leaves, backpropagate to them, and update only those rows. No value is read back
 //! to the host; the loss stays on the device for the caller to accumulate.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::tensor::{Int, Tensor};
 
 use crate::loss::{LossKind, bce_with_logits, bpr};
 use crate::ncf::Ncf;
-use crate::optim::{HeadUpdate, OptimKind, Optimizer, TableSide, Track};
+use crate::optim::{HeadUpdate, Optimizer, TableSide, Track};
 use crate::rows;
 
 /// A batch on the device, sliced from one uploaded integer buffer.
@@ -44,13 +44,17 @@ impl StepInput {
 ///
 /// With [`LossKind::Bpr`] the batch is groups of `group` samples, a positive followed by its
 /// negatives, and the loss is -log σ(pos - neg) over every (positive, negative) pair.
-pub fn train_step(mut model: Ncf, optim: &mut Optimizer, input: StepInput, loss: LossKind, group: usize) -> (Ncf, Tensor<1>) {
+pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: LossKind, group: usize) -> (Ncf, Tensor<1>) {
     optim.begin_step();
-    if optim.config.fused && optim.config.sparse && optim.config.kind == OptimKind::Adam {
-        let (users, items) = (input.users.dims()[0], input.items.dims()[0]);
-        rows::expect_update(&model.user.val(), users);
-        rows::expect_update(&model.item.val(), items);
+    let fused_adam = optim.fused_adam_on(&input.items.device());
+    let (n_users, n_items) = (input.users.dims()[0], input.items.dims()[0]);
+    if fused_adam {
+        rows::expect_update(&model.user.val(), n_users);
+        rows::expect_update(&model.item.val(), n_items);
     }
+    // A large item table's update starts on the second thread while this one updates the head
+    // and the user table, then joins it.
+    let item_beside = fused_adam && rows::update_beside(&model.item.val(), n_items);
     // The tables are read here and updated in place below: no handle to them is kept in
     // between, so backends that update uniquely owned buffers in place (flex) never copy them.
     let user_rows = rows::gather(model.user.val(), input.users.clone()).autodiff().require_grad();
@@ -69,12 +73,30 @@ pub fn train_step(mut model: Ncf, optim: &mut Optimizer, input: StepInput, loss:
         }
     };
     let grads = loss.backward();
-    model.head = head.map(&mut HeadUpdate::new(optim, &grads));
     let gu = user_rows.grad(&grads).expect("user rows are tracked");
     let gi = item_rows.grad(&grads).expect("item rows are tracked");
-    model.user = model.user.map(|table| optim.update_rows(TableSide::User, table, input.users, gu));
-    model.item = model.item.map(|table| optim.update_rows(TableSide::Item, table, input.items, gi));
-    (model, loss.detach().inner())
+    let Ncf { user, item, head: _ } = model;
+    let (user, item, head) = if item_beside {
+        // Moved out of the parameter, not cloned: the kernel updates the buffer in place only
+        // while it holds the one handle to it.
+        let (id, table, mapper) = item.consume();
+        let (state, step) = (optim.take_rows(TableSide::Item, table), optim.row_step());
+        let items = input.items;
+        let (out, (head, user)) = rows::beside(
+            move || rows::adam_rows(state, items, gi, step),
+            || {
+                let head = head.map(&mut HeadUpdate::new(optim, &grads));
+                (head, user.map(|table| optim.update_rows(TableSide::User, table, input.users, gu)))
+            },
+        );
+        let table = optim.put_rows(TableSide::Item, out);
+        (user, Param::from_mapped_value(id, table, mapper), head)
+    } else {
+        let head = head.map(&mut HeadUpdate::new(optim, &grads));
+        let user = user.map(|table| optim.update_rows(TableSide::User, table, input.users, gu));
+        (user, item.map(|table| optim.update_rows(TableSide::Item, table, input.items, gi)), head)
+    };
+    (Ncf { user, item, head }, loss.detach().inner())
 }
 
 #[cfg(test)]
@@ -118,6 +140,52 @@ mod tests {
             }
             for i in 0..8 {
                 assert_eq!(i0[i] != i1[i], [2, 5, 7].contains(&i), "{kind:?} item row {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_item_table_updated_beside_the_rest_matches_the_composed_ops() {
+        let d = Device::flex();
+        // NeuMF factor 8: rows of 40, so 60000 items are past the two-thread threshold.
+        let cfg = ModelConfig { kind: ModelKind::Neumf, factors: 8, layers: vec![64, 32, 16, 8], init_std: 0.1, ..Default::default() };
+        let (n_users, n_items, batch) = (300, 60_000, 2048);
+        let batches: Vec<StepInput> = (0..4u64)
+            .map(|s| {
+                use rand::{RngExt, SeedableRng};
+                let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(s);
+                let mut pick = |n: usize| (0..batch).map(|_| rng.random_range(0..n as i32)).collect::<Vec<i32>>();
+                let (u, i) = (pick(n_users), pick(n_items));
+                let uniq = |ids: &[i32]| {
+                    let mut seen = std::collections::HashMap::new();
+                    let pos: Vec<i32> = ids.iter().map(|&x| { let k = seen.len() as i32; *seen.entry(x).or_insert(k) }).collect();
+                    let mut rows = vec![0; seen.len()];
+                    seen.iter().for_each(|(&x, &k)| rows[k as usize] = x);
+                    (rows, pos)
+                };
+                let ((ur, up), (ir, ip)) = (uniq(&u), uniq(&i));
+                let labels: Vec<i32> = (0..batch as i32).map(|k| (k % 5 == 0) as i32).collect();
+                input(&ur, &up, &ir, &ip, &labels, &d)
+            })
+            .collect();
+        let run = |fused: bool| {
+            let mut model = Ncf::init(&cfg, n_users, n_items, 3, &d);
+            let mut optim = Optimizer::new(OptimConfig { fused, lr: 0.01, l2: 1e-4, ..Default::default() });
+            let mut losses = Vec::new();
+            for x in &batches {
+                assert!(rows::update_beside(&model.item.val(), x.items.dims()[0]), "the path under test runs when fused");
+                let (m, loss) = train_step(model, &mut optim, x.clone(), LossKind::Bce, 1);
+                model = m;
+                losses.push(loss.into_scalar::<f32>());
+            }
+            (rows(model.user.val()), rows(model.item.val()), losses)
+        };
+        let (fused, composed) = (run(true), run(false));
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-6 + 1e-5 * b.abs();
+        assert!(fused.2.iter().zip(&composed.2).all(|(a, b)| close(*a, *b)), "losses {:?} vs {:?}", fused.2, composed.2);
+        for (what, a, b) in [("user", &fused.0, &composed.0), ("item", &fused.1, &composed.1)] {
+            for (r, (x, y)) in a.iter().zip(b).enumerate() {
+                assert!(x.iter().zip(y).all(|(p, q)| close(*p, *q)), "{what} row {r}: {x:?} vs {y:?}");
             }
         }
     }
