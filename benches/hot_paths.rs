@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the hot paths: one training step per model, the embedding-table
-//! update (fused kernel vs composed ops, 10k and 1M rows), the negative sampler,
+//! update (fused kernel vs composed ops, 10k and 1M rows) and its per-row catch-up factors, the
+//! negative sampler,
 //! scoring against the whole catalogue, and top-k ranking (full-ranking evaluation: score, mask,
 //! top-k, metrics). `cargo bench -p ncf-trainer --bench hot_paths` (add `-- --quick` for a short
 //! run). Backend-to-backend comparisons of the same workloads: `ncf bench`.
@@ -11,6 +12,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use ncf_datasets::{BatchBuilder, NegativeSampler, SamplerConfig, UserItems};
 use ncf_model::eval::{RankingChunk, full_ranking_sums};
 use ncf_model::optim::TableSide;
+use ncf_model::rows::{CatchUp, RowStep};
 use ncf_model::{LossKind, ModelConfig, ModelKind, Ncf, OptimConfig, Optimizer, StepInput, train_step};
 
 const USERS: usize = 6040;
@@ -85,6 +87,19 @@ fn row_updates(c: &mut Criterion) {
         }
     }
     group.finish();
+}
+
+/// The per-row catch-up factors of the row-sparse Adam for 4096 rows that come back after
+/// different gaps, as on a large catalogue late in a run (the kernel's per-step memo cannot help).
+fn catch_up_factors(c: &mut Criterion) {
+    let step = RowStep { t: 100_000.0, lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, l2: 0.0 };
+    let lasts: Vec<f64> = (0..4096u32).map(|k| step.t - 2.0 - f64::from(k * 7919 % 2000)).collect();
+    c.bench_function("catch_up_factors/4096-rows-distinct-gaps", |b| {
+        b.iter(|| {
+            let f = CatchUp::new(&step);
+            lasts.iter().map(|&l| f.factors(black_box(l)).catch_up).sum::<f64>()
+        })
+    });
 }
 
 fn sampler(c: &mut Criterion) {
@@ -173,6 +188,6 @@ fn top_k(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10);
-    targets = steps, row_updates, sampler, sampler_on_file, scoring, top_k
+    targets = steps, row_updates, catch_up_factors, sampler, sampler_on_file, scoring, top_k
 }
 criterion_main!(benches);
