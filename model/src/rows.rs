@@ -183,6 +183,62 @@ pub fn beside<A: Send, B>(there: impl FnOnce() -> A + Send, here: impl FnOnce() 
     }
 }
 
+/// Where the rows a step fetches ahead for the next one ([`gather_ahead`]) wait for that step's
+/// gather ([`Gathered::take`]); the caller keeps one per training loop and hands it to both. Stays
+/// empty elsewhere than flex.
+#[derive(Clone, Default)]
+pub struct Gathered {
+    #[cfg(feature = "flex")]
+    slot: std::sync::Arc<std::sync::Mutex<Option<flex::Ahead>>>,
+}
+
+impl std::fmt::Debug for Gathered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gathered")
+    }
+}
+
+impl Gathered {
+    /// The rows `rows` of `table` if they are what was fetched ahead into this slot, with those
+    /// the previous step's update changed read again; `None` otherwise (gather as usual).
+    pub fn take(&self, table: &Tensor<2>, rows: &Tensor<1, Int>) -> Option<Tensor<2>> {
+        #[cfg(feature = "flex")]
+        {
+            let ahead = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+            return flex::take_ahead(ahead, table, rows);
+        }
+        #[allow(unreachable_code)]
+        {
+            let _ = (table, rows);
+            None
+        }
+    }
+}
+
+/// A [`gather_ahead`] under way; dropping it waits for the copy if it is running and cancels it
+/// if it has not started. Drop it before `table` is written or dropped.
+#[must_use = "the second thread may read the table until this is dropped"]
+pub struct Pending {
+    #[cfg(feature = "flex")]
+    _ticket: Option<crate::second_core::Ticket>,
+}
+
+/// Starts copying, on the second thread and while this one runs the forward and backward passes,
+/// the rows `next` of `table` that the next step will gather into `into`, noting which of them are
+/// also among this step's `rows` (the update changes those; [`Gathered::take`] reads them again).
+/// Flex, and a table past the caches, whose rows are DRAM misses; elsewhere nothing is done.
+pub fn gather_ahead(table: &Tensor<2>, rows: &Tensor<1, Int>, next: &[i32], into: &Gathered) -> Pending {
+    #[cfg(feature = "flex")]
+    if update_beside(table, next.len()) {
+        return Pending { _ticket: flex::gather_ahead(table, rows, next, into.slot.clone()) };
+    }
+    let _ = (table, rows, next, into);
+    Pending {
+        #[cfg(feature = "flex")]
+        _ticket: None,
+    }
+}
+
 /// Adam state of a table as tensors, for the fused update.
 pub struct AdamRows {
     pub table: Tensor<2>,
@@ -303,6 +359,90 @@ mod flex {
     /// threads: only past the caches (about 8 MiB), and with enough rows to pay for the hand-over.
     pub(super) fn split_worthwhile(n: usize, w: usize, rows: usize) -> bool {
         n * w >= 2 << 20 && rows >= 1024
+    }
+
+    /// Rows fetched ahead by [`super::gather_ahead`]: for which table (its buffer's address)
+    /// and rows, the copied rows, and the positions to read again.
+    pub(super) struct Ahead {
+        table: usize,
+        rows: Vec<i32>,
+        out: Vec<f32>,
+        stale: Vec<usize>,
+    }
+
+    /// The first element's address of a flex f32 tensor's buffer, if it is one.
+    fn address<const D: usize>(t: &burn::tensor::Tensor<D>) -> Option<usize> {
+        use burn::backend::{BackendTensor, DispatchTensorKind};
+        match t.clone().into_dispatch().kind {
+            DispatchTensorKind::Flex(BackendTensor::Float(f)) if f.dtype() == DType::F32 && f.is_contiguous() => {
+                Some(f.storage::<f32>().as_ptr() as usize + f.layout().start_offset() * 4)
+            }
+            _ => None,
+        }
+    }
+
+    /// The values of a flex int tensor of row indices.
+    fn host_rows(rows: &burn::tensor::Tensor<1, burn::tensor::Int>, n: usize) -> Option<Vec<usize>> {
+        use burn::backend::{BackendTensor, DispatchTensorKind};
+        match rows.clone().into_dispatch().kind {
+            DispatchTensorKind::Flex(BackendTensor::Int(r)) => Some(indices(&r, n)),
+            _ => None,
+        }
+    }
+
+    /// See [`super::gather_ahead`].
+    pub(super) fn gather_ahead(
+        table: &burn::tensor::Tensor<2>,
+        rows: &burn::tensor::Tensor<1, burn::tensor::Int>,
+        next: &[i32],
+        done: std::sync::Arc<std::sync::Mutex<Option<Ahead>>>,
+    ) -> Option<crate::second_core::Ticket> {
+        let [n, w] = table.dims();
+        let base = address(table)?;
+        let now = host_rows(rows, n)?;
+        if next.iter().any(|&r| r < 0 || r as usize >= n) {
+            return None;
+        }
+        let next = next.to_vec();
+        crate::second_core::post(move || {
+            // SAFETY: the table's buffer holds n × w f32 at `base`; the step finishes this job's
+            // ticket before it writes or drops the table, so the rows read here are stable.
+            let tp = unsafe { std::slice::from_raw_parts(base as *const f32, n * w) };
+            let mut out = Vec::with_capacity(next.len() * w);
+            for (i, &row) in next.iter().enumerate() {
+                if let Some(&ahead) = next.get(i + AHEAD) {
+                    prefetch(tp.as_ptr().wrapping_add(ahead as usize * w), w * 4);
+                }
+                out.extend_from_slice(&tp[row as usize * w..row as usize * w + w]);
+            }
+            let now: std::collections::HashSet<usize> = now.into_iter().collect();
+            let stale = next.iter().enumerate().filter(|(_, r)| now.contains(&(**r as usize))).map(|(i, _)| i).collect();
+            *done.lock().unwrap_or_else(|e| e.into_inner()) = Some(Ahead { table: base, rows: next, out, stale });
+        })
+    }
+
+    /// See [`super::Gathered::take`].
+    pub(super) fn take_ahead(ahead: Ahead, table: &burn::tensor::Tensor<2>, rows: &burn::tensor::Tensor<1, burn::tensor::Int>) -> Option<burn::tensor::Tensor<2>> {
+        let [n, w] = table.dims();
+        if address(table)? != ahead.table {
+            return None;
+        }
+        let want = host_rows(rows, n)?;
+        if want.len() != ahead.rows.len() || want.iter().zip(&ahead.rows).any(|(&a, &b)| a != b as usize) {
+            return None;
+        }
+        let mut out = ahead.out;
+        {
+            use burn::backend::{BackendTensor, DispatchTensorKind};
+            let DispatchTensorKind::Flex(BackendTensor::Float(t)) = table.clone().into_dispatch().kind else { return None };
+            let tp = t.storage::<f32>();
+            let start = t.layout().start_offset();
+            for &i in &ahead.stale {
+                let row = want[i];
+                out[i * w..i * w + w].copy_from_slice(&tp[start + row * w..start + row * w + w]);
+            }
+        }
+        Some(burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(out, [want.len(), w]), &table.device()))
     }
 
     /// Pieces a split gather or update is cut into, claimed one at a time by either thread.
@@ -697,6 +837,43 @@ mod tests {
         let c2 = (1.0 - (t_mid * b2.ln()).exp()).max(1e-12);
         let geo = (1.0 - rk) * r / (1.0 - r);
         RowFactors { catch_up: geo * c2.sqrt() / c1 * s.lr, decay1: (k * b1.ln()).exp() * b1, decay2: (k * b2.ln()).exp() * b2 }
+    }
+
+    #[cfg(feature = "flex")]
+    #[test]
+    fn rows_fetched_ahead_are_taken_with_the_updated_rows_read_again() {
+        use burn::tensor::{Distribution, TensorData};
+        let d = Device::flex();
+        let (n, w, r) = (60_000usize, 40, 3000usize);
+        let values = |t: Tensor<2>| t.into_data().try_into_vec_as::<f32>().unwrap();
+        let ints = |v: &[i32]| Tensor::<1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), &d);
+        // This step's rows and the next step's: distinct within each, 1 in 11 shared.
+        let now: Vec<i32> = (0..r as i32).map(|k| k * 17).collect();
+        let next: Vec<i32> = (0..r as i32).map(|k| if k % 11 == 0 { k * 17 } else { k * 17 + 5 }).collect();
+        let mut table = Tensor::<2>::random([n, w], Distribution::Normal(0.0, 0.1), &d);
+        assert!(update_beside(&table, r), "a table past the caches");
+        // The copy runs on the second thread; retried in case it had not started before the drop.
+        for attempt in 0.. {
+            let slot = Gathered::default();
+            expect_update(&table, r);
+            let pending = gather_ahead(&table, &ints(&now), &next, &slot);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            drop(pending);
+            // This step's update, in place, changes its rows after the copy.
+            let grad = Tensor::<2>::ones([r, w], &d);
+            let step = RowStep { t: 1.0, lr: 0.5, beta1: 0.9, beta2: 0.999, eps: 1e-8, l2: 0.0 };
+            table = sgd_rows(table, ints(&now), grad, step);
+            if let Some(got) = slot.take(&table, &ints(&next)) {
+                assert_eq!(values(got), values(table.clone().select(0, ints(&next))));
+                // Taken once.
+                assert!(slot.take(&table, &ints(&next)).is_none());
+                break;
+            }
+            assert!(attempt < 20, "the rows fetched ahead were never taken");
+        }
+        let other = Gathered::default();
+        drop(gather_ahead(&table, &ints(&now), &next, &other));
+        assert!(other.take(&table, &ints(&now)).is_none(), "rows other than those fetched");
     }
 
     #[test]

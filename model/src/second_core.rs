@@ -9,6 +9,8 @@
 //! [`beside`] starts one piece of work on the thread while the caller does another; what that
 //! piece shares ([`for_each`]) the caller joins as soon as its own piece is done. The step uses it
 //! to start a large item table's update while the head and the user table are updated.
+//! [`post`] hands it a job nobody waits for until its ticket is dropped: the step uses it to copy
+//! the next batch's rows of that table while the forward and backward passes run.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -36,6 +38,16 @@ struct Shared {
     help: Mutex<Option<JobRef>>,
     /// How many runs of the `help` job are under way on the caller's thread.
     helping: AtomicUsize,
+    /// A job nobody waits for until its [`Ticket`] is finished (see [`post`]).
+    posted: Mutex<PostedSlot>,
+}
+
+/// The slot of [`post`]: the job not yet started and the one running, each with its post's id.
+#[derive(Default)]
+struct PostedSlot {
+    job: Option<(u64, Box<dyn FnOnce() + Send>)>,
+    running: Option<u64>,
+    last_id: u64,
 }
 
 thread_local! {
@@ -55,6 +67,21 @@ impl Shared {
                 loop {
                     if let Some(job) = slot.take() {
                         break job;
+                    }
+                    let posted = {
+                        let mut p = self.posted.lock().unwrap_or_else(|e| e.into_inner());
+                        let job = p.job.take();
+                        p.running = job.as_ref().map(|j| j.0);
+                        job
+                    };
+                    if let Some((_, posted)) = posted {
+                        drop(slot);
+                        // Its ticket's owner waits for it and cannot be told of a panic: a posted
+                        // job has nothing to report (see `post`).
+                        let _ = catch_unwind(AssertUnwindSafe(posted));
+                        self.posted.lock().unwrap_or_else(|e| e.into_inner()).running = None;
+                        slot = self.job.lock().unwrap_or_else(|e| e.into_inner());
+                        continue;
                     }
                     if self.now() < self.spin_until.load(Ordering::Acquire) {
                         drop(slot);
@@ -91,6 +118,7 @@ fn shared() -> Option<&'static Shared> {
             busy: Mutex::new(()),
             help: Mutex::new(None),
             helping: AtomicUsize::new(0),
+            posted: Mutex::new(PostedSlot::default()),
         }));
         let run = move || {
             SECOND.with(|c| c.set(true));
@@ -223,6 +251,50 @@ fn with_helper<R>(job: &(dyn Fn() + Sync), here: impl FnOnce() -> R) -> R {
     r
 }
 
+/// Hands `job` to the second thread to run as soon as it has nothing else to do, and returns at
+/// once; `None` (and `job` not run) where there is no thread. The caller must drop the [`Ticket`]
+/// before anything `job` reads may change or go away: that waits if it is running and cancels it
+/// if it has not started. For work whose result is optional, such as fetching rows ahead; a panic
+/// in it only means no result. A later post replaces a job not yet started.
+pub fn post(job: impl FnOnce() + Send + 'static) -> Option<Ticket> {
+    let s = shared()?;
+    let id = {
+        let mut p = s.posted.lock().unwrap_or_else(|e| e.into_inner());
+        p.last_id += 1;
+        let id = p.last_id;
+        p.job = Some((id, Box::new(job)));
+        id
+    };
+    // Under the job lock, so the thread cannot check the slots and park in between.
+    let _slot = s.job.lock().unwrap_or_else(|e| e.into_inner());
+    s.wake.notify_one();
+    Some(Ticket { id })
+}
+
+/// A posted job's claim: dropping it leaves the job either done or never run.
+#[must_use = "a posted job may read its inputs until its ticket is dropped"]
+pub struct Ticket {
+    id: u64,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let Some(s) = shared() else { return };
+        loop {
+            let mut p = s.posted.lock().unwrap_or_else(|e| e.into_inner());
+            if p.job.as_ref().is_some_and(|j| j.0 == self.id) {
+                p.job = None;
+                return;
+            }
+            if p.running != Some(self.id) {
+                return;
+            }
+            drop(p);
+            std::hint::spin_loop();
+        }
+    }
+}
+
 /// Calls `f(k)` once for every `k` in `0..n`, spread over this thread and the second one in
 /// claim order.
 pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
@@ -283,6 +355,31 @@ mod tests {
             hits.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(hits.load(Ordering::Relaxed), 10);
+    }
+
+    #[test]
+    fn a_posted_job_has_run_or_never_will_once_its_ticket_is_dropped() {
+        use std::sync::Arc;
+        let mut ran = 0;
+        for round in 0..40 {
+            // 0: not started, 1: running, 2: done.
+            let state = Arc::new(AtomicUsize::new(0));
+            let s = state.clone();
+            let ticket = post(move || {
+                s.store(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_micros(300));
+                s.store(2, Ordering::SeqCst);
+            })
+            .expect("the thread runs");
+            std::thread::sleep(Duration::from_micros(round * 25));
+            drop(ticket);
+            let seen = state.load(Ordering::SeqCst);
+            assert!(seen != 1, "round {round}: dropped while running");
+            std::thread::sleep(Duration::from_millis(2));
+            assert_eq!(state.load(Ordering::SeqCst), seen, "round {round}: ran after its ticket was dropped");
+            ran += (seen == 2) as usize;
+        }
+        assert!(ran > 0, "no posted job ever ran");
     }
 
     #[test]

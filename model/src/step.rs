@@ -21,6 +21,18 @@ pub struct StepInput {
     pub item_pos: Tensor<1, Int>,
     /// 0/1 labels: `[batch]`.
     pub labels: Tensor<1>,
+    /// The next batch's unique items, when the caller knows them: a large item table's rows for
+    /// it are then fetched during this step (see [`Lookahead`]).
+    pub ahead: Option<Lookahead>,
+}
+
+/// A hint from a training loop that knows its next batch.
+#[derive(Debug, Clone)]
+pub struct Lookahead {
+    /// The next batch's unique item rows (host).
+    pub next_items: Vec<i32>,
+    /// The same for every step of the loop: rows fetched in one step wait here for the next.
+    pub gathered: rows::Gathered,
 }
 
 impl StepInput {
@@ -36,6 +48,7 @@ impl StepInput {
             items: packed.clone().slice([b..c]),
             item_pos: packed.clone().slice([c..d]),
             labels: packed.slice([d..d + len]).float(),
+            ahead: None,
         }
     }
 }
@@ -58,7 +71,11 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
     // The tables are read here and updated in place below: no handle to them is kept in
     // between, so backends that update uniquely owned buffers in place (flex) never copy them.
     let user_rows = rows::gather(model.user.val(), input.users.clone()).autodiff().require_grad();
-    let item_rows = rows::gather(model.item.val(), input.items.clone()).autodiff().require_grad();
+    let fetched = input.ahead.as_ref().and_then(|a| a.gathered.take(&model.item.val(), &input.items));
+    let item_rows = fetched.unwrap_or_else(|| rows::gather(model.item.val(), input.items.clone())).autodiff().require_grad();
+    // The next batch's item rows are copied on the second thread during forward and backward; the
+    // copy is over (or dropped) before the update below writes the table.
+    let pending = input.ahead.as_ref().filter(|_| item_beside).map(|a| rows::gather_ahead(&model.item.val(), &input.items, &a.next_items, &a.gathered));
     let head = model.head.clone().map(&mut Track);
     let logits = head.forward_rows(user_rows.clone(), input.user_pos, item_rows.clone(), input.item_pos);
     let loss = match loss {
@@ -75,6 +92,7 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
     let grads = loss.backward();
     let gu = user_rows.grad(&grads).expect("user rows are tracked");
     let gi = item_rows.grad(&grads).expect("item rows are tracked");
+    drop(pending);
     let Ncf { user, item, head: _ } = model;
     let (user, item, head) = if item_beside {
         // Moved out of the parameter, not cloned: the kernel updates the buffer in place only
@@ -145,7 +163,7 @@ mod tests {
     }
 
     #[test]
-    fn a_large_item_table_updated_beside_the_rest_matches_the_composed_ops() {
+    fn a_large_item_table_fetched_ahead_and_updated_beside_the_rest_matches_the_composed_ops() {
         let d = Device::flex();
         // NeuMF factor 8: rows of 40, so 60000 items are past the two-thread threshold.
         let cfg = ModelConfig { kind: ModelKind::Neumf, factors: 8, layers: vec![64, 32, 16, 8], init_std: 0.1, ..Default::default() };
@@ -168,19 +186,28 @@ mod tests {
                 input(&ur, &up, &ir, &ip, &labels, &d)
             })
             .collect();
-        let run = |fused: bool| {
+        let item_rows = |x: &StepInput| x.items.clone().into_data().try_into_vec_as::<i32>().unwrap();
+        let run = |fused: bool, ahead: bool| {
             let mut model = Ncf::init(&cfg, n_users, n_items, 3, &d);
             let mut optim = Optimizer::new(OptimConfig { fused, lr: 0.01, l2: 1e-4, ..Default::default() });
+            let gathered = rows::Gathered::default();
             let mut losses = Vec::new();
-            for x in &batches {
+            for (k, x) in batches.iter().enumerate() {
                 assert!(rows::update_beside(&model.item.val(), x.items.dims()[0]), "the path under test runs when fused");
-                let (m, loss) = train_step(model, &mut optim, x.clone(), LossKind::Bce, 1);
+                let mut x = x.clone();
+                if ahead && let Some(next) = batches.get(k + 1) {
+                    x.ahead = Some(Lookahead { next_items: item_rows(next), gathered: gathered.clone() });
+                }
+                let (m, loss) = train_step(model, &mut optim, x, LossKind::Bce, 1);
                 model = m;
                 losses.push(loss.into_scalar::<f32>());
             }
             (rows(model.user.val()), rows(model.item.val()), losses)
         };
-        let (fused, composed) = (run(true), run(false));
+        // Fetching the next batch's rows ahead changes nothing (consecutive batches share rows).
+        let fused = run(true, true);
+        assert_eq!(fused, run(true, false));
+        let composed = run(false, false);
         let close = |a: f32, b: f32| (a - b).abs() <= 1e-6 + 1e-5 * b.abs();
         assert!(fused.2.iter().zip(&composed.2).all(|(a, b)| close(*a, *b)), "losses {:?} vs {:?}", fused.2, composed.2);
         for (what, a, b) in [("user", &fused.0, &composed.0), ("item", &fused.1, &composed.1)] {

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ncf_datasets::{BatchBuilder, EpochSamples, NegativeSampler, SampledCandidates, Split};
 use ncf_model::eval::{RankingChunk, full_ranking_rows, full_ranking_sums, sampled_rows, sampled_sums};
+use ncf_model::step::Lookahead;
 use ncf_model::{LossKind, Ncf, Optimizer, StepInput, train_step};
 
 use crate::backend;
@@ -181,14 +182,20 @@ pub(crate) fn run_epoch(
         });
         let mut seen = 0usize;
         let mut step = 0usize;
+        // One batch ahead: the step fetches the next batch's rows of a large item table while it
+        // computes (ncf_model::step::Lookahead).
+        let gathered = ncf_model::rows::Gathered::default();
+        let mut next = rx.recv().ok();
         loop {
             let t_wait = Instant::now();
-            let Ok(batch) = rx.recv() else { break };
+            let Some(batch) = next.take() else { break };
+            next = rx.recv().ok();
             prof.wait_batches += t_wait.elapsed().as_secs_f64();
             let t_step = Instant::now();
             let n = batch.packed.len();
             let packed = Tensor::<1, Int>::from_data(TensorData::new(batch.packed, [n]), device);
-            let input = StepInput::from_packed(packed, batch.n_users, batch.n_items, batch.len);
+            let mut input = StepInput::from_packed(packed, batch.n_users, batch.n_items, batch.len);
+            input.ahead = next.as_ref().map(|b| Lookahead { next_items: b.uniq_items().to_vec(), gathered: gathered.clone() });
             let (m, loss) = train_step(model, optim, input, loss_kind, group);
             model = m;
             let weighted = loss.mul_scalar(batch.len as f32);
