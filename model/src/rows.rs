@@ -225,14 +225,19 @@ pub struct Pending {
 
 /// Starts copying, on the second thread and while this one runs the forward and backward passes,
 /// the rows `next` of `table` that the next step will gather into `into`, noting which of them are
-/// also among this step's `rows` (the update changes those; [`Gathered::take`] reads them again).
-/// Flex, and a table past the caches, whose rows are DRAM misses; elsewhere nothing is done.
-pub fn gather_ahead(table: &Tensor<2>, rows: &Tensor<1, Int>, next: &[i32], into: &Gathered) -> Pending {
+/// also among this step's `rows` (the update changes those; [`Gathered::take`] reads them again);
+/// then it reads this step's `rows` of the table and of its Adam `state` (m, v, last-step stamps)
+/// into its caches, for the update it starts after the backward pass. Flex, and a table past the
+/// caches, whose rows are DRAM misses; elsewhere nothing is done.
+///
+/// # Shapes
+/// - table, m, v: `[n, width]`; last: `[n]`; rows: `[r]`
+pub fn gather_ahead(table: &Tensor<2>, rows: &Tensor<1, Int>, next: &[i32], into: &Gathered, state: Option<(&Tensor<2>, &Tensor<2>, &Tensor<1>)>) -> Pending {
     #[cfg(feature = "flex")]
-    if update_beside(table, next.len()) {
-        return Pending { _ticket: flex::gather_ahead(table, rows, next, into.slot.clone()) };
+    if update_beside(table, rows.dims()[0]) {
+        return Pending { _ticket: flex::gather_ahead(table, rows, next, into.slot.clone(), state) };
     }
-    let _ = (table, rows, next, into);
+    let _ = (table, rows, next, into, state);
     Pending {
         #[cfg(feature = "flex")]
         _ticket: None,
@@ -396,6 +401,7 @@ mod flex {
         rows: &burn::tensor::Tensor<1, burn::tensor::Int>,
         next: &[i32],
         done: std::sync::Arc<std::sync::Mutex<Option<Ahead>>>,
+        state: Option<(&burn::tensor::Tensor<2>, &burn::tensor::Tensor<2>, &burn::tensor::Tensor<1>)>,
     ) -> Option<crate::second_core::Ticket> {
         let [n, w] = table.dims();
         let base = address(table)?;
@@ -403,11 +409,17 @@ mod flex {
         if next.iter().any(|&r| r < 0 || r as usize >= n) {
             return None;
         }
+        // The table's Adam state, when it has the table's shape.
+        let moments = state
+            .filter(|(m, v, last)| m.dims() == [n, w] && v.dims() == [n, w] && last.dims() == [n])
+            .and_then(|(m, v, last)| Some((address(m)?, address(v)?, address(last)?)));
         let next = next.to_vec();
         crate::second_core::post(move || {
-            // SAFETY: the table's buffer holds n × w f32 at `base`; the step finishes this job's
-            // ticket before it writes or drops the table, so the rows read here are stable.
-            let tp = unsafe { std::slice::from_raw_parts(base as *const f32, n * w) };
+            // SAFETY: these buffers hold n × w (table, moments) and n (stamps) f32 at these
+            // addresses; the step drops this job's ticket before it writes or drops any of them,
+            // so they are alive and unchanged while this runs.
+            let rows_of = |at: usize, len: usize| unsafe { std::slice::from_raw_parts(at as *const f32, len) };
+            let tp = rows_of(base, n * w);
             let mut out = Vec::with_capacity(next.len() * w);
             for (i, &row) in next.iter().enumerate() {
                 if let Some(&ahead) = next.get(i + AHEAD) {
@@ -415,9 +427,27 @@ mod flex {
                 }
                 out.extend_from_slice(&tp[row as usize * w..row as usize * w + w]);
             }
-            let now: std::collections::HashSet<usize> = now.into_iter().collect();
-            let stale = next.iter().enumerate().filter(|(_, r)| now.contains(&(**r as usize))).map(|(i, _)| i).collect();
+            let this_step: std::collections::HashSet<usize> = now.iter().copied().collect();
+            let stale = next.iter().enumerate().filter(|(_, r)| this_step.contains(&(**r as usize))).map(|(i, _)| i).collect();
             *done.lock().unwrap_or_else(|e| e.into_inner()) = Some(Ahead { table: base, rows: next, out, stale });
+            // This step's rows of the table and its Adam state, into this core's caches for the
+            // update this thread starts after the backward pass (`beside`), in row order as its
+            // blocks are claimed. Loads, not prefetch hints, which are dropped once too many
+            // misses are in flight.
+            if let Some((m, v, last)) = moments {
+                let (mp, vp, lp) = (rows_of(m, n * w), rows_of(v, n * w), rows_of(last, n));
+                let mut sorted = now;
+                sorted.sort_unstable();
+                let mut sum = 0f32;
+                for &row in &sorted {
+                    for buf in [tp, mp, vp] {
+                        let r = &buf[row * w..row * w + w];
+                        sum += r.iter().step_by(16).sum::<f32>() + r[w - 1];
+                    }
+                    sum += lp[row];
+                }
+                std::hint::black_box(sum);
+            }
         })
     }
 
@@ -856,7 +886,7 @@ mod tests {
         for attempt in 0.. {
             let slot = Gathered::default();
             expect_update(&table, r);
-            let pending = gather_ahead(&table, &ints(&now), &next, &slot);
+            let pending = gather_ahead(&table, &ints(&now), &next, &slot, None);
             std::thread::sleep(std::time::Duration::from_millis(20));
             drop(pending);
             // This step's update, in place, changes its rows after the copy.
@@ -872,7 +902,7 @@ mod tests {
             assert!(attempt < 20, "the rows fetched ahead were never taken");
         }
         let other = Gathered::default();
-        drop(gather_ahead(&table, &ints(&now), &next, &other));
+        drop(gather_ahead(&table, &ints(&now), &next, &other, None));
         assert!(other.take(&table, &ints(&now)).is_none(), "rows other than those fetched");
     }
 

@@ -73,9 +73,14 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
     let user_rows = rows::gather(model.user.val(), input.users.clone()).autodiff().require_grad();
     let fetched = input.ahead.as_ref().and_then(|a| a.gathered.take(&model.item.val(), &input.items));
     let item_rows = fetched.unwrap_or_else(|| rows::gather(model.item.val(), input.items.clone())).autodiff().require_grad();
-    // The next batch's item rows are copied on the second thread during forward and backward; the
-    // copy is over (or dropped) before the update below writes the table.
-    let pending = input.ahead.as_ref().filter(|_| item_beside).map(|a| rows::gather_ahead(&model.item.val(), &input.items, &a.next_items, &a.gathered));
+    // The next batch's item rows are copied, and this batch's rows of the table and its moments
+    // read into the second thread's caches, during forward and backward; that is over (or
+    // dropped) before the update below writes them.
+    let state = optim.item.as_ref().map(|s| (&s.m, &s.v, &s.last));
+    let pending = item_beside.then(|| {
+        let (next, into) = input.ahead.as_ref().map_or((&[][..], rows::Gathered::default()), |a| (&a.next_items[..], a.gathered.clone()));
+        rows::gather_ahead(&model.item.val(), &input.items, next, &into, state)
+    });
     let head = model.head.clone().map(&mut Track);
     let logits = head.forward_rows(user_rows.clone(), input.user_pos, item_rows.clone(), input.item_pos);
     let loss = match loss {
