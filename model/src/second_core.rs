@@ -8,9 +8,9 @@
 //!
 //! [`beside`] starts one piece of work on the thread while the caller does another; what that
 //! piece shares ([`for_each`]) the caller joins as soon as its own piece is done. The step uses it
-//! to start a large item table's update while the head and the user table are updated.
-//! [`post`] hands it a job nobody waits for until its ticket is dropped: the step uses it to copy
-//! the next batch's rows of that table while the forward and backward passes run.
+//! to start the item table's update while the head and the user table are updated. [`post`]
+//! hands it a job nobody waits for until its ticket is dropped: the step uses it to copy the next
+//! batch's rows of that table, and read this batch's, while the forward and backward passes run.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

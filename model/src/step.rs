@@ -65,8 +65,8 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
         rows::expect_update(&model.user.val(), n_users);
         rows::expect_update(&model.item.val(), n_items);
     }
-    // A large item table's update starts on the second thread while this one updates the head
-    // and the user table, then joins it.
+    // With enough rows, the item table's update starts on the second thread while this one
+    // updates the head and the user table (and joins it, on a table past the caches).
     let item_beside = fused_adam && rows::update_beside(&model.item.val(), n_items);
     // The tables are read here and updated in place below: no handle to them is kept in
     // between, so backends that update uniquely owned buffers in place (flex) never copy them.
@@ -168,11 +168,18 @@ mod tests {
     }
 
     #[test]
-    fn a_large_item_table_fetched_ahead_and_updated_beside_the_rest_matches_the_composed_ops() {
+    fn an_item_table_fetched_ahead_and_updated_beside_the_rest_matches_the_composed_ops() {
+        // NeuMF factor 8: rows of 40, so 60000 items are past the two-thread split's threshold;
+        // 3000 are not, but a batch still holds over 1024 of them.
+        for n_items in [3000, 60_000] {
+            item_table_fetched_ahead_and_updated_beside(n_items);
+        }
+    }
+
+    fn item_table_fetched_ahead_and_updated_beside(n_items: usize) {
         let d = Device::flex();
-        // NeuMF factor 8: rows of 40, so 60000 items are past the two-thread threshold.
         let cfg = ModelConfig { kind: ModelKind::Neumf, factors: 8, layers: vec![64, 32, 16, 8], init_std: 0.1, ..Default::default() };
-        let (n_users, n_items, batch) = (300, 60_000, 2048);
+        let (n_users, batch) = (300, 2048);
         let batches: Vec<StepInput> = (0..4u64)
             .map(|s| {
                 use rand::{RngExt, SeedableRng};
