@@ -6,13 +6,14 @@
 //! gather or the update shares its rows with it ([`for_each`]). While steps keep coming it thus
 //! stays busy on the second core; it parks within milliseconds once they stop (evaluation, I/O).
 //!
-//! [`beside`] runs one piece of work on the thread while the caller does another: the step
-//! updates the item table there while it updates the head and the user table. [`post`]
+//! [`beside`] starts one piece of work on the thread while the caller does another; what that
+//! piece shares ([`for_each`]) the caller joins as soon as its own piece is done. The step uses it
+//! to start the item table's update while the head and the user table are updated. [`post`]
 //! hands it a job nobody waits for until its ticket is dropped: the step uses it to copy the next
 //! batch's rows of that table, and read this batch's, while the forward and backward passes run.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,11 @@ struct Shared {
     epoch: Instant,
     /// One caller at a time; others run their second half themselves.
     busy: Mutex<()>,
+    /// Work the thread shares back while running a [`beside`] job (a [`share`] made on the
+    /// thread itself): the caller joins it once its own half is done.
+    help: Mutex<Option<JobRef>>,
+    /// How many runs of the `help` job are under way on the caller's thread.
+    helping: AtomicUsize,
     /// A job nobody waits for until its [`Ticket`] is finished (see [`post`]).
     posted: Mutex<PostedSlot>,
 }
@@ -110,6 +116,8 @@ fn shared() -> Option<&'static Shared> {
             spin_until: AtomicU64::new(0),
             epoch: Instant::now(),
             busy: Mutex::new(()),
+            help: Mutex::new(None),
+            helping: AtomicUsize::new(0),
             posted: Mutex::new(PostedSlot::default()),
         }));
         let run = move || {
@@ -129,22 +137,26 @@ pub fn expect_work(within: Duration) {
     }
 }
 
-/// Runs `work` here and, at the same time, on the second thread; returns once this thread's call
-/// has returned and the second thread's has too, or never started (taken back: a descheduled
+/// Runs `work` here and, at the same time, on the other thread; returns once this thread's call
+/// has returned and the other thread's has too, or never started (taken back: a descheduled
 /// helper never holds the caller up). `work` must split its work with the other call through
 /// shared state (e.g. an atomic cursor over chunks); each call should run until none is left.
-/// A panic on the second thread is raised here. On the second thread itself (inside a [`beside`]
-/// job) `work` just runs there: the other thread is busy with its own half.
+/// A panic on the second thread is raised here.
+///
+/// Called on the second thread itself (inside a [`beside`] job), the other thread is the one
+/// that called `beside`, which joins `work` once its own half is done.
 pub fn share(work: &(dyn Fn() + Sync)) {
+    let Some(s) = shared() else { return work() };
     if SECOND.with(|c| c.get()) {
-        return work();
+        return s.share_back(work);
     }
     with_helper(work, work);
 }
 
 /// Runs `there` on the second thread while `here` runs on this one, and returns both results;
-/// `there` runs here if the thread has not started it by the time `here` is done. For two pieces
-/// of work that may run at once, such as updating two tables.
+/// `there` runs here if the thread has not started it by the time `here` is done. Work that
+/// `there` shares ([`share`], [`for_each`]) is joined by this thread after `here`. For unequal
+/// pieces of work that may run at once, such as updating two tables.
 pub fn beside<A: Send, B>(there: impl FnOnce() -> A + Send, here: impl FnOnce() -> B) -> (A, B) {
     let there = Mutex::new(Some(there));
     let out = Mutex::new(None);
@@ -161,8 +173,51 @@ pub fn beside<A: Send, B>(there: impl FnOnce() -> A + Send, here: impl FnOnce() 
     (a, b)
 }
 
+impl Shared {
+    /// [`share`] on the second thread: offers `work` to the thread waiting in [`with_helper`].
+    fn share_back(&self, work: &(dyn Fn() + Sync)) {
+        // SAFETY: as in `with_helper`: `work` is taken back under the lock below, and this
+        // function does not return before every run the other thread started has ended.
+        let job: JobRef = unsafe { std::mem::transmute::<&(dyn Fn() + Sync), JobRef>(work) };
+        *self.help.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
+        struct Withdraw<'a>(&'a Shared);
+        impl Drop for Withdraw<'_> {
+            fn drop(&mut self) {
+                self.0.help.lock().unwrap_or_else(|e| e.into_inner()).take();
+                while self.0.helping.load(Ordering::Acquire) > 0 {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+        let withdraw = Withdraw(self);
+        work();
+        drop(withdraw);
+    }
+
+    /// Runs the work the second thread shares back, if any, once.
+    fn join_help(&self) {
+        let job = {
+            let slot = self.help.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(job) = *slot else { return };
+            self.helping.fetch_add(1, Ordering::AcqRel);
+            job
+        };
+        struct Done<'a>(&'a Shared);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.helping.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let _done = Done(self);
+        // Raised by `with_helper` once the second thread is done with the caller's stack.
+        if catch_unwind(AssertUnwindSafe(job)).is_err() {
+            self.panicked.store(true, Ordering::Release);
+        }
+    }
+}
+
 /// Hands `job` to the second thread, runs `here` on this one, then takes `job` back if the
-/// thread has not started it, or waits until it has finished.
+/// thread has not started it, or joins what it shares back and waits until it has finished.
 fn with_helper<R>(job: &(dyn Fn() + Sync), here: impl FnOnce() -> R) -> R {
     let Some(s) = shared() else { return here() };
     let Ok(_busy) = s.busy.try_lock() else { return here() };
@@ -182,6 +237,7 @@ fn with_helper<R>(job: &(dyn Fn() + Sync), here: impl FnOnce() -> R) -> R {
                 return;
             }
             while !self.0.done.load(Ordering::Acquire) {
+                self.0.join_help();
                 std::hint::spin_loop();
             }
         }
@@ -272,14 +328,14 @@ mod tests {
     }
 
     #[test]
-    fn beside_returns_both_results_and_work_shared_inside_it_runs_once() {
+    fn beside_returns_both_results_and_shared_back_work_runs_once() {
         for round in 0..50 {
             expect_work(Duration::from_millis(5));
             let hits: Vec<AtomicUsize> = (0..97).map(|_| AtomicUsize::new(0)).collect();
             let here_hits = AtomicUsize::new(0);
             let (a, b) = beside(
                 || {
-                    // On the second thread this runs there alone; taken back, on both threads.
+                    // On the second thread this is shared back to the caller, which joins it.
                     for_each(hits.len(), |k| {
                         hits[k].fetch_add(1, Ordering::Relaxed);
                     });
@@ -291,7 +347,7 @@ mod tests {
             assert_eq!(here_hits.load(Ordering::Relaxed), 1);
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "round {round}");
         }
-        // A panic in work shared inside it reaches the caller, and the thread keeps working.
+        // A panic in shared-back work reaches the caller, and the thread keeps working.
         let r = catch_unwind(|| beside(|| for_each(64, |k| assert!(k != 40, "boom")), || ()));
         assert!(r.is_err());
         let hits = AtomicUsize::new(0);

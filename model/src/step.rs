@@ -65,8 +65,8 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
         rows::expect_update(&model.user.val(), n_users);
         rows::expect_update(&model.item.val(), n_items);
     }
-    // With enough rows, the item table is updated on the second thread, which read its rows
-    // during forward and backward, while this one updates the head and the user table.
+    // With enough rows, the item table's update starts on the second thread while this one
+    // updates the head and the user table (and joins it, on a table past the caches).
     let item_beside = fused_adam && rows::update_beside(&model.item.val(), n_items);
     // The tables are read here and updated in place below: no handle to them is kept in
     // between, so backends that update uniquely owned buffers in place (flex) never copy them.
