@@ -366,24 +366,38 @@ mod flex {
     /// The fewest rows worth handing to the second thread.
     pub(super) const MIN_SHARED_ROWS: usize = 1024;
 
+    /// Copies rows `idx` of a `w`-wide table into `out` (`idx.len() × w`), prefetching the rows
+    /// ahead: a large table's rows are cache misses.
+    fn copy_rows(tp: &[f32], w: usize, idx: &[usize], out: &mut [f32]) {
+        for (i, (dst, &row)) in out.chunks_exact_mut(w.max(1)).zip(idx).enumerate() {
+            if let Some(&ahead) = idx.get(i + AHEAD) {
+                prefetch(tp.as_ptr().wrapping_add(ahead * w), w * 4);
+            }
+            dst.copy_from_slice(&tp[row * w..row * w + w]);
+        }
+    }
+
     /// Rows fetched ahead by [`super::gather_ahead`]: for which table (its buffer's address)
     /// and rows, the copied rows, and the positions to read again.
     pub(super) struct Ahead {
         table: usize,
-        rows: Vec<i32>,
+        rows: Vec<usize>,
         out: Vec<f32>,
         stale: Vec<usize>,
     }
 
-    /// The first element's address of a flex f32 tensor's buffer, if it is one.
-    fn address<const D: usize>(t: &burn::tensor::Tensor<D>) -> Option<usize> {
+    /// A flex f32 tensor, contiguous, as flex's own tensor (a handle on the same buffer).
+    fn flex_f32<const D: usize>(t: &burn::tensor::Tensor<D>) -> Option<FlexTensor> {
         use burn::backend::{BackendTensor, DispatchTensorKind};
         match t.clone().into_dispatch().kind {
-            DispatchTensorKind::Flex(BackendTensor::Float(f)) if f.dtype() == DType::F32 && f.is_contiguous() => {
-                Some(f.storage::<f32>().as_ptr() as usize + f.layout().start_offset() * 4)
-            }
+            DispatchTensorKind::Flex(BackendTensor::Float(f)) if f.dtype() == DType::F32 && f.is_contiguous() => Some(f),
             _ => None,
         }
+    }
+
+    /// The address of a flex tensor's first element.
+    fn address(f: &FlexTensor) -> usize {
+        f.storage::<f32>().as_ptr() as usize + f.layout().start_offset() * 4
     }
 
     /// The values of a flex int tensor of row indices.
@@ -404,7 +418,7 @@ mod flex {
         state: Option<(&burn::tensor::Tensor<2>, &burn::tensor::Tensor<2>, &burn::tensor::Tensor<1>)>,
     ) -> Option<crate::second_core::Ticket> {
         let [n, w] = table.dims();
-        let base = address(table)?;
+        let base = address(&flex_f32(table)?);
         let now = host_rows(rows, n)?;
         if next.iter().any(|&r| r < 0 || r as usize >= n) {
             return None;
@@ -412,23 +426,18 @@ mod flex {
         // The table's Adam state, when it has the table's shape.
         let moments = state
             .filter(|(m, v, last)| m.dims() == [n, w] && v.dims() == [n, w] && last.dims() == [n])
-            .and_then(|(m, v, last)| Some((address(m)?, address(v)?, address(last)?)));
-        let next = next.to_vec();
+            .and_then(|(m, v, last)| Some((address(&flex_f32(m)?), address(&flex_f32(v)?), address(&flex_f32(last)?))));
+        let next: Vec<usize> = next.iter().map(|&r| r as usize).collect();
         crate::second_core::post(move || {
             // SAFETY: these buffers hold n × w (table, moments) and n (stamps) f32 at these
             // addresses; the step drops this job's ticket before it writes or drops any of them,
             // so they are alive and unchanged while this runs.
             let rows_of = |at: usize, len: usize| unsafe { std::slice::from_raw_parts(at as *const f32, len) };
             let tp = rows_of(base, n * w);
-            let mut out = Vec::with_capacity(next.len() * w);
-            for (i, &row) in next.iter().enumerate() {
-                if let Some(&ahead) = next.get(i + AHEAD) {
-                    prefetch(tp.as_ptr().wrapping_add(ahead as usize * w), w * 4);
-                }
-                out.extend_from_slice(&tp[row as usize * w..row as usize * w + w]);
-            }
+            let mut out = vec![0f32; next.len() * w];
+            copy_rows(tp, w, &next, &mut out);
             let this_step: std::collections::HashSet<usize> = now.iter().copied().collect();
-            let stale = next.iter().enumerate().filter(|(_, r)| this_step.contains(&(**r as usize))).map(|(i, _)| i).collect();
+            let stale = next.iter().enumerate().filter(|(_, r)| this_step.contains(r)).map(|(i, _)| i).collect();
             *done.lock().unwrap_or_else(|e| e.into_inner()) = Some(Ahead { table: base, rows: next, out, stale });
             // This step's rows of the table and its Adam state, into this core's caches for the
             // update this thread starts after the backward pass (`beside`), in row order as its
@@ -454,25 +463,18 @@ mod flex {
     /// See [`super::Gathered::take`].
     pub(super) fn take_ahead(ahead: Ahead, table: &burn::tensor::Tensor<2>, rows: &burn::tensor::Tensor<1, burn::tensor::Int>) -> Option<burn::tensor::Tensor<2>> {
         let [n, w] = table.dims();
-        if address(table)? != ahead.table {
+        let t = flex_f32(table)?;
+        if address(&t) != ahead.table || host_rows(rows, n)? != ahead.rows {
             return None;
         }
-        let want = host_rows(rows, n)?;
-        if want.len() != ahead.rows.len() || want.iter().zip(&ahead.rows).any(|(&a, &b)| a != b as usize) {
-            return None;
-        }
+        let (tp, start) = (t.storage::<f32>(), t.layout().start_offset());
         let mut out = ahead.out;
-        {
-            use burn::backend::{BackendTensor, DispatchTensorKind};
-            let DispatchTensorKind::Flex(BackendTensor::Float(t)) = table.clone().into_dispatch().kind else { return None };
-            let tp = t.storage::<f32>();
-            let start = t.layout().start_offset();
-            for &i in &ahead.stale {
-                let row = want[i];
-                out[i * w..i * w + w].copy_from_slice(&tp[start + row * w..start + row * w + w]);
-            }
+        for &i in &ahead.stale {
+            let row = start + ahead.rows[i] * w;
+            out[i * w..i * w + w].copy_from_slice(&tp[row..row + w]);
         }
-        Some(burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(out, [want.len(), w]), &table.device()))
+        drop(t);
+        Some(burn::tensor::Tensor::from_data(burn::tensor::TensorData::new(out, [ahead.rows.len(), w]), &table.device()))
     }
 
     /// Pieces a split gather or update is cut into, claimed one at a time by either thread.
@@ -623,14 +625,7 @@ mod flex {
             let idx = indices(&rows, n);
             let tp = table.storage::<f32>();
             let mut out = vec![0f32; idx.len() * w];
-            let copy = |out: &mut [f32], idx: &[usize]| {
-                for (i, (dst, &row)) in out.chunks_exact_mut(w.max(1)).zip(idx).enumerate() {
-                    if let Some(&ahead) = idx.get(i + AHEAD) {
-                        prefetch(tp.as_ptr().wrapping_add(ahead * w), w * 4);
-                    }
-                    dst.copy_from_slice(&tp[row * w..row * w + w]);
-                }
-            };
+            let copy = |out: &mut [f32], idx: &[usize]| copy_rows(tp, w, idx, out);
             if split_worthwhile(n, w, idx.len()) {
                 // Rows of a large table are DRAM misses: chunks of them on both threads.
                 let chunk = idx.len().div_ceil(BLOCKS);

@@ -38,7 +38,7 @@ struct Shared {
     help: Mutex<Option<JobRef>>,
     /// How many runs of the `help` job are under way on the caller's thread.
     helping: AtomicUsize,
-    /// A job nobody waits for until its [`Ticket`] is finished (see [`post`]).
+    /// A job nobody waits for until its [`Ticket`] is dropped (see [`post`]).
     posted: Mutex<PostedSlot>,
 }
 
@@ -176,9 +176,9 @@ pub fn beside<A: Send, B>(there: impl FnOnce() -> A + Send, here: impl FnOnce() 
 impl Shared {
     /// [`share`] on the second thread: offers `work` to the thread waiting in [`with_helper`].
     fn share_back(&self, work: &(dyn Fn() + Sync)) {
-        // SAFETY: as in `with_helper`: `work` is taken back under the lock below, and this
-        // function does not return before every run the other thread started has ended.
-        let job: JobRef = unsafe { std::mem::transmute::<&(dyn Fn() + Sync), JobRef>(work) };
+        // SAFETY: `work` is taken back under the lock below, and this function does not return
+        // before every run the other thread started has ended.
+        let job = unsafe { erase(work) };
         *self.help.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
         struct Withdraw<'a>(&'a Shared);
         impl Drop for Withdraw<'_> {
@@ -216,15 +216,23 @@ impl Shared {
     }
 }
 
+/// `job`, which borrows from the caller, as 'static, to cross to the other thread.
+///
+/// # Safety
+/// The caller must not return or unwind before the other thread's last use of it.
+unsafe fn erase(job: &(dyn Fn() + Sync)) -> JobRef {
+    // SAFETY: only the lifetime changes; the caller keeps the borrow alive (see above).
+    unsafe { std::mem::transmute::<&(dyn Fn() + Sync), JobRef>(job) }
+}
+
 /// Hands `job` to the second thread, runs `here` on this one, then takes `job` back if the
 /// thread has not started it, or joins what it shares back and waits until it has finished.
 fn with_helper<R>(job: &(dyn Fn() + Sync), here: impl FnOnce() -> R) -> R {
     let Some(s) = shared() else { return here() };
     let Ok(_busy) = s.busy.try_lock() else { return here() };
-    // SAFETY: `job` borrows from the caller. It is erased to 'static only to cross to the
-    // thread, and this function does not return or unwind past `Wait` before the thread either
+    // SAFETY: this function does not return or unwind past `Wait` before the thread either
     // never took the job (taken back below) or has set `done` after its last use of it.
-    let job: JobRef = unsafe { std::mem::transmute::<&(dyn Fn() + Sync), JobRef>(job) };
+    let job = unsafe { erase(job) };
     s.done.store(false, Ordering::Release);
     *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
     s.wake.notify_one();
