@@ -193,6 +193,11 @@ impl Optimizer {
         AdamRows { table, m: state.m, v: state.v, last: state.last }
     }
 
+    /// A table's Adam state, created (zero) on first use.
+    pub(crate) fn row_state(&mut self, side: TableSide, table: &Tensor<2>) -> &RowMoments {
+        self.slot(side).get_or_insert_with(|| RowMoments::zeros_like(table))
+    }
+
     /// Stores an updated table's Adam state; returns the table.
     pub(crate) fn put_rows(&mut self, side: TableSide, out: AdamRows) -> Tensor<2> {
         *self.slot(side) = Some(RowMoments { m: out.m, v: out.v, last: out.last });

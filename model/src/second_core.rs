@@ -9,8 +9,10 @@
 //! [`beside`] starts one piece of work on the thread while the caller does another; what that
 //! piece shares ([`for_each`]) the caller joins as soon as its own piece is done. The step uses it
 //! to start the item table's update while the head and the user table are updated. [`post`]
-//! hands it a job nobody waits for until its ticket is dropped: the step uses it to copy the next
+//! queues a job nobody waits for until its ticket is dropped: the step uses it to copy the next
 //! batch's rows of that table, and read this batch's, while the forward and backward passes run.
+//! [`post_owed`] queues one that must run: a large item table's update, left running into the
+//! next step (`rows::Pipeline`).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -42,10 +44,11 @@ struct Shared {
     posted: Mutex<PostedSlot>,
 }
 
-/// The slot of [`post`]: the job not yet started and the one running, each with its post's id.
+/// The queue of [`post`] and [`post_owed`]: jobs not yet started, in order, and the one
+/// running, each with its post's id.
 #[derive(Default)]
 struct PostedSlot {
-    job: Option<(u64, Box<dyn FnOnce() + Send>)>,
+    jobs: std::collections::VecDeque<(u64, Box<dyn FnOnce() + Send>)>,
     running: Option<u64>,
     last_id: u64,
 }
@@ -70,14 +73,14 @@ impl Shared {
                     }
                     let posted = {
                         let mut p = self.posted.lock().unwrap_or_else(|e| e.into_inner());
-                        let job = p.job.take();
+                        let job = p.jobs.pop_front();
                         p.running = job.as_ref().map(|j| j.0);
                         job
                     };
                     if let Some((_, posted)) = posted {
                         drop(slot);
-                        // Its ticket's owner waits for it and cannot be told of a panic: a posted
-                        // job has nothing to report (see `post`).
+                        // Its ticket's owner waits for it and cannot be told of a panic here: a
+                        // posted job reports through its own state (see `post`, `post_owed`).
                         let _ = catch_unwind(AssertUnwindSafe(posted));
                         self.posted.lock().unwrap_or_else(|e| e.into_inner()).running = None;
                         slot = self.job.lock().unwrap_or_else(|e| e.into_inner());
@@ -259,24 +262,62 @@ fn with_helper<R>(job: &(dyn Fn() + Sync), here: impl FnOnce() -> R) -> R {
     r
 }
 
-/// Hands `job` to the second thread to run as soon as it has nothing else to do, and returns at
-/// once; `None` (and `job` not run) where there is no thread. The caller must drop the [`Ticket`]
-/// before anything `job` reads may change or go away: that waits if it is running and cancels it
-/// if it has not started. For work whose result is optional, such as fetching rows ahead; a panic
-/// in it only means no result. A later post replaces a job not yet started.
+/// Hands `job` to the second thread to run after the jobs posted before it, and returns at once;
+/// `None` (and `job` not run) where there is no thread. The caller must drop the [`Ticket`] before
+/// anything `job` reads may change or go away: that waits if it is running and cancels it if it
+/// has not started. For work whose result is optional, such as fetching rows ahead; a panic in it
+/// only means no result.
 pub fn post(job: impl FnOnce() + Send + 'static) -> Option<Ticket> {
-    let s = shared()?;
-    let id = {
-        let mut p = s.posted.lock().unwrap_or_else(|e| e.into_inner());
-        p.last_id += 1;
-        let id = p.last_id;
-        p.job = Some((id, Box::new(job)));
-        id
+    Some(Ticket { id: enqueue(Box::new(job))? })
+}
+
+/// Like [`post`], for work that must happen: dropping the [`Owed`] runs `job` on the caller if
+/// the thread has not started it, else waits for it to finish. Where there is no thread, `job`
+/// runs before this returns (and `None` is returned). For an update whose effect the caller
+/// needs later but not now; `job` reports a panic through its own state.
+pub fn post_owed(job: impl FnOnce() + Send + 'static) -> Option<Owed> {
+    let job: Box<dyn FnOnce() + Send> = Box::new(job);
+    let Some(s) = shared() else {
+        job();
+        return None;
     };
-    // Under the job lock, so the thread cannot check the slots and park in between.
-    let _slot = s.job.lock().unwrap_or_else(|e| e.into_inner());
-    s.wake.notify_one();
-    Some(Ticket { id })
+    Some(Owed { id: s.enqueue(job) })
+}
+
+fn enqueue(job: Box<dyn FnOnce() + Send>) -> Option<u64> {
+    Some(shared()?.enqueue(job))
+}
+
+impl Shared {
+    fn enqueue(&self, job: Box<dyn FnOnce() + Send>) -> u64 {
+        let id = {
+            let mut p = self.posted.lock().unwrap_or_else(|e| e.into_inner());
+            p.last_id += 1;
+            let id = p.last_id;
+            p.jobs.push_back((id, job));
+            id
+        };
+        // Under the job lock, so the thread cannot check the queue and park in between.
+        let _slot = self.job.lock().unwrap_or_else(|e| e.into_inner());
+        self.wake.notify_one();
+        id
+    }
+
+    /// Waits until job `id` is neither queued nor running; a job still queued is taken out and
+    /// returned (not run).
+    fn settle(&self, id: u64) -> Option<Box<dyn FnOnce() + Send>> {
+        loop {
+            let mut p = self.posted.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(k) = p.jobs.iter().position(|j| j.0 == id) {
+                return p.jobs.remove(k).map(|j| j.1);
+            }
+            if p.running != Some(id) {
+                return None;
+            }
+            drop(p);
+            std::hint::spin_loop();
+        }
+    }
 }
 
 /// A posted job's claim: dropping it leaves the job either done or never run.
@@ -287,18 +328,30 @@ pub struct Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let Some(s) = shared() else { return };
-        loop {
-            let mut p = s.posted.lock().unwrap_or_else(|e| e.into_inner());
-            if p.job.as_ref().is_some_and(|j| j.0 == self.id) {
-                p.job = None;
-                return;
-            }
-            if p.running != Some(self.id) {
-                return;
-            }
-            drop(p);
-            std::hint::spin_loop();
+        if let Some(s) = shared() {
+            drop(s.settle(self.id));
+        }
+    }
+}
+
+/// An owed job's claim ([`post_owed`]): dropping it leaves the job done.
+#[must_use = "an owed job may still be running until this is dropped"]
+pub struct Owed {
+    id: u64,
+}
+
+impl Owed {
+    /// Whether the thread has yet to start the job; does not wait.
+    pub fn is_queued(&self) -> bool {
+        let Some(s) = shared() else { return false };
+        s.posted.lock().unwrap_or_else(|e| e.into_inner()).jobs.iter().any(|j| j.0 == self.id)
+    }
+}
+
+impl Drop for Owed {
+    fn drop(&mut self) {
+        if let Some(job) = shared().and_then(|s| s.settle(self.id)) {
+            job();
         }
     }
 }

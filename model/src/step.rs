@@ -26,13 +26,15 @@ pub struct StepInput {
     pub ahead: Option<Lookahead>,
 }
 
-/// A hint from a training loop that knows its next batch.
+/// What a training loop hands every step when it knows the batch after it.
 #[derive(Debug, Clone)]
 pub struct Lookahead {
-    /// The next batch's unique item rows (host).
-    pub next_items: Vec<i32>,
-    /// The same for every step of the loop: rows fetched in one step wait here for the next.
-    pub gathered: rows::Gathered,
+    /// The next batch's unique item rows (host); `None` on the loop's last step.
+    pub next_items: Option<Vec<i32>>,
+    /// The same for every step of the loop: rows fetched in one step wait here for the next,
+    /// and a large item table's update runs on here while the next step computes. The loop
+    /// calls [`rows::Pipeline::finish`] before it reads the model or the optimizer.
+    pub pipeline: rows::Pipeline,
 }
 
 impl StepInput {
@@ -71,15 +73,27 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
     // The tables are read here and updated in place below: no handle to them is kept in
     // between, so backends that update uniquely owned buffers in place (flex) never copy them.
     let user_rows = rows::gather(model.user.val(), input.users.clone()).autodiff().require_grad();
-    let fetched = input.ahead.as_ref().and_then(|a| a.gathered.take(&model.item.val(), &input.items));
+    let pipeline = input.ahead.as_ref().map(|a| &a.pipeline);
+    let next_items = input.ahead.as_ref().and_then(|a| a.next_items.as_deref());
+    // The previous step's item update may still be running (deferred below): it wrote this
+    // step's rows first.
+    let fetched = pipeline.and_then(|p| {
+        p.rows_ready(&input.items);
+        p.take(&model.item.val(), &input.items)
+    });
+    if fetched.is_none()
+        && let Some(p) = pipeline
+    {
+        p.finish();
+    }
     let item_rows = fetched.unwrap_or_else(|| rows::gather(model.item.val(), input.items.clone())).autodiff().require_grad();
     // The next batch's item rows are copied, and this batch's rows of the table and its moments
     // read into the second thread's caches, during forward and backward; that is over (or
     // dropped) before the update below writes them.
     let state = optim.item.as_ref().map(|s| (&s.m, &s.v, &s.last));
     let pending = item_beside.then(|| {
-        let (next, into) = input.ahead.as_ref().map_or((&[][..], rows::Gathered::default()), |a| (&a.next_items[..], a.gathered.clone()));
-        rows::gather_ahead(&model.item.val(), &input.items, next, &into, state)
+        let into = pipeline.cloned().unwrap_or_default();
+        rows::gather_ahead(&model.item.val(), &input.items, next_items.unwrap_or_default(), &into, state)
     });
     let head = model.head.clone().map(&mut Track);
     let logits = head.forward_rows(user_rows.clone(), input.user_pos, item_rows.clone(), input.item_pos);
@@ -98,26 +112,42 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
     let gu = user_rows.grad(&grads).expect("user rows are tracked");
     let gi = item_rows.grad(&grads).expect("item rows are tracked");
     drop(pending);
+    // With the next batch known, a large item table's update is left running on the second
+    // thread, its rows in the next batch first, while the head and the user table are updated
+    // here and the next step starts. `None`: deferred.
+    let gi = match (pipeline, next_items) {
+        (Some(p), Some(next)) if item_beside => {
+            let step = optim.row_step();
+            let state = optim.row_state(TableSide::Item, &model.item.val());
+            p.defer_adam(&model.item.val(), (&state.m, &state.v, &state.last), &input.items, gi, step, next).err()
+        }
+        _ => {
+            // Nothing else may write the table while this step's update does.
+            pipeline.inspect(|p| p.finish());
+            Some(gi)
+        }
+    };
     let Ncf { user, item, head: _ } = model;
-    let (user, item, head) = if item_beside {
-        // Moved out of the parameter, not cloned: the kernel updates the buffer in place only
-        // while it holds the one handle to it.
-        let (id, table, mapper) = item.consume();
-        let (state, step) = (optim.take_rows(TableSide::Item, table), optim.row_step());
-        let items = input.items;
-        let (out, (head, user)) = rows::beside(
-            move || rows::adam_rows(state, items, gi, step),
-            || {
-                let head = head.map(&mut HeadUpdate::new(optim, &grads));
-                (head, user.map(|table| optim.update_rows(TableSide::User, table, input.users, gu)))
-            },
-        );
-        let table = optim.put_rows(TableSide::Item, out);
-        (user, Param::from_mapped_value(id, table, mapper), head)
-    } else {
+    let head_and_user = |optim: &mut Optimizer| {
         let head = head.map(&mut HeadUpdate::new(optim, &grads));
-        let user = user.map(|table| optim.update_rows(TableSide::User, table, input.users, gu));
-        (user, item.map(|table| optim.update_rows(TableSide::Item, table, input.items, gi)), head)
+        (head, user.map(|table| optim.update_rows(TableSide::User, table, input.users, gu)))
+    };
+    let ((head, user), item) = match gi {
+        None => (head_and_user(optim), item),
+        Some(gi) if item_beside => {
+            // Moved out of the parameter, not cloned: the kernel updates the buffer in place only
+            // while it holds the one handle to it.
+            let (id, table, mapper) = item.consume();
+            let (state, step) = (optim.take_rows(TableSide::Item, table), optim.row_step());
+            let items = input.items;
+            let (out, head_user) = rows::beside(move || rows::adam_rows(state, items, gi, step), || head_and_user(optim));
+            let table = optim.put_rows(TableSide::Item, out);
+            (head_user, Param::from_mapped_value(id, table, mapper))
+        }
+        Some(gi) => {
+            let head_user = head_and_user(optim);
+            (head_user, item.map(|table| optim.update_rows(TableSide::Item, table, input.items, gi)))
+        }
     };
     (Ncf { user, item, head }, loss.detach().inner())
 }
@@ -202,18 +232,19 @@ mod tests {
         let run = |fused: bool, ahead: bool| {
             let mut model = Ncf::init(&cfg, n_users, n_items, 3, &d);
             let mut optim = Optimizer::new(OptimConfig { fused, lr: 0.01, l2: 1e-4, ..Default::default() });
-            let gathered = rows::Gathered::default();
+            let pipeline = rows::Pipeline::default();
             let mut losses = Vec::new();
             for (k, x) in batches.iter().enumerate() {
                 assert!(rows::update_beside(&model.item.val(), x.items.dims()[0]), "the path under test runs when fused");
                 let mut x = x.clone();
-                if ahead && let Some(next) = batches.get(k + 1) {
-                    x.ahead = Some(Lookahead { next_items: item_rows(next), gathered: gathered.clone() });
+                if ahead {
+                    x.ahead = Some(Lookahead { next_items: batches.get(k + 1).map(item_rows), pipeline: pipeline.clone() });
                 }
                 let (m, loss) = train_step(model, &mut optim, x, LossKind::Bce, 1);
                 model = m;
                 losses.push(loss.into_scalar::<f32>());
             }
+            pipeline.finish();
             (rows(model.user.val()), rows(model.item.val()), losses)
         };
         // Fetching the next batch's rows ahead changes nothing (consecutive batches share rows).

@@ -183,8 +183,9 @@ pub(crate) fn run_epoch(
         let mut seen = 0usize;
         let mut step = 0usize;
         // One batch ahead: the step fetches the next batch's rows of a large item table while it
-        // computes (ncf_model::step::Lookahead).
-        let gathered = ncf_model::rows::Gathered::default();
+        // computes, and leaves that table's update running into the next step
+        // (ncf_model::step::Lookahead).
+        let pipeline = ncf_model::rows::Pipeline::default();
         let mut next = rx.recv().ok();
         loop {
             let t_wait = Instant::now();
@@ -195,7 +196,7 @@ pub(crate) fn run_epoch(
             let n = batch.packed.len();
             let packed = Tensor::<1, Int>::from_data(TensorData::new(batch.packed, [n]), device);
             let mut input = StepInput::from_packed(packed, batch.n_users, batch.n_items, batch.len);
-            input.ahead = next.as_ref().map(|b| Lookahead { next_items: b.uniq_items().to_vec(), gathered: gathered.clone() });
+            input.ahead = Some(Lookahead { next_items: next.as_ref().map(|b| b.uniq_items().to_vec()), pipeline: pipeline.clone() });
             let (m, loss) = train_step(model, optim, input, loss_kind, group);
             model = m;
             let weighted = loss.mul_scalar(batch.len as f32);
@@ -214,6 +215,8 @@ pub(crate) fn run_epoch(
                 bar.set_message(format!("loss {:.4}", total / seen as f64));
             }
         }
+        // The model and the optimizer are read after this: no update may still be running.
+        pipeline.finish();
         prof.steps = step as u64;
         model
     });
