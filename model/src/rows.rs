@@ -1106,16 +1106,33 @@ mod tests {
     }
 
     #[cfg(feature = "flex")]
+    fn values(t: Tensor<2>) -> Vec<f32> {
+        t.into_data().try_into_vec_as::<f32>().unwrap()
+    }
+
+    #[cfg(feature = "flex")]
+    fn ints(v: &[i32], d: &Device) -> Tensor<1, Int> {
+        Tensor::from_data(burn::tensor::TensorData::new(v.to_vec(), [v.len()]), d)
+    }
+
+    /// A table of 60,000 rows of 40 values (past the caches), and this step's and the next
+    /// step's 3000 rows: distinct within each, 1 in 11 shared. `(n, w, now, next)`.
+    #[cfg(feature = "flex")]
+    fn two_steps() -> (usize, usize, Vec<i32>, Vec<i32>) {
+        let r = 3000;
+        let now: Vec<i32> = (0..r).map(|k| k * 17).collect();
+        let next: Vec<i32> = (0..r).map(|k| if k % 11 == 0 { k * 17 } else { k * 17 + 5 }).collect();
+        (60_000, 40, now, next)
+    }
+
+    #[cfg(feature = "flex")]
     #[test]
     fn rows_fetched_ahead_are_taken_with_the_updated_rows_read_again() {
-        use burn::tensor::{Distribution, TensorData};
+        use burn::tensor::Distribution;
         let d = Device::flex();
-        let (n, w, r) = (60_000usize, 40, 3000usize);
-        let values = |t: Tensor<2>| t.into_data().try_into_vec_as::<f32>().unwrap();
-        let ints = |v: &[i32]| Tensor::<1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), &d);
-        // This step's rows and the next step's: distinct within each, 1 in 11 shared.
-        let now: Vec<i32> = (0..r as i32).map(|k| k * 17).collect();
-        let next: Vec<i32> = (0..r as i32).map(|k| if k % 11 == 0 { k * 17 } else { k * 17 + 5 }).collect();
+        let (n, w, now, next) = two_steps();
+        let r = now.len();
+        let ints = |v: &[i32]| ints(v, &d);
         let mut table = Tensor::<2>::random([n, w], Distribution::Normal(0.0, 0.1), &d);
         assert!(update_beside(&table, r), "a table past the caches");
         // The copy runs on the second thread; retried in case it had not started before the drop.
@@ -1147,12 +1164,10 @@ mod tests {
     fn a_deferred_update_writes_the_next_rows_first_and_ends_as_the_update_in_place() {
         use burn::tensor::{Distribution, TensorData};
         let d = Device::flex();
-        let (n, w, r) = (60_000usize, 40, 3000usize);
-        let values = |t: Tensor<2>| t.into_data().try_into_vec_as::<f32>().unwrap();
-        let ints = |v: &[i32]| Tensor::<1, Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), &d);
+        let (n, w, now, next) = two_steps();
+        let r = now.len();
+        let ints = |v: &[i32]| ints(v, &d);
         let copy = |t: &Tensor<2>| Tensor::<2>::from_data(t.to_data(), &d);
-        let now: Vec<i32> = (0..r as i32).map(|k| k * 17).collect();
-        let next: Vec<i32> = (0..r as i32).map(|k| if k % 11 == 0 { k * 17 } else { k * 17 + 5 }).collect();
         let table = Tensor::<2>::random([n, w], Distribution::Normal(0.0, 0.1), &d);
         let grad = Tensor::<2>::random([r, w], Distribution::Normal(0.0, 0.1), &d);
         // Rows last updated at different steps, so the catch-up runs too.
