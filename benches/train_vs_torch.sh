@@ -4,6 +4,8 @@
 #   2. Catalogue growth at batch 4096: 10k vs 1M items, per-step time ratio for ncf and for PyTorch.
 # ncf runs its default row-sparse (lazy) Adam on the tables, PyTorch dense torch.optim.Adam; the
 # peer draws uniform random batches, ncf batches from a synthetic epoch (4 negatives per positive).
+# The peer runs once before each of ncf's timed repetitions (interleaved), so that both sides meet
+# the same machine load as it drifts; each figure is the median of REPS runs.
 #
 # usage: benches/train_vs_torch.sh [OUT_DIR]        (default runs/train-vs-torch)
 # env:   NCF     prebuilt binary (default $CARGO_TARGET_DIR/release/ncf, else target/release/ncf)

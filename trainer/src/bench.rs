@@ -292,7 +292,8 @@ fn slice(pool: &EpochSamples, start: usize, len: usize) -> EpochSamples {
 
 /// Training: a fresh model per batch size, warm-up steps, then `reps` timed runs of the training
 /// loop `ncf train` uses (batches built on a background thread), each ending with the loss read.
-fn measure_train(plan: &Plan, v: &Variant, batch: usize, inputs: &Inputs, device: &Device) -> Figure {
+/// `before_rep` runs, untimed, before each timed run (the PyTorch peer's run, interleaved).
+fn measure_train(plan: &Plan, v: &Variant, batch: usize, inputs: &Inputs, device: &Device, before_rep: &mut dyn FnMut()) -> Figure {
     let steps = plan.steps(batch);
     let mut model = Ncf::init(&v.config, plan.users, plan.items, plan.seed, device);
     let mut optim = Optimizer::new(plan.optim.clone());
@@ -308,6 +309,7 @@ fn measure_train(plan: &Plan, v: &Variant, batch: usize, inputs: &Inputs, device
     let mut times = Vec::with_capacity(plan.reps);
     let mut work = 0;
     for r in 0..plan.reps {
+        before_rep();
         let (m, secs, n) = run(model, &mut optim, (plan.warmup_steps + r * steps) * batch, steps);
         model = m;
         times.push(secs);
@@ -425,30 +427,54 @@ fn peer_report(plan: &Plan, peer: &Peer) -> PeerReport {
     }
 }
 
-/// Measures the peer at `batch` (once per run, just before ncf's figure at that batch, so both
-/// see the same machine load), recording a failure in the report instead of failing the run.
-fn peer_at(plan: &Plan, peer: &Peer, report: &mut PeerReport, batch: usize) {
-    if report.error.is_some() || report.figures.iter().any(|f| f.batch == batch) {
-        return;
+/// The peer's runs at one batch, one before each of ncf's timed runs at that batch, so that both
+/// sides meet the same machine load as it drifts (this VM's speed wanders by 10–30 % within
+/// minutes); `None` once the figure is recorded or the peer has failed.
+struct PeerRuns<'a> {
+    peer: &'a Peer,
+    batch: usize,
+    steps: usize,
+    runs: Vec<(f64, f64)>,
+    error: Option<String>,
+}
+
+impl<'a> PeerRuns<'a> {
+    fn new(plan: &Plan, peer: &'a Peer, report: &PeerReport, batch: usize) -> Option<Self> {
+        let pending = report.error.is_none() && !report.figures.iter().any(|f| f.batch == batch);
+        pending.then(|| Self { peer, batch, steps: plan.steps(batch).max(5), runs: Vec::new(), error: None })
     }
-    let steps = plan.steps(batch).max(5);
-    let mut runs = Vec::new();
-    for _ in 0..plan.reps.clamp(1, 3) {
-        match peer.run(batch, steps, plan.users, plan.items) {
-            Ok(r) => runs.push(r),
+
+    /// One peer run; after a failure, nothing.
+    fn run_once(&mut self, plan: &Plan) {
+        if self.error.is_some() {
+            return;
+        }
+        match self.peer.run(self.batch, self.steps, plan.users, plan.items) {
+            Ok(r) => self.runs.push(r),
             Err(e) => {
                 eprintln!("peer: {e:#}");
-                report.error = Some(format!("{e:#}"));
-                return;
+                self.error = Some(format!("{e:#}"));
             }
         }
     }
-    let mut rates: Vec<f64> = runs.iter().map(|r| r.0).collect();
-    let mut ms: Vec<f64> = runs.iter().map(|r| r.1).collect();
-    let (median, min, max) = bench_report::stats(&mut rates);
-    let (ms_median, _, _) = bench_report::stats(&mut ms);
-    println!("{:<8} {:<10} {:<20} {median:>12.0} {:<10}          {ms_median:>10.3} ms/step", report.device, "neumf-f8", format!("train b={batch}"), "samples/s");
-    report.figures.push(PeerFigure { batch, steps, users: plan.users, items: plan.items, reps: rates, median, min, max, ms_median });
+
+    /// Records the figure (or the failure) in `report` and prints the peer's row.
+    fn finish(self, plan: &Plan, report: &mut PeerReport) {
+        if let Some(e) = self.error {
+            report.error = Some(e);
+            return;
+        }
+        if self.runs.is_empty() {
+            return;
+        }
+        let mut rates: Vec<f64> = self.runs.iter().map(|r| r.0).collect();
+        let mut ms: Vec<f64> = self.runs.iter().map(|r| r.1).collect();
+        let (median, min, max) = bench_report::stats(&mut rates);
+        let (ms_median, _, _) = bench_report::stats(&mut ms);
+        let batch = self.batch;
+        println!("{:<8} {:<10} {:<20} {median:>12.0} {:<10}          {ms_median:>10.3} ms/step", report.device, "neumf-f8", format!("train b={batch}"), "samples/s");
+        report.figures.push(PeerFigure { batch, steps: self.steps, users: plan.users, items: plan.items, reps: rates, median, min, max, ms_median });
+    }
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -519,10 +545,20 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             };
             if v.measures.contains(&Part::Train) {
                 for &batch in &plan.batches {
-                    if let (true, Some(cmd), Some(report)) = (paper, &peer_cmd, peer.as_mut()) {
-                        peer_at(&plan, cmd, report, batch);
+                    let mut peer_runs = match (paper, &peer_cmd, &peer) {
+                        (true, Some(cmd), Some(report)) => PeerRuns::new(&plan, cmd, report, batch),
+                        _ => None,
+                    };
+                    let mut before_rep = || {
+                        if let Some(p) = peer_runs.as_mut() {
+                            p.run_once(&plan);
+                        }
+                    };
+                    let measured = guarded(format!("train b={batch}"), &mut || vec![measure_train(&plan, v, batch, &inputs, &selected.device, &mut before_rep)]);
+                    if let (Some(p), Some(report)) = (peer_runs, peer.as_mut()) {
+                        p.finish(&plan, report);
                     }
-                    let Some(mut fs) = guarded(format!("train b={batch}"), &mut || vec![measure_train(&plan, v, batch, &inputs, &selected.device)]) else { break 'variants };
+                    let Some(mut fs) = measured else { break 'variants };
                     if let (true, Some(report)) = (paper, &peer) {
                         fs.iter_mut().for_each(|f| f.attach_peer(report));
                     }
