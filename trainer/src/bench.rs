@@ -292,8 +292,11 @@ fn slice(pool: &EpochSamples, start: usize, len: usize) -> EpochSamples {
 
 /// Training: a fresh model per batch size, warm-up steps, then `reps` timed runs of the training
 /// loop `ncf train` uses (batches built on a background thread), each ending with the loss read.
-/// `before_rep` runs, untimed, before each timed run (the PyTorch peer's run, interleaved).
-fn measure_train(plan: &Plan, v: &Variant, batch: usize, inputs: &Inputs, device: &Device, before_rep: &mut dyn FnMut()) -> Figure {
+/// `before_rep` runs, untimed, before each timed run (the PyTorch peer's run, interleaved); when it
+/// ran something, the timed run's steps first run once untimed, as the peer warms up in each of
+/// its runs: right after a peer that freed a gigabyte, 3 warm-up steps left ncf's repetitions
+/// 15–18 % apart, a full repetition 5–8 %.
+fn measure_train(plan: &Plan, v: &Variant, batch: usize, inputs: &Inputs, device: &Device, before_rep: &mut dyn FnMut() -> bool) -> Figure {
     let steps = plan.steps(batch);
     let mut model = Ncf::init(&v.config, plan.users, plan.items, plan.seed, device);
     let mut optim = Optimizer::new(plan.optim.clone());
@@ -309,8 +312,11 @@ fn measure_train(plan: &Plan, v: &Variant, batch: usize, inputs: &Inputs, device
     let mut times = Vec::with_capacity(plan.reps);
     let mut work = 0;
     for r in 0..plan.reps {
-        before_rep();
-        let (m, secs, n) = run(model, &mut optim, (plan.warmup_steps + r * steps) * batch, steps);
+        let start = (plan.warmup_steps + r * steps) * batch;
+        if before_rep() {
+            model = run(model, &mut optim, start, steps).0;
+        }
+        let (m, secs, n) = run(model, &mut optim, start, steps);
         model = m;
         times.push(secs);
         work = n;
@@ -444,10 +450,10 @@ impl<'a> PeerRuns<'a> {
         pending.then(|| Self { peer, batch, steps: plan.steps(batch).max(5), runs: Vec::new(), error: None })
     }
 
-    /// One peer run; after a failure, nothing.
-    fn run_once(&mut self, plan: &Plan) {
+    /// One peer run; after a failure, nothing. Whether it ran.
+    fn run_once(&mut self, plan: &Plan) -> bool {
         if self.error.is_some() {
-            return;
+            return false;
         }
         match self.peer.run(self.batch, self.steps, plan.users, plan.items) {
             Ok(r) => self.runs.push(r),
@@ -456,6 +462,7 @@ impl<'a> PeerRuns<'a> {
                 self.error = Some(format!("{e:#}"));
             }
         }
+        true
     }
 
     /// Records the figure (or the failure) in `report` and prints the peer's row.
@@ -549,11 +556,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                         (true, Some(cmd), Some(report)) => PeerRuns::new(&plan, cmd, report, batch),
                         _ => None,
                     };
-                    let mut before_rep = || {
-                        if let Some(p) = peer_runs.as_mut() {
-                            p.run_once(&plan);
-                        }
-                    };
+                    let mut before_rep = || peer_runs.as_mut().is_some_and(|p| p.run_once(&plan));
                     let measured = guarded(format!("train b={batch}"), &mut || vec![measure_train(&plan, v, batch, &inputs, &selected.device, &mut before_rep)]);
                     if let (Some(p), Some(report)) = (peer_runs, peer.as_mut()) {
                         p.finish(&plan, report);
