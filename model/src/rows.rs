@@ -201,14 +201,21 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
-    /// The rows `rows` of `table` if they are what was fetched ahead into this slot, with those
-    /// the previous step's update changed read again; `None` otherwise (gather as usual). Call
-    /// [`Pipeline::rows_ready`] first.
+    /// This step's rows `rows` of `table` if they are what was fetched ahead into this slot, with
+    /// those the previous step's update changed read again; first waits, as
+    /// [`Pipeline::rows_ready`], until a deferred update has written them. `None` otherwise, and
+    /// any deferred update is then finished, so that the caller may gather as usual.
     pub fn take(&self, table: &Tensor<2>, rows: &Tensor<1, Int>) -> Option<Tensor<2>> {
         #[cfg(feature = "flex")]
         {
-            let ahead = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take()?;
-            return flex::take_ahead(ahead, table, rows);
+            let want = flex::host_rows(rows, table.dims()[0]);
+            self.ready_for(want.as_deref());
+            let ahead = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let got = ahead.zip(want).and_then(|(ahead, want)| flex::take_ahead(ahead, table, want));
+            if got.is_none() {
+                self.finish();
+            }
+            return got;
         }
         #[allow(unreachable_code)]
         {
@@ -222,15 +229,19 @@ impl Pipeline {
     /// next), else after it has finished.
     pub fn rows_ready(&self, rows: &Tensor<1, Int>) {
         #[cfg(feature = "flex")]
-        {
-            let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(d) = owed.as_mut()
-                && !d.rows_ready(rows)
-            {
-                owed.take().expect("checked above").finish();
-            }
-        }
+        self.ready_for(flex::host_rows(rows, usize::MAX).as_deref());
         let _ = rows;
+    }
+
+    /// [`Pipeline::rows_ready`] for the rows' values (`None`: unknown, so finish).
+    #[cfg(feature = "flex")]
+    fn ready_for(&self, rows: Option<&[usize]>) {
+        let mut owed = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = owed.as_mut()
+            && !rows.is_some_and(|r| d.rows_ready(r))
+        {
+            owed.take().expect("checked above").finish();
+        }
     }
 
     /// Finishes the deferred update, if any: the model's item table and the optimizer's state
@@ -459,7 +470,7 @@ mod flex {
     }
 
     /// The values of a flex int tensor of row indices.
-    fn host_rows(rows: &burn::tensor::Tensor<1, burn::tensor::Int>, n: usize) -> Option<Vec<usize>> {
+    pub(super) fn host_rows(rows: &burn::tensor::Tensor<1, burn::tensor::Int>, n: usize) -> Option<Vec<usize>> {
         use burn::backend::{BackendTensor, DispatchTensorKind};
         match rows.clone().into_dispatch().kind {
             DispatchTensorKind::Flex(BackendTensor::Int(r)) => Some(indices(&r, n)),
@@ -518,11 +529,11 @@ mod flex {
         })
     }
 
-    /// See [`super::Pipeline::take`].
-    pub(super) fn take_ahead(ahead: Ahead, table: &burn::tensor::Tensor<2>, rows: &burn::tensor::Tensor<1, burn::tensor::Int>) -> Option<burn::tensor::Tensor<2>> {
-        let [n, w] = table.dims();
+    /// See [`super::Pipeline::take`]; `rows` are the step's rows' values.
+    pub(super) fn take_ahead(ahead: Ahead, table: &burn::tensor::Tensor<2>, rows: Vec<usize>) -> Option<burn::tensor::Tensor<2>> {
+        let [_, w] = table.dims();
         let t = flex_f32(table)?;
-        if address(&t) != ahead.table || host_rows(rows, n)? != ahead.rows {
+        if address(&t) != ahead.table || rows != ahead.rows {
             return None;
         }
         let mut out = ahead.out;
@@ -530,7 +541,7 @@ mod flex {
         for &i in &ahead.stale {
             // SAFETY: row `rows[i] < n` of the n × w table at this address, which `t` keeps
             // alive; read through the pointer, as a deferred update may be writing other rows
-            // (`Pipeline::rows_ready` has returned for these).
+            // (`Pipeline::take` has waited for these).
             unsafe { std::ptr::copy_nonoverlapping(tp.add(ahead.rows[i] * w), out[i * w..].as_mut_ptr(), w) };
         }
         drop(t);
@@ -737,12 +748,11 @@ mod flex {
     }
 
     impl Deferred {
-        /// Waits until this step's `rows` are written, if they are the rows it updates first;
+        /// Waits until this step's rows `rows` are written, if they are the rows it updates first;
         /// `false` (nothing waited for) if they are not.
-        pub(super) fn rows_ready(&mut self, rows: &burn::tensor::Tensor<1, burn::tensor::Int>) -> bool {
+        pub(super) fn rows_ready(&mut self, rows: &[usize]) -> bool {
             use std::sync::atomic::Ordering;
-            let [n] = rows.dims();
-            if n != self.next.len() || host_rows(rows, usize::MAX).is_none_or(|r| r != self.next) {
+            if rows != self.next {
                 return false;
             }
             while !self.flags.ready.load(Ordering::Acquire) {

@@ -76,16 +76,8 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
     let pipeline = input.ahead.as_ref().map(|a| &a.pipeline);
     let next_items = input.ahead.as_ref().and_then(|a| a.next_items.as_deref());
     // The previous step's item update may still be running (deferred below): it wrote this
-    // step's rows first.
-    let fetched = pipeline.and_then(|p| {
-        p.rows_ready(&input.items);
-        p.take(&model.item.val(), &input.items)
-    });
-    if fetched.is_none()
-        && let Some(p) = pipeline
-    {
-        p.finish();
-    }
+    // step's rows first, and `take` waits for those (or for all of it, before a gather).
+    let fetched = pipeline.and_then(|p| p.take(&model.item.val(), &input.items));
     let item_rows = fetched.unwrap_or_else(|| rows::gather(model.item.val(), input.items.clone())).autodiff().require_grad();
     // The next batch's item rows are copied, and this batch's rows of the table and its moments
     // read into the second thread's caches, during forward and backward; that is over (or
