@@ -40,7 +40,7 @@ struct Shared {
     help: Mutex<Option<JobRef>>,
     /// How many runs of the `help` job are under way on the caller's thread.
     helping: AtomicUsize,
-    /// A job nobody waits for until its [`Ticket`] is dropped (see [`post`]).
+    /// Jobs run in the order posted ([`post`], [`post_owed`]).
     posted: Mutex<PostedSlot>,
 }
 
@@ -441,6 +441,25 @@ mod tests {
             ran += (seen == 2) as usize;
         }
         assert!(ran > 0, "no posted job ever ran");
+    }
+
+    #[test]
+    fn an_owed_job_has_run_once_its_claim_is_dropped() {
+        use std::sync::Arc;
+        for round in 0..40 {
+            let runs = Arc::new(AtomicUsize::new(0));
+            let r = runs.clone();
+            let owed = post_owed(move || {
+                std::thread::sleep(Duration::from_micros(300));
+                r.fetch_add(1, Ordering::SeqCst);
+            })
+            .expect("the thread runs");
+            std::thread::sleep(Duration::from_micros(round * 25));
+            drop(owed);
+            assert_eq!(runs.load(Ordering::SeqCst), 1, "round {round}: not run, or run twice");
+            std::thread::sleep(Duration::from_millis(1));
+            assert_eq!(runs.load(Ordering::SeqCst), 1, "round {round}: run again after its claim was dropped");
+        }
     }
 
     #[test]

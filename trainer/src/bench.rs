@@ -435,7 +435,7 @@ fn peer_report(plan: &Plan, peer: &Peer) -> PeerReport {
 
 /// The peer's runs at one batch, one before each of ncf's timed runs at that batch, so that both
 /// sides meet the same machine load as it drifts (this VM's speed wanders by 10–30 % within
-/// minutes); `None` once the figure is recorded or the peer has failed.
+/// minutes).
 struct PeerRuns<'a> {
     peer: &'a Peer,
     batch: usize,
@@ -445,6 +445,7 @@ struct PeerRuns<'a> {
 }
 
 impl<'a> PeerRuns<'a> {
+    /// `None` once the peer's figure at `batch` is recorded or the peer has failed.
     fn new(plan: &Plan, peer: &'a Peer, report: &PeerReport, batch: usize) -> Option<Self> {
         let pending = report.error.is_none() && !report.figures.iter().any(|f| f.batch == batch);
         pending.then(|| Self { peer, batch, steps: plan.steps(batch).max(5), runs: Vec::new(), error: None })
