@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Per-step training time at 1M items against 10k items (NeuMF factor 8, batch 4096, flex), in
-# alternated rounds: this VM's speed drifts by about 10 % within minutes, so each round runs the
-# two catalogues back to back and the ratio is taken per round. Prints every round and the median.
+# Per-step training time at 1M items against 10k items (NeuMF factor 8, batch 4096, flex), ncf
+# alone. Each round is one `ncf bench --items 10000,1000000`, whose repetitions at the two
+# catalogues take turns: this VM's speed drifts by 10–30 % within minutes, and turns put both
+# catalogues under the same drift. Prints every round's ratio of medians and their median.
 #
 # usage: benches/catalogue_growth.sh [ROUNDS]          (default 10)
 # env:   NCF    prebuilt binary (default $CARGO_TARGET_DIR/release/ncf, else target/release/ncf)
+#        REPS   repetitions per catalogue in a round (default 5)
 #        STEPS  training steps per repetition (default: the ml-1m workload's 16; more steps also
 #               cover rows coming back after long gaps, as in a long run)
 #        ITEMS  the two catalogues (default "10000 1000000")
@@ -19,18 +21,13 @@ trap 'rm -rf "$out"' EXIT
 steps=()
 [ -n "${STEPS:-}" ] && steps=(--steps "$STEPS")
 
-# ms/step of one run: `flex neumf train b=4096 ... <median> ms/step`
-ms() {
-    "$NCF" bench --backends flex --models neumf --only train --workload ml-1m --users 6040 --items "$1" \
-        --batch 4096 --reps 3 "${steps[@]}" --out "$out" | awk '/ neumf .*ms\/step/ { for (i = 1; i < NF; i++) if ($(i + 1) == "ms/step") print $i }'
-}
-
 echo "round  ${small} items ms/step  ${large} items ms/step  ratio"
 ratios=()
 for r in $(seq 1 "$rounds"); do
-    a=$(ms "$small")
-    b=$(ms "$large")
-    ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { printf "%.3f", b / a }')
+    # growth flex neumf batch 4096 items A -> B: ncf per-step time xR (X -> Y ms/step)
+    line=$("$NCF" bench --backends flex --models neumf --only train --workload ml-1m --users 6040 --items "$small,$large" \
+        --batch 4096 --reps "${REPS:-5}" "${steps[@]}" --out "$out" | grep '^growth flex neumf')
+    read -r a b ratio <<< "$(awk '{ sub(/\(/, "", $14); printf "%s %s %.3f\n", $14, $16, $16 / $14 }' <<< "$line")"
     ratios+=("$ratio")
     printf "%5d  %17s  %17s  %.3f\n" "$r" "$a" "$b" "$ratio"
 done

@@ -356,6 +356,53 @@ fn bench_reports_fused_or_composed_row_updates() {
     }
 }
 
+/// `--items A,B` trains at both catalogues with the repetitions taking turns, the PyTorch peer run
+/// before each of them at that catalogue (a stand-in script here, which logs its calls), and
+/// reports one figure per catalogue, each against the peer's at the same catalogue, and the growth.
+#[test]
+fn bench_interleaves_catalogues_and_the_peer() {
+    let dir = temp_dir("bench-catalogues");
+    let (peer, calls) = (dir.join("peer.sh"), dir.join("calls.txt"));
+    // Arguments: BATCH STEPS DEVICE USERS ITEMS; 1 ms/step at 300 items, 3 ms/step at 600.
+    let script = format!(
+        "echo \"$5\" >> '{}'\nms=$(( $5 / 300 * 2 - 1 ))\necho \"torch-cpu users $4 items $5 batch $1 steps $2: $(( 64000 / ms )) samples/s ($ms.000 ms/step) loss 0.5\"\n",
+        calls.display()
+    );
+    std::fs::write(&peer, script).unwrap();
+    let out = ncf()
+        .args(["bench", "--workload", "small", "--backends", "flex", "--models", "neumf", "--only", "train", "--batch", "64", "--reps", "3"])
+        .args(["--items", "300,600", "--python", "/bin/sh", "--torch-peer"])
+        .arg(&peer)
+        .arg("--out")
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    // Rounds alternate their order, so neither catalogue always runs right after the other.
+    assert_eq!(std::fs::read_to_string(&calls).unwrap().split_whitespace().collect::<Vec<_>>(), ["300", "600", "600", "300", "300", "600"]);
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("out/bench.json")).unwrap()).unwrap();
+    assert_eq!(json["workload"]["catalogues"], serde_json::json!([300, 600]));
+    let figures = json["backends"][0]["figures"].as_array().unwrap();
+    let peer_ms = [1.0, 3.0];
+    for (f, (items, torch_ms)) in figures.iter().zip([300, 600].into_iter().zip(peer_ms)) {
+        assert_eq!(f["items"], items, "{f}");
+        assert_eq!(f["reps"].as_array().unwrap().len(), 3, "{f}");
+        let (ms, ratio) = (f["ms_median"].as_f64().unwrap(), f["vs_torch"].as_f64().unwrap());
+        assert!((ratio - torch_ms / ms).abs() < 0.01 * ratio, "against the peer at {items} items: {ratio} vs {torch_ms} / {ms}");
+        assert!(stdout.contains(&format!("train b=64 i={items}")), "{stdout}");
+    }
+    assert_eq!(figures.len(), 2);
+    let (m0, m1) = (figures[0]["ms_median"].as_f64().unwrap(), figures[1]["ms_median"].as_f64().unwrap());
+    let growth = format!("growth flex neumf batch 64 items 300 -> 600: ncf per-step time x{:.2} ({m0:.3} -> {m1:.3} ms/step), torch-cpu x3.00 (1.000 -> 3.000 ms/step)", m1 / m0);
+    assert!(stdout.contains(&growth), "{growth}\n{stdout}");
+
+    for (items, only, why) in [("300,300", "train", "--items lists 300 twice"), ("300,600", "eval", "measures training only")] {
+        let out = ncf().args(["bench", "--workload", "small", "--backends", "flex", "--items", items, "--only", only]).arg("--out").arg(dir.join("bad")).output().unwrap();
+        assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains(why), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
 #[test]
 fn bench_small_on_wgpu() {
     if wgpu_available() {

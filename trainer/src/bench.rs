@@ -60,6 +60,9 @@ pub struct Plan {
     pub workload: Workload,
     pub users: usize,
     pub items: usize,
+    /// Training is measured at each of these catalogues (`items` first), repetitions interleaved.
+    pub catalogues: Vec<usize>,
+    /// Interactions per user wanted (at most half the catalogue are drawn).
     pub per_user: usize,
     pub variants: Vec<Variant>,
     pub batches: Vec<usize>,
@@ -94,6 +97,11 @@ impl Plan {
     /// Samples the training pool must hold for the largest batch.
     fn pool_samples(&self) -> usize {
         self.batches.iter().map(|&b| (self.warmup_steps + self.reps * self.steps(b)) * b).max().unwrap_or(0)
+    }
+
+    /// This plan at catalogue `items` (one of [`Plan::catalogues`]).
+    fn at_items(&self, items: usize) -> Plan {
+        Plan { items, ..self.clone() }
     }
 
     /// Whether any variant measures `m`.
@@ -164,9 +172,16 @@ pub fn plan(args: &BenchArgs) -> Result<Plan> {
         v.config.validate().map_err(anyhow::Error::msg).with_context(|| format!("model {}", v.label))?;
     }
     let users = args.users.unwrap_or(users);
-    let items = args.items.unwrap_or(items);
-    if users < 2 || items < 4 {
+    let catalogues = if args.items.is_empty() { vec![items] } else { args.items.clone() };
+    let items = catalogues[0];
+    if users < 2 || catalogues.iter().any(|&n| n < 4) {
         bail!("--users must be at least 2 and --items at least 4");
+    }
+    if let Some(n) = catalogues.iter().enumerate().find_map(|(i, n)| catalogues[..i].contains(n).then_some(n)) {
+        bail!("--items lists {n} twice");
+    }
+    if catalogues.len() > 1 && measures.iter().any(|&m| m != Part::Train) {
+        bail!("--items with several catalogues measures training only: add --only train");
     }
     if batches.contains(&0) || args.reps == Some(0) || args.steps == Some(0) {
         bail!("--batch, --reps and --steps must be at least 1");
@@ -176,7 +191,8 @@ pub fn plan(args: &BenchArgs) -> Result<Plan> {
         workload,
         users,
         items,
-        per_user: per_user.min(items / 2).max(2),
+        catalogues,
+        per_user,
         variants,
         batches,
         samples_per_rep,
@@ -240,7 +256,7 @@ struct Inputs {
 
 impl Inputs {
     fn build(plan: &Plan) -> Self {
-        let split = shaped_split(plan.users, plan.items, plan.per_user, plan.seed);
+        let split = shaped_split(plan.users, plan.items, plan.per_user.min(plan.items / 2).max(2), plan.seed);
         let pool = if plan.wants(Part::Train) { training_pool(&split.train, plan.items, plan.pool_samples(), plan.seed) } else { EpochSamples::default() };
         let test = UserItems::from_pairs(plan.users, (0..plan.eval_users as u32).flat_map(|u| split.test.items(u).iter().map(move |&i| (u, i))));
         let eval_split = Split { train: split.train.clone(), test, n_items: split.n_items, method: split.method };
@@ -290,38 +306,84 @@ fn slice(pool: &EpochSamples, start: usize, len: usize) -> EpochSamples {
     EpochSamples { user: pool.user[start..end].to_vec(), item: pool.item[start..end].to_vec(), label: pool.label[start..end].to_vec() }
 }
 
-/// Training: a fresh model per batch size, warm-up steps, then `reps` timed runs of the training
-/// loop `ncf train` uses (batches built on a background thread), each ending with the loss read.
-/// `before_rep` runs, untimed, before each timed run (the PyTorch peer's run, interleaved); when it
+/// Training at one batch size on one or more catalogues: a fresh model per catalogue, warm-up
+/// steps, then `reps` timed runs of the training loop `ncf train` uses (batches built on a
+/// background thread), each ending with the loss read. With several catalogues the repetitions
+/// take turns (the order reversed every other round), so that drift in the machine's speed meets
+/// all of them alike and their ratio is the growth with the catalogue. `before_rep(c)` runs,
+/// untimed, before each timed run on catalogue `c` (the PyTorch peer's run, interleaved); when it
 /// ran something, the timed run's steps first run once untimed, as the peer warms up in each of
 /// its runs: right after a peer that freed a gigabyte, 3 warm-up steps left ncf's repetitions
-/// 15–18 % apart, a full repetition 5–8 %.
-fn measure_train(plan: &Plan, v: &Variant, batch: usize, inputs: &Inputs, device: &Device, before_rep: &mut dyn FnMut() -> bool) -> Figure {
-    let steps = plan.steps(batch);
-    let mut model = Ncf::init(&v.config, plan.users, plan.items, plan.seed, device);
-    let mut optim = Optimizer::new(plan.optim.clone());
-    let bar = indicatif::ProgressBar::hidden();
-    let run = |model: Ncf, optim: &mut Optimizer, start: usize, n: usize| {
-        let samples = slice(&inputs.pool, start, n * batch);
-        let t = Instant::now();
-        let (model, _loss, _) = train::run_epoch(model, optim, &samples, (batch, 1, LossKind::Bce), usize::MAX, device, &bar);
-        (model, t.elapsed().as_secs_f64(), samples.len())
-    };
-    let (m, _, _) = run(model, &mut optim, 0, plan.warmup_steps);
-    model = m;
-    let mut times = Vec::with_capacity(plan.reps);
-    let mut work = 0;
-    for r in 0..plan.reps {
-        let start = (plan.warmup_steps + r * steps) * batch;
-        if before_rep() {
-            model = run(model, &mut optim, start, steps).0;
+/// 15–18 % apart, a full repetition 5–8 %. One figure per catalogue, in order.
+fn measure_train(catalogues: &[(&Plan, &Inputs)], v: &Variant, batch: usize, device: &Device, before_rep: &mut dyn FnMut(usize) -> bool) -> Vec<Figure> {
+    let mut runs: Vec<TrainRun> = catalogues.iter().map(|&(plan, inputs)| TrainRun::start(plan, v, batch, inputs, device)).collect();
+    let reps = catalogues.first().map_or(0, |c| c.0.reps);
+    for r in 0..reps {
+        let order: Vec<usize> = if r % 2 == 0 { (0..runs.len()).collect() } else { (0..runs.len()).rev().collect() };
+        for c in order {
+            let rewarm = before_rep(c);
+            runs[c].rep(r, rewarm);
         }
-        let (m, secs, n) = run(model, &mut optim, start, steps);
-        model = m;
-        times.push(secs);
-        work = n;
     }
-    Figure::from_times(&v.label, Measure::Train, Some(batch), work, steps, "samples/s", "ms/step", &times)
+    let several = runs.len() > 1;
+    runs.into_iter().map(|run| run.figure(several)).collect()
+}
+
+/// One catalogue's training measurement in progress ([`measure_train`]).
+struct TrainRun<'a> {
+    plan: &'a Plan,
+    inputs: &'a Inputs,
+    label: &'a str,
+    device: &'a Device,
+    batch: usize,
+    steps: usize,
+    /// `None` only while a run has it.
+    model: Option<Ncf>,
+    optim: Optimizer,
+    times: Vec<f64>,
+    /// Samples per timed run.
+    work: usize,
+}
+
+impl<'a> TrainRun<'a> {
+    /// A fresh model and optimizer, after the warm-up steps.
+    fn start(plan: &'a Plan, v: &'a Variant, batch: usize, inputs: &'a Inputs, device: &'a Device) -> Self {
+        let model = Ncf::init(&v.config, plan.users, plan.items, plan.seed, device);
+        let optim = Optimizer::new(plan.optim.clone());
+        let mut run = Self { plan, inputs, label: &v.label, device, batch, steps: plan.steps(batch), model: Some(model), optim, times: Vec::new(), work: 0 };
+        run.steps_from(0, plan.warmup_steps);
+        run
+    }
+
+    /// `n` steps on the pool's samples from step `start` on: (seconds, samples).
+    fn steps_from(&mut self, start: usize, n: usize) -> (f64, usize) {
+        let samples = slice(&self.inputs.pool, start * self.batch, n * self.batch);
+        let model = self.model.take().expect("the model is back after every run");
+        let bar = indicatif::ProgressBar::hidden();
+        let t = Instant::now();
+        let (model, _loss, _) = train::run_epoch(model, &mut self.optim, &samples, (self.batch, 1, LossKind::Bce), usize::MAX, self.device, &bar);
+        let secs = t.elapsed().as_secs_f64();
+        self.model = Some(model);
+        (secs, samples.len())
+    }
+
+    /// Timed repetition `r`, its steps first run once untimed when `rewarm`.
+    fn rep(&mut self, r: usize, rewarm: bool) {
+        let start = self.plan.warmup_steps + r * self.steps;
+        if rewarm {
+            self.steps_from(start, self.steps);
+        }
+        let (secs, n) = self.steps_from(start, self.steps);
+        self.times.push(secs);
+        self.work = n;
+    }
+
+    /// The figure; it names its catalogue when the run measured `several`.
+    fn figure(self, several: bool) -> Figure {
+        let mut f = Figure::from_times(self.label, Measure::Train, Some(self.batch), self.work, self.steps, "samples/s", "ms/step", &self.times);
+        f.items = several.then_some(self.plan.items);
+        f
+    }
 }
 
 /// Evaluation passes as `ncf train` runs them each epoch, candidates uploaded once beforehand.
@@ -433,30 +495,33 @@ fn peer_report(plan: &Plan, peer: &Peer) -> PeerReport {
     }
 }
 
-/// The peer's runs at one batch, one before each of ncf's timed runs at that batch, so that both
-/// sides meet the same machine load as it drifts (this VM's speed wanders by 10–30 % within
+/// The peer's runs at one batch and catalogue, one before each of ncf's timed runs there, so that
+/// both sides meet the same machine load as it drifts (this VM's speed wanders by 10–30 % within
 /// minutes).
 struct PeerRuns<'a> {
     peer: &'a Peer,
     batch: usize,
     steps: usize,
+    users: usize,
+    items: usize,
     runs: Vec<(f64, f64)>,
     error: Option<String>,
 }
 
 impl<'a> PeerRuns<'a> {
-    /// `None` once the peer's figure at `batch` is recorded or the peer has failed.
+    /// `None` once the peer's figure at `batch` on `plan`'s catalogue is recorded or the peer has
+    /// failed.
     fn new(plan: &Plan, peer: &'a Peer, report: &PeerReport, batch: usize) -> Option<Self> {
-        let pending = report.error.is_none() && !report.figures.iter().any(|f| f.batch == batch);
-        pending.then(|| Self { peer, batch, steps: plan.steps(batch).max(5), runs: Vec::new(), error: None })
+        let pending = report.error.is_none() && !report.figures.iter().any(|f| f.batch == batch && f.items == plan.items);
+        pending.then(|| Self { peer, batch, steps: plan.steps(batch).max(5), users: plan.users, items: plan.items, runs: Vec::new(), error: None })
     }
 
     /// One peer run; after a failure, nothing. Whether it ran.
-    fn run_once(&mut self, plan: &Plan) -> bool {
+    fn run_once(&mut self) -> bool {
         if self.error.is_some() {
             return false;
         }
-        match self.peer.run(self.batch, self.steps, plan.users, plan.items) {
+        match self.peer.run(self.batch, self.steps, self.users, self.items) {
             Ok(r) => self.runs.push(r),
             Err(e) => {
                 eprintln!("peer: {e:#}");
@@ -466,8 +531,9 @@ impl<'a> PeerRuns<'a> {
         true
     }
 
-    /// Records the figure (or the failure) in `report` and prints the peer's row.
-    fn finish(self, plan: &Plan, report: &mut PeerReport) {
+    /// Records the figure (or the failure) in `report` and prints the peer's row, naming the
+    /// catalogue when the run measured `several`.
+    fn finish(self, report: &mut PeerReport, several: bool) {
         if let Some(e) = self.error {
             report.error = Some(e);
             return;
@@ -479,9 +545,10 @@ impl<'a> PeerRuns<'a> {
         let mut ms: Vec<f64> = self.runs.iter().map(|r| r.1).collect();
         let (median, min, max) = bench_report::stats(&mut rates);
         let (ms_median, _, _) = bench_report::stats(&mut ms);
-        let batch = self.batch;
-        println!("{:<8} {:<10} {:<20} {median:>12.0} {:<10}          {ms_median:>10.3} ms/step", report.device, "neumf-f8", format!("train b={batch}"), "samples/s");
-        report.figures.push(PeerFigure { batch, steps: self.steps, users: plan.users, items: plan.items, reps: rates, median, min, max, ms_median });
+        let (batch, items) = (self.batch, self.items);
+        let what = bench_report::train_what(batch, several.then_some(items));
+        println!("{:<8} {:<10} {what:<20} {median:>12.0} {:<10}          {ms_median:>10.3} ms/step", report.device, "neumf-f8", "samples/s");
+        report.figures.push(PeerFigure { batch, steps: self.steps, users: self.users, items, reps: rates, median, min, max, ms_median });
     }
 }
 
@@ -495,13 +562,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
 
     let t = Instant::now();
+    // Training at further catalogues (`--items A,B,…`) gets its own data of the same shape.
+    let catalogue_plans: Vec<Plan> = plan.catalogues.iter().skip(1).map(|&n| plan.at_items(n)).collect();
     let inputs = Inputs::build(&plan);
-    let interactions = inputs.split.train.nnz() + inputs.split.test.nnz();
+    let catalogue_inputs: Vec<Inputs> = catalogue_plans.iter().map(Inputs::build).collect();
+    let catalogues: Vec<(&Plan, &Inputs)> = std::iter::once((&plan, &inputs)).chain(catalogue_plans.iter().zip(&catalogue_inputs)).collect();
+    let interactions = |i: &Inputs| i.split.train.nnz() + i.split.test.nnz();
+    let listed = |f: &dyn Fn(&(&Plan, &Inputs)) -> usize| catalogues.iter().map(|c| f(c).to_string()).collect::<Vec<_>>().join(" and ");
+    let (items, counts) = (listed(&|c| c.0.items), listed(&|c| interactions(c.1)));
     println!(
-        "bench: workload {} — {} users × {} items, {interactions} synthetic interactions (built in {:.1}s); {} reps after warm-up, median and min–max",
+        "bench: workload {} — {} users × {items} items, {counts} synthetic interactions (built in {:.1}s); {} reps after warm-up, median and min–max",
         workload_name(plan.workload),
         plan.users,
-        plan.items,
         t.elapsed().as_secs_f64(),
         plan.reps
     );
@@ -553,14 +625,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             };
             if v.measures.contains(&Part::Train) {
                 for &batch in &plan.batches {
-                    let mut peer_runs = match (paper, &peer_cmd, &peer) {
-                        (true, Some(cmd), Some(report)) => PeerRuns::new(&plan, cmd, report, batch),
-                        _ => None,
-                    };
-                    let mut before_rep = || peer_runs.as_mut().is_some_and(|p| p.run_once(&plan));
-                    let measured = guarded(format!("train b={batch}"), &mut || vec![measure_train(&plan, v, batch, &inputs, &selected.device, &mut before_rep)]);
-                    if let (Some(p), Some(report)) = (peer_runs, peer.as_mut()) {
-                        p.finish(&plan, report);
+                    let mut peer_runs: Vec<Option<PeerRuns>> = catalogues
+                        .iter()
+                        .map(|&(plan, _)| match (paper, &peer_cmd, &peer) {
+                            (true, Some(cmd), Some(report)) => PeerRuns::new(plan, cmd, report, batch),
+                            _ => None,
+                        })
+                        .collect();
+                    let mut before_rep = |c: usize| peer_runs[c].as_mut().is_some_and(PeerRuns::run_once);
+                    let measured = guarded(format!("train b={batch}"), &mut || measure_train(&catalogues, v, batch, &selected.device, &mut before_rep));
+                    if let Some(report) = peer.as_mut() {
+                        peer_runs.into_iter().flatten().for_each(|p| p.finish(report, catalogues.len() > 1));
                     }
                     let Some(mut fs) = measured else { break 'variants };
                     if let (true, Some(report)) = (paper, &peer) {
@@ -593,13 +668,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             println!("{line}");
         }
     }
+    for line in bench_report::growth_lines(&reports, peer.as_ref()) {
+        println!("{line}");
+    }
 
     let report = Report::new(
         WorkloadInfo {
             name: workload_name(plan.workload).into(),
             users: plan.users,
             items: plan.items,
-            interactions,
+            catalogues: plan.catalogues.clone(),
+            interactions: interactions(&inputs),
             batches: plan.batches.clone(),
             reps: plan.reps,
             warmup_steps: plan.warmup_steps,

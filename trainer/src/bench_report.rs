@@ -39,6 +39,8 @@ pub struct Figure {
     pub model: String,
     pub measure: Measure,
     pub batch: Option<usize>,
+    /// The catalogue (items) trained on, when the run measured training at several.
+    pub items: Option<usize>,
     /// Work per repetition: samples for training, users for evaluation and recommend.
     pub work: usize,
     /// Steps (training) or passes per repetition.
@@ -74,7 +76,7 @@ impl Figure {
         let reps: Vec<f64> = secs.iter().map(|&s| work as f64 / s.max(1e-9)).collect();
         let (median, min, max) = stats(&mut reps.clone());
         let (t, _, _) = stats(&mut secs.to_vec());
-        Self { model: model.into(), measure, batch, work, ops, unit, reps, median, min, max, ms_median: t * 1e3 / ops.max(1) as f64, ms_unit, vs_torch: None }
+        Self { model: model.into(), measure, batch, items: None, work, ops, unit, reps, median, min, max, ms_median: t * 1e3 / ops.max(1) as f64, ms_unit, vs_torch: None }
     }
 
     /// Sets [`Figure::vs_torch`] from the peer's figure at this batch size, if there is one.
@@ -82,9 +84,14 @@ impl Figure {
         if self.measure != Measure::Train {
             return;
         }
-        if let Some(p) = peer.figures.iter().find(|p| Some(p.batch) == self.batch) {
+        if let Some(p) = peer.figures.iter().find(|p| self.same_run_as(p)) {
             self.vs_torch = Some(self.median / p.median);
         }
+    }
+
+    /// Whether the peer's figure `p` is at this figure's batch and catalogue.
+    fn same_run_as(&self, p: &PeerFigure) -> bool {
+        Some(p.batch) == self.batch && self.items.is_none_or(|i| i == p.items)
     }
 
     /// Half the min–max range as a share of the median.
@@ -94,9 +101,19 @@ impl Figure {
 
     fn what(&self) -> String {
         match self.batch {
+            Some(b) if self.measure == Measure::Train => train_what(b, self.items),
             Some(b) => format!("{} b={b}", self.measure.name()),
             None => format!("{} {}u", self.measure.name(), self.work),
         }
+    }
+}
+
+/// The measure column of a training row: `train b=4096`, or `train b=4096 i=1000000` when the run
+/// trained at several catalogues.
+pub fn train_what(batch: usize, items: Option<usize>) -> String {
+    match items {
+        Some(i) => format!("train b={batch} i={i}"),
+        None => format!("train b={batch}"),
     }
 }
 
@@ -131,7 +148,7 @@ pub fn peer_lines(peer: &PeerReport, backends: &[BackendReport]) -> Vec<String> 
     }
     for b in backends {
         for f in b.figures.iter().filter(|f| f.vs_torch.is_some()) {
-            let Some(p) = peer.figures.iter().find(|p| Some(p.batch) == f.batch) else { continue };
+            let Some(p) = peer.figures.iter().find(|p| f.same_run_as(p)) else { continue };
             lines.push(format!(
                 "vs-torch {}/{} {} batch {} users {} items {}: ncf {:.3} ms/step {:.0} samples/s, torch {:.3} ms/step {:.0} samples/s, ratio {:.2}",
                 b.name, peer.device, f.model, p.batch, p.users, p.items, f.ms_median, f.median, p.ms_median, p.median, f.median / p.median
@@ -141,6 +158,30 @@ pub fn peer_lines(peer: &PeerReport, backends: &[BackendReport]) -> Vec<String> 
     if !peer.figures.is_empty() {
         let threads = peer.threads.map_or("default threads".to_string(), |n| format!("OMP_NUM_THREADS={n}"));
         lines.push(format!("vs-torch: ratio = ncf/torch throughput (medians, same run); torch ({threads}): {}", peer.shape));
+    }
+    lines
+}
+
+/// One line per larger catalogue when training was measured at several (`--items A,B,…`), in a
+/// fixed format that scripts parse: `growth BACKEND MODEL batch B items I0 -> I: ncf per-step time
+/// xR (X -> Y ms/step)`, then `, torch-DEVICE xR (X -> Y ms/step)` where the peer ran at both.
+pub fn growth_lines(backends: &[BackendReport], peer: Option<&PeerReport>) -> Vec<String> {
+    let peer_at = |f: &Figure| peer.and_then(|p| p.figures.iter().find(|p| f.same_run_as(p)));
+    let mut lines = Vec::new();
+    for b in backends {
+        let trained: Vec<&Figure> = b.figures.iter().filter(|f| f.measure == Measure::Train && f.items.is_some()).collect();
+        for (k, f) in trained.iter().enumerate() {
+            // Growth from the first catalogue measured with the same model and batch.
+            let Some(base) = trained[..k].iter().find(|g| g.model == f.model && g.batch == f.batch) else { continue };
+            let (i0, i1, batch) = (base.items.unwrap_or(0), f.items.unwrap_or(0), f.batch.unwrap_or(0));
+            let (m0, m1) = (base.ms_median, f.ms_median);
+            let mut line = format!("growth {} {} batch {batch} items {i0} -> {i1}: ncf per-step time x{:.2} ({m0:.3} -> {m1:.3} ms/step)", b.name, f.model, m1 / m0);
+            if let (Some(p), Some(p0), Some(p1)) = (peer, peer_at(base), peer_at(f)) {
+                let (t0, t1) = (p0.ms_median, p1.ms_median);
+                line += &format!(", {} x{:.2} ({t0:.3} -> {t1:.3} ms/step)", p.device, t1 / t0);
+            }
+            lines.push(line);
+        }
     }
     lines
 }
@@ -238,6 +279,8 @@ pub struct WorkloadInfo {
     pub name: String,
     pub users: usize,
     pub items: usize,
+    /// Every catalogue training was measured at (`items` first).
+    pub catalogues: Vec<usize>,
     pub interactions: usize,
     pub batches: Vec<usize>,
     pub reps: usize,
@@ -325,21 +368,16 @@ impl Bars {
         let mut points: Vec<(String, String, f64)> = Vec::new();
         for b in report.backends.iter().filter(|b| b.available) {
             for f in b.figures.iter().filter(|f| measures.contains(&f.measure)) {
-                let g = match f.batch {
-                    Some(batch) => format!("{} b{batch}", f.model),
-                    None => f.model.clone(),
-                };
-                points.push((b.name.clone(), g, f.median));
+                points.push((b.name.clone(), Self::group(f), f.median));
             }
         }
-        if measures.contains(&Measure::Train) {
-            if let Some(p) = &report.peer {
-                for f in &p.figures {
-                    for g in points.iter().filter(|(_, g, _)| g.ends_with(&format!(" b{}", f.batch))).map(|x| x.1.clone()).collect::<Vec<_>>() {
-                        let is_paper = report.backends.iter().flat_map(|b| &b.figures).any(|x| x.vs_torch.is_some() && format!("{} b{}", x.model, f.batch) == g);
-                        if is_paper && !points.iter().any(|(s, pg, _)| *s == p.device && *pg == g) {
-                            points.push((p.device.clone(), g, f.median));
-                        }
+        if let (true, Some(p)) = (measures.contains(&Measure::Train), &report.peer) {
+            for pf in &p.figures {
+                // The peer's bar beside each figure compared with it (same batch and catalogue).
+                let compared = report.backends.iter().flat_map(|b| &b.figures).filter(|f| f.vs_torch.is_some() && f.same_run_as(pf));
+                for g in compared.map(Self::group).collect::<Vec<_>>() {
+                    if !points.iter().any(|(s, pg, _)| *s == p.device && *pg == g) {
+                        points.push((p.device.clone(), g, pf.median));
                     }
                 }
             }
@@ -359,6 +397,15 @@ impl Bars {
             values[si][gi] = Some(v);
         }
         Self { title: title.into(), groups, series, values }
+    }
+
+    /// A figure's group of bars: `neumf b4096`, `neumf b4096 i1000000` (several catalogues), `mf`.
+    fn group(f: &Figure) -> String {
+        match (f.batch, f.items) {
+            (Some(batch), Some(items)) => format!("{} b{batch} i{items}", f.model),
+            (Some(batch), None) => format!("{} b{batch}", f.model),
+            _ => f.model.clone(),
+        }
     }
 
     fn is_empty(&self) -> bool {

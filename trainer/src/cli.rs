@@ -297,9 +297,10 @@ pub struct BenchArgs {
     /// Users in the catalogue (default: the workload's).
     #[arg(long)]
     pub users: Option<usize>,
-    /// Items in the catalogue (default: the workload's).
-    #[arg(long)]
-    pub items: Option<usize>,
+    /// Items in the catalogue (default: the workload's). Several, comma-separated (with
+    /// `--only train`): training at each catalogue, repetitions interleaved, and the per-step growth.
+    #[arg(long, value_delimiter = ',')]
+    pub items: Vec<usize>,
     /// GMF/MF factors (default: 8; 64 for ml-20m).
     #[arg(long)]
     pub factors: Option<usize>,
