@@ -13,7 +13,9 @@
 # env:   NCF     prebuilt binary (default $CARGO_TARGET_DIR/release/ncf, else target/release/ncf)
 #        PYTHON  python with torch (default /root/venv-torch/bin/python)
 #        PEER    the peer script (default ../shared/tools/torch_neumf_step.py beside the repo)
-#        REPS    repetitions per figure (default 3)
+#        REPS    repetitions per figure (default 9: a 16-step repetition right after a peer run
+#                measured anywhere from 1.9 to 3.5 ms/step here, and medians of 5 still moved
+#                the growth ratio by ±0.15 from run to run)
 #        TORCH_THREADS  OMP_NUM_THREADS for the peer (default: torch's own choice). On a loaded
 #                machine torch's spinning OpenMP threads can be many times slower than one thread:
 #                measure both and quote the faster peer.
@@ -22,7 +24,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 NCF=${NCF:-${CARGO_TARGET_DIR:-$root/target}/release/ncf}
 PYTHON=${PYTHON:-/root/venv-torch/bin/python}
 PEER=${PEER:-$root/../shared/tools/torch_neumf_step.py}
-REPS=${REPS:-3}
+REPS=${REPS:-9}
 threads=()
 [ -n "${TORCH_THREADS:-}" ] && threads=(--torch-threads "$TORCH_THREADS")
 OUT=${1:-$root/runs/train-vs-torch}

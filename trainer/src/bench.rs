@@ -311,18 +311,23 @@ fn slice(pool: &EpochSamples, start: usize, len: usize) -> EpochSamples {
 /// background thread), each ending with the loss read. With several catalogues the repetitions
 /// take turns (the order reversed every other round), so that drift in the machine's speed meets
 /// all of them alike and their ratio is the growth with the catalogue. `before_rep(c)` runs,
-/// untimed, before each timed run on catalogue `c` (the PyTorch peer's run, interleaved); when it
-/// ran something, the timed run's steps first run once untimed, as the peer warms up in each of
-/// its runs: right after a peer that freed a gigabyte, 3 warm-up steps left ncf's repetitions
+/// untimed, once per round for each catalogue `c`, before the round's timed runs (the PyTorch
+/// peer's run, interleaved); when it ran something, each timed run's steps first run once
+/// untimed, as the peer warms up in each of its runs: right after a peer that freed a gigabyte, 3 warm-up steps left ncf's repetitions
 /// 15–18 % apart, a full repetition 5–8 %. One figure per catalogue, in order.
 fn measure_train(catalogues: &[(&Plan, &Inputs)], v: &Variant, batch: usize, device: &Device, before_rep: &mut dyn FnMut(usize) -> bool) -> Vec<Figure> {
     let mut runs: Vec<TrainRun> = catalogues.iter().map(|&(plan, inputs)| TrainRun::start(plan, v, batch, inputs, device)).collect();
     let reps = catalogues.first().map_or(0, |c| c.0.reps);
     for r in 0..reps {
         let order: Vec<usize> = if r % 2 == 0 { (0..runs.len()).collect() } else { (0..runs.len()).rev().collect() };
-        for c in order {
-            let rewarm = before_rep(c);
-            runs[c].rep(r, rewarm);
+        // The round's peer runs first, then ncf's: every catalogue's repetition then meets the
+        // aftermath of the same peer runs (the largest catalogue's leaves the most behind).
+        let mut peer_ran = false;
+        for &c in &order {
+            peer_ran |= before_rep(c);
+        }
+        for &c in &order {
+            runs[c].rep(r, peer_ran);
         }
     }
     let several = runs.len() > 1;
