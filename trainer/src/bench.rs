@@ -313,8 +313,9 @@ fn slice(pool: &EpochSamples, start: usize, len: usize) -> EpochSamples {
 /// all of them alike and their ratio is the growth with the catalogue. `before_rep(c)` runs,
 /// untimed, once per round for each catalogue `c`, before the round's timed runs (the PyTorch
 /// peer's run, interleaved); when it ran something, each timed run's steps first run once
-/// untimed, as the peer warms up in each of its runs: right after a peer that freed a gigabyte, 3 warm-up steps left ncf's repetitions
-/// 15–18 % apart, a full repetition 5–8 %. One figure per catalogue, in order.
+/// untimed, as the peer warms up in each of its runs: right after a peer that freed a gigabyte,
+/// 3 warm-up steps left ncf's repetitions 15–18 % apart, a full repetition 5–8 %. One figure per
+/// catalogue, in order.
 fn measure_train(catalogues: &[(&Plan, &Inputs)], v: &Variant, batch: usize, device: &Device, before_rep: &mut dyn FnMut(usize) -> bool) -> Vec<Figure> {
     let mut runs: Vec<TrainRun> = catalogues.iter().map(|&(plan, inputs)| TrainRun::start(plan, v, batch, inputs, device)).collect();
     let reps = catalogues.first().map_or(0, |c| c.0.reps);
@@ -500,9 +501,9 @@ fn peer_report(plan: &Plan, peer: &Peer) -> PeerReport {
     }
 }
 
-/// The peer's runs at one batch and catalogue, one before each of ncf's timed runs there, so that
-/// both sides meet the same machine load as it drifts (this VM's speed wanders by 10–30 % within
-/// minutes).
+/// The peer's runs at one batch and catalogue, one in each round of ncf's timed runs
+/// ([`measure_train`]), so that both sides meet the same machine load as it drifts (this VM's
+/// speed wanders by 10–30 % within minutes).
 struct PeerRuns<'a> {
     peer: &'a Peer,
     batch: usize,
