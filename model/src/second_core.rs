@@ -268,7 +268,7 @@ fn with_helper<R>(job: &(dyn Fn() + Sync), here: impl FnOnce() -> R) -> R {
 /// has not started. For work whose result is optional, such as fetching rows ahead; a panic in it
 /// only means no result.
 pub fn post(job: impl FnOnce() + Send + 'static) -> Option<Ticket> {
-    Some(Ticket { id: enqueue(Box::new(job))? })
+    Some(Ticket { id: shared()?.enqueue(Box::new(job)) })
 }
 
 /// Like [`post`], for work that must happen: dropping the [`Owed`] runs `job` on the caller if
@@ -282,10 +282,6 @@ pub fn post_owed(job: impl FnOnce() + Send + 'static) -> Option<Owed> {
         return None;
     };
     Some(Owed { id: s.enqueue(job) })
-}
-
-fn enqueue(job: Box<dyn FnOnce() + Send>) -> Option<u64> {
-    Some(shared()?.enqueue(job))
 }
 
 impl Shared {

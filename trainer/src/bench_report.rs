@@ -84,7 +84,7 @@ impl Figure {
         if self.measure != Measure::Train {
             return;
         }
-        if let Some(p) = peer.figures.iter().find(|p| self.same_run_as(p)) {
+        if let Some(p) = peer.figure_for(self) {
             self.vs_torch = Some(self.median / p.median);
         }
     }
@@ -148,7 +148,7 @@ pub fn peer_lines(peer: &PeerReport, backends: &[BackendReport]) -> Vec<String> 
     }
     for b in backends {
         for f in b.figures.iter().filter(|f| f.vs_torch.is_some()) {
-            let Some(p) = peer.figures.iter().find(|p| f.same_run_as(p)) else { continue };
+            let Some(p) = peer.figure_for(f) else { continue };
             lines.push(format!(
                 "vs-torch {}/{} {} batch {} users {} items {}: ncf {:.3} ms/step {:.0} samples/s, torch {:.3} ms/step {:.0} samples/s, ratio {:.2}",
                 b.name, peer.device, f.model, p.batch, p.users, p.items, f.ms_median, f.median, p.ms_median, p.median, f.median / p.median
@@ -166,7 +166,7 @@ pub fn peer_lines(peer: &PeerReport, backends: &[BackendReport]) -> Vec<String> 
 /// fixed format that scripts parse: `growth BACKEND MODEL batch B items I0 -> I: ncf per-step time
 /// xR (X -> Y ms/step)`, then `, torch-DEVICE xR (X -> Y ms/step)` where the peer ran at both.
 pub fn growth_lines(backends: &[BackendReport], peer: Option<&PeerReport>) -> Vec<String> {
-    let peer_at = |f: &Figure| peer.and_then(|p| p.figures.iter().find(|p| f.same_run_as(p)));
+    let peer_at = |f: &Figure| peer.and_then(|p| p.figure_for(f));
     let mut lines = Vec::new();
     for b in backends {
         let trained: Vec<&Figure> = b.figures.iter().filter(|f| f.measure == Measure::Train && f.items.is_some()).collect();
@@ -234,6 +234,13 @@ pub struct PeerReport {
     pub figures: Vec<PeerFigure>,
     /// Why the peer was not (fully) measured.
     pub error: Option<String>,
+}
+
+impl PeerReport {
+    /// The peer's figure at `f`'s batch and catalogue, if it ran there.
+    fn figure_for(&self, f: &Figure) -> Option<&PeerFigure> {
+        self.figures.iter().find(|p| f.same_run_as(p))
+    }
 }
 
 /// The peer at one batch size.

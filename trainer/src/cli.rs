@@ -321,7 +321,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub recommend_users: Option<crate::bench::Count>,
     /// PyTorch peer script (../shared/tools/torch_neumf_step.py), run beside factor-8 NeuMF
-    /// training: once before each of ncf's timed repetitions, so both meet the same machine load.
+    /// training: once per round of ncf's timed repetitions (at each catalogue), so both meet the
+    /// same machine load.
     #[arg(long)]
     pub torch_peer: Option<PathBuf>,
     /// Python with torch for the peer (default: $PYTHON, else python3).
