@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod eval;
+pub mod head_grad;
 pub mod loss;
 pub mod metrics;
 pub mod ncf;

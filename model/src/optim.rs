@@ -47,8 +47,9 @@ pub struct OptimConfig {
     pub l2: f64,
     /// Row-sparse table updates (lazy Adam). `false` updates every row every step.
     pub sparse: bool,
-    /// Row-sparse updates through the backend's fused row kernels where it has them (flex,
-    /// wgpu, CUDA; see [`crate::rows`]). `false` runs the same update as composed tensor ops:
+    /// Fused kernels where the backend has them: row-sparse updates (flex, wgpu, CUDA; see
+    /// [`crate::rows`]) and the head's forward and backward in one pass (flex; see
+    /// [`crate::head_grad`]). `false` runs the same step as composed tensor ops and autodiff:
     /// slower, kept for comparison and as a fallback.
     pub fused: bool,
 }
@@ -331,16 +332,24 @@ pub enum TableSide {
     Item,
 }
 
-/// Maps a tracked head (after backward) to its updated plain parameters.
+/// Where a step's head gradients come from.
+pub enum HeadGradients {
+    /// Autodiff: the head's parameters were tracked leaves of this backward pass.
+    Graph(Gradients),
+    /// Computed directly, flattened, in the head's visit order (see [`crate::head_grad`]).
+    Given(Vec<Tensor<1>>),
+}
+
+/// Maps a head to its updated plain parameters, given this step's gradients.
 pub struct HeadUpdate<'a> {
     optim: &'a mut Optimizer,
-    grads: &'a Gradients,
+    grads: &'a HeadGradients,
     /// Position of the next parameter in visit order (keys the head moments).
     next: usize,
 }
 
 impl<'a> HeadUpdate<'a> {
-    pub fn new(optim: &'a mut Optimizer, grads: &'a Gradients) -> Self {
+    pub fn new(optim: &'a mut Optimizer, grads: &'a HeadGradients) -> Self {
         Self { optim, grads, next: 0 }
     }
 }
@@ -353,13 +362,16 @@ impl ModuleMapper for HeadUpdate<'_> {
             self.optim.head.resize(slot + 1, None);
         }
         param.map(|t| {
-            let Some(grad) = t.grad(self.grads) else { return t.inner() };
-            let w = t.inner();
-            let dims = w.dims();
+            let dims = t.dims();
             let n: usize = dims.iter().product();
+            let grad = match self.grads {
+                HeadGradients::Graph(grads) => t.grad(grads).map(|g| g.reshape([n])),
+                HeadGradients::Given(grads) => grads.get(slot).cloned(),
+            };
+            let w = t.inner();
+            let Some(g) = grad else { return w };
             let c = self.optim.config.clone();
-            let g: Tensor<1> = grad.reshape([n]);
-            let flat: Tensor<1> = w.clone().reshape([n]);
+            let flat: Tensor<1> = w.reshape([n]);
             let g = if c.l2 > 0.0 { g + flat.clone().mul_scalar(c.l2) } else { g };
             let update = match c.kind {
                 OptimKind::Sgd => g.mul_scalar(c.lr),

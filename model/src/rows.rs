@@ -123,7 +123,7 @@ pub trait RowUpdate: burn::backend::Backend {
 }
 
 /// Whether `device` is a flex device (in a build with flex's kernels).
-fn on_flex(device: &Device) -> bool {
+pub(crate) fn on_flex(device: &Device) -> bool {
     #[cfg(feature = "flex")]
     if matches!(device.as_dispatch(), burn::backend::DispatchDevice::Flex(_)) {
         return true;
@@ -349,7 +349,7 @@ pub fn sgd_rows(table: Tensor<2>, rows: Tensor<1, Int>, grad: Tensor<2>, step: R
 }
 
 #[cfg(feature = "flex")]
-mod flex {
+pub(crate) mod flex {
     use super::{RowFactors, RowStep, RowUpdate};
     use burn::backend::flex::FlexTensor;
     use burn::backend::{DType, Flex};
@@ -456,7 +456,7 @@ mod flex {
     }
 
     /// A flex f32 tensor, contiguous, as flex's own tensor (a handle on the same buffer).
-    fn flex_f32<const D: usize>(t: &burn::tensor::Tensor<D>) -> Option<FlexTensor> {
+    pub(crate) fn flex_f32<const D: usize>(t: &burn::tensor::Tensor<D>) -> Option<FlexTensor> {
         use burn::backend::{BackendTensor, DispatchTensorKind};
         match t.clone().into_dispatch().kind {
             DispatchTensorKind::Flex(BackendTensor::Float(f)) if f.dtype() == DType::F32 && f.is_contiguous() => Some(f),
@@ -470,7 +470,7 @@ mod flex {
     }
 
     /// The values of a flex int tensor of row indices.
-    pub(super) fn host_rows(rows: &burn::tensor::Tensor<1, burn::tensor::Int>, n: usize) -> Option<Vec<usize>> {
+    pub(crate) fn host_rows(rows: &burn::tensor::Tensor<1, burn::tensor::Int>, n: usize) -> Option<Vec<usize>> {
         use burn::backend::{BackendTensor, DispatchTensorKind};
         match rows.clone().into_dispatch().kind {
             DispatchTensorKind::Flex(BackendTensor::Int(r)) => Some(indices(&r, n)),

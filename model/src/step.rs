@@ -7,7 +7,8 @@ use burn::tensor::{Int, Tensor};
 
 use crate::loss::{LossKind, bce_with_logits, bpr};
 use crate::ncf::Ncf;
-use crate::optim::{HeadUpdate, Optimizer, TableSide, Track};
+use crate::head_grad;
+use crate::optim::{HeadGradients, HeadUpdate, Optimizer, TableSide, Track};
 use crate::rows;
 
 /// A batch on the device, sliced from one uploaded integer buffer.
@@ -72,13 +73,13 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
     let item_beside = fused_adam && rows::update_beside(&model.item.val(), n_items);
     // The tables are read here and updated in place below: no handle to them is kept in
     // between, so backends that update uniquely owned buffers in place (flex) never copy them.
-    let user_rows = rows::gather(model.user.val(), input.users.clone()).autodiff().require_grad();
+    let user_rows = rows::gather(model.user.val(), input.users.clone());
     let pipeline = input.ahead.as_ref().map(|a| &a.pipeline);
     let next_items = input.ahead.as_ref().and_then(|a| a.next_items.as_deref());
     // The previous step's item update may still be running (deferred below): it wrote this
     // step's rows first, and `take` waits for those (or for all of it, before a gather).
     let fetched = pipeline.and_then(|p| p.take(&model.item.val(), &input.items));
-    let item_rows = fetched.unwrap_or_else(|| rows::gather(model.item.val(), input.items.clone())).autodiff().require_grad();
+    let item_rows = fetched.unwrap_or_else(|| rows::gather(model.item.val(), input.items.clone()));
     // The next batch's item rows are copied, and this batch's rows of the table and its moments
     // read into the second thread's caches, during forward and backward; that is over (or
     // dropped) before the update below writes them.
@@ -87,22 +88,36 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
         let into = pipeline.cloned().unwrap_or_default();
         rows::gather_ahead(&model.item.val(), &input.items, next_items.unwrap_or_default(), &into, state)
     });
-    let head = model.head.clone().map(&mut Track);
-    let logits = head.forward_rows(user_rows.clone(), input.user_pos, item_rows.clone(), input.item_pos);
-    let loss = match loss {
-        LossKind::Bce => bce_with_logits(logits, input.labels),
-        LossKind::Bpr => {
-            let [b] = logits.dims();
-            let g = logits.reshape([b / group, group]);
-            let pos = g.clone().slice([0..b / group, 0..1]).expand([b / group, group - 1]);
-            let neg = g.slice([0..b / group, 1..group]);
-            let n = (b / group) * (group - 1);
-            bpr(pos.reshape([n]), neg.reshape([n]))
+    // Forward and backward: one fused pass where the backend has it (flex), else autodiff.
+    let fused = if optim.config.fused {
+        head_grad::head_grads(&model.head, (&user_rows, &input.user_pos), (&item_rows, &input.item_pos), &input.labels, loss, group)
+    } else {
+        None
+    };
+    // The head to update: the tracked one after autodiff, whose parameters key the gradients.
+    let (loss, gu, gi, head_grads, head) = match fused {
+        Some(g) => (g.loss, g.user, g.item, HeadGradients::Given(g.params), model.head.clone()),
+        None => {
+            let (user_rows, item_rows) = (user_rows.autodiff().require_grad(), item_rows.autodiff().require_grad());
+            let head = model.head.clone().map(&mut Track);
+            let logits = head.forward_rows(user_rows.clone(), input.user_pos, item_rows.clone(), input.item_pos);
+            let loss = match loss {
+                LossKind::Bce => bce_with_logits(logits, input.labels),
+                LossKind::Bpr => {
+                    let [b] = logits.dims();
+                    let g = logits.reshape([b / group, group]);
+                    let pos = g.clone().slice([0..b / group, 0..1]).expand([b / group, group - 1]);
+                    let neg = g.slice([0..b / group, 1..group]);
+                    let n = (b / group) * (group - 1);
+                    bpr(pos.reshape([n]), neg.reshape([n]))
+                }
+            };
+            let grads = loss.backward();
+            let gu = user_rows.grad(&grads).expect("user rows are tracked");
+            let gi = item_rows.grad(&grads).expect("item rows are tracked");
+            (loss.detach().inner(), gu, gi, HeadGradients::Graph(grads), head)
         }
     };
-    let grads = loss.backward();
-    let gu = user_rows.grad(&grads).expect("user rows are tracked");
-    let gi = item_rows.grad(&grads).expect("item rows are tracked");
     drop(pending);
     // With the next batch known, a large item table's update is left running on the second
     // thread, its rows in the next batch first, while the head and the user table are updated
@@ -121,7 +136,7 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
     };
     let Ncf { user, item, head: _ } = model;
     let head_and_user = |optim: &mut Optimizer| {
-        let head = head.map(&mut HeadUpdate::new(optim, &grads));
+        let head = head.map(&mut HeadUpdate::new(optim, &head_grads));
         (head, user.map(|table| optim.update_rows(TableSide::User, table, input.users, gu)))
     };
     let ((head, user), item) = match gi {
@@ -141,7 +156,7 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
             (head_user, item.map(|table| optim.update_rows(TableSide::Item, table, input.items, gi)))
         }
     };
-    (Ncf { user, item, head }, loss.detach().inner())
+    (Ncf { user, item, head }, loss)
 }
 
 #[cfg(test)]
@@ -243,7 +258,9 @@ mod tests {
         let fused = run(true, true);
         assert_eq!(fused, run(true, false));
         let composed = run(false, false);
-        let close = |a: f32, b: f32| (a - b).abs() <= 1e-6 + 1e-5 * b.abs();
+        // The composed run also takes the autodiff head, whose sums run in another order; Adam's
+        // normalised step turns that rounding, on a near-zero gradient, into ~1e-6 moves.
+        let close = |a: f32, b: f32| (a - b).abs() <= 5e-6 + 1e-5 * b.abs();
         assert!(fused.2.iter().zip(&composed.2).all(|(a, b)| close(*a, *b)), "losses {:?} vs {:?}", fused.2, composed.2);
         for (what, a, b) in [("user", &fused.0, &composed.0), ("item", &fused.1, &composed.1)] {
             for (r, (x, y)) in a.iter().zip(b).enumerate() {

@@ -693,8 +693,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             recommend_users: plan.recommend_users,
             k: plan.k,
             optimizer: match (plan.optim.sparse, plan.optim.fused) {
-                (true, true) => "adam, row-sparse (lazy) tables, fused row kernels where the backend has them".into(),
-                (true, false) => "adam, row-sparse (lazy) tables, composed burn ops".into(),
+                (true, true) => "adam, row-sparse (lazy) tables, fused row kernels and head pass where the backend has them".into(),
+                (true, false) => "adam, row-sparse (lazy) tables, composed burn ops and autodiff".into(),
                 (false, _) => "adam, dense tables".into(),
             },
             variants: plan

@@ -310,8 +310,9 @@ pub struct BenchArgs {
     /// Dense Adam on the embedding tables (as torch.optim.Adam) instead of row-sparse.
     #[arg(long)]
     pub dense_adam: bool,
-    /// Row-sparse table updates as composed burn ops instead of the backend's fused row kernels
-    /// (`optim.fused = false`): the before/after of the kernels in one binary.
+    /// Row-sparse table updates as composed burn ops, and the head's forward and backward through
+    /// autodiff, instead of the backend's fused kernels (`optim.fused = false`): the
+    /// before/after of the kernels in one binary.
     #[arg(long)]
     pub composed_rows: bool,
     /// Users per evaluation pass: a number or all (default: all; 4096 for ml-20m).
