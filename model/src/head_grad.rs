@@ -12,6 +12,8 @@
 // The host pass runs on flex only; other builds keep it compiled and unused.
 #![cfg_attr(not(feature = "flex"), allow(dead_code, unused_imports))]
 
+use std::sync::Mutex;
+
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::config::{ModelKind, TableLayout};
@@ -147,6 +149,43 @@ unsafe fn run_fma(l: TableLayout, layers: &[Dense], output: Option<&Dense>, x: &
     run_with::<true>(l, layers, output, x)
 }
 
+/// One block of unique rows through the first layer: `out = rows[.., ..m] · wt` (`rows` `w`
+/// apart, `wt` `[m, d1]`).
+#[inline(always)]
+fn first_forward<const F: bool>(rows: &[f32], w: usize, m: usize, wt: &[f32], d1: usize, out: &mut [f32]) {
+    gemm::<F>(rows, w, out.len() / d1, m, wt, d1, out, d1, false)
+}
+
+/// One block of `n` unique rows back through the first layer: the block's part of the weight
+/// gradient, `dw += rows[.., ..m]ᵀ · dp`, and the rows' gradient, `out[.., ..m] = dp · wt`
+/// (`wt` `[d1, m]`; `rows` and `out` `w` apart).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn first_backward<const F: bool>(rows: &[f32], w: usize, n: usize, m: usize, dp: &[f32], d1: usize, wt: &[f32], out: &mut [f32], dw: &mut [f32]) {
+    gemm_tn::<F>(rows, w, dp, d1, n, m, d1, dw);
+    gemm::<F>(dp, d1, n, d1, wt, m, out, w, false);
+}
+
+/// [`first_forward`] and [`first_backward`] compiled with AVX2 and FMA, for the blocks the
+/// second thread may run: a closure does not inherit [`run_fma`]'s target features, and
+/// `mul_add` outside them is a libm call.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn first_forward_fma(rows: &[f32], w: usize, m: usize, wt: &[f32], d1: usize, out: &mut [f32]) {
+    first_forward::<true>(rows, w, m, wt, d1, out)
+}
+
+/// See [`first_forward_fma`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn first_backward_fma(rows: &[f32], w: usize, n: usize, m: usize, dp: &[f32], d1: usize, wt: &[f32], out: &mut [f32], dw: &mut [f32]) {
+    first_backward::<true>(rows, w, n, m, dp, d1, wt, out, dw)
+}
+
 /// `a·b + c`, fused where `F` (then compiled with FMA, see [`run_fma`]).
 #[inline(always)]
 fn fma<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
@@ -273,6 +312,22 @@ fn gemm_tn<const F: bool>(a: &[f32], lda: usize, b: &[f32], ldb: usize, m: usize
     }
 }
 
+/// Unique rows per block of the first layer's work, and the fewest rows (users and items) worth
+/// sharing that work with the second thread.
+const ROW_BLOCK: usize = 256;
+const MIN_SHARED_ROWS: usize = 2048;
+
+/// Calls `f(k)` once for every `k < n`: on this thread and the second one when `share` (flex
+/// builds), here otherwise.
+fn spread(n: usize, share: bool, f: impl Fn(usize) + Sync) {
+    #[cfg(feature = "flex")]
+    if share {
+        return crate::second_core::for_each(n, f);
+    }
+    let _ = share;
+    (0..n).for_each(f)
+}
+
 /// `w` `[r, c]` row-major, transposed: `[c, r]`.
 fn transposed(w: &[f32], r: usize, c: usize) -> Vec<f32> {
     let mut t = vec![0.0; r * c];
@@ -307,10 +362,25 @@ fn run_with<const F: bool>(l: TableLayout, layers: &[Dense], output: Option<&Den
     // The first MLP layer on the unique rows, its bias folded into the user side.
     let d1 = layers.first().map_or(0, |d| d.d_out);
     let (mut pu, mut pi) = (vec![0f32; nu * d1], vec![0f32; ni * d1]);
+    // Blocks of unique rows, shared with the second thread when there are enough of them.
+    let share = nu + ni >= MIN_SHARED_ROWS;
     if m > 0 {
         let first = &layers[0];
-        gemm::<F>(&x.user[g..], w, nu, m, &first.w[..m * d1], d1, &mut pu, d1, false);
-        gemm::<F>(&x.item[g..], w, ni, m, &first.w[m * d1..], d1, &mut pi, d1, false);
+        let (wa, wb) = first.w.split_at(m * d1);
+        let blocks: Vec<_> = (pu.chunks_mut(ROW_BLOCK * d1).enumerate().map(|(k, o)| (x.user, wa, k, Mutex::new(o))))
+            .chain(pi.chunks_mut(ROW_BLOCK * d1).enumerate().map(|(k, o)| (x.item, wb, k, Mutex::new(o))))
+            .collect();
+        spread(blocks.len(), share, |j| {
+            let (rows, wt, k, out) = &blocks[j];
+            let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+            let rows = &rows[k * ROW_BLOCK * w + g..];
+            #[cfg(target_arch = "x86_64")]
+            if F {
+                // SAFETY: `F` only under `run_fma`, which runs where the CPU has AVX2 and FMA.
+                return unsafe { first_forward_fma(rows, w, m, wt, d1, &mut out) };
+            }
+            first_forward::<F>(rows, w, m, wt, d1, &mut out);
+        });
         if let Some(bias) = first.b {
             pu.chunks_exact_mut(d1).for_each(|row| row.iter_mut().zip(bias).for_each(|(r, b)| *r += b));
         }
@@ -471,17 +541,36 @@ fn run_with<const F: bool>(l: TableLayout, layers: &[Dense], output: Option<&Den
     if m > 0 {
         // The first layer, on the unique rows again.
         let (dw1, db1) = &mut grads[0];
-        gemm_tn::<F>(&x.user[g..], w, &dpu, d1, nu, m, d1, &mut dw1[..m * d1]);
-        gemm_tn::<F>(&x.item[g..], w, &dpi, d1, ni, m, d1, &mut dw1[m * d1..]);
         if let Some(db1) = db1 {
             for row in dpu.chunks_exact(d1) {
                 db1.iter_mut().zip(row).for_each(|(a, r)| *a += r);
             }
         }
-        let first = &layers[0];
-        let (wa, wb) = (transposed(&first.w[..m * d1], m, d1), transposed(&first.w[m * d1..], m, d1));
-        gemm::<F>(&dpu, d1, nu, d1, &wa, m, &mut du[g..], w, false);
-        gemm::<F>(&dpi, d1, ni, d1, &wb, m, &mut di[g..], w, false);
+        let (wa, wb) = layers[0].w.split_at(m * d1);
+        let (wa, wb) = (transposed(wa, m, d1), transposed(wb, m, d1));
+        // Per block: its part of the weight gradient (summed below) and its rows' gradient.
+        let user_blocks = nu.div_ceil(ROW_BLOCK);
+        let blocks: Vec<_> = (du.chunks_mut(ROW_BLOCK * w).enumerate().map(|(k, o)| (x.user, &dpu, &wa, k, Mutex::new((o, vec![0f32; m * d1])))))
+            .chain(di.chunks_mut(ROW_BLOCK * w).enumerate().map(|(k, o)| (x.item, &dpi, &wb, k, Mutex::new((o, vec![0f32; m * d1])))))
+            .collect();
+        spread(blocks.len(), share, |j| {
+            let (rows, dp, wt, k, slot) = &blocks[j];
+            let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+            let (out, dw) = &mut *slot;
+            let (r0, n) = (k * ROW_BLOCK, out.len() / w);
+            let (rows, dp) = (&rows[r0 * w + g..], &dp[r0 * d1..]);
+            #[cfg(target_arch = "x86_64")]
+            if F {
+                // SAFETY: as in the forward's blocks.
+                return unsafe { first_backward_fma(rows, w, n, m, dp, d1, wt, &mut out[g..], dw) };
+            }
+            first_backward::<F>(rows, w, n, m, dp, d1, wt, &mut out[g..], dw);
+        });
+        for (j, (.., slot)) in blocks.into_iter().enumerate() {
+            let (_, part) = slot.into_inner().unwrap_or_else(|e| e.into_inner());
+            let side = if j < user_blocks { 0 } else { m * d1 };
+            dw1[side..side + m * d1].iter_mut().zip(&part).for_each(|(a, p)| *a += p);
+        }
     }
     Grads {
         loss: (loss * scale as f64) as f32,
@@ -547,18 +636,20 @@ mod tests {
     fn fused_loss_and_gradients_equal_autodiff() {
         let d = Device::flex();
         // The tower widths NCF uses (registers) and odd ones (the general loops); a batch that
-        // is not a multiple of the chunk; BCE and BPR (groups of 3).
+        // is not a multiple of the chunk; BCE and BPR (groups of 3); enough unique rows for the
+        // first layer's blocks to be shared with the second thread, and partial blocks.
         let cases = [
-            (ModelKind::Neumf, vec![64, 32, 16, 8]),
-            (ModelKind::Neumf, vec![10, 7, 3]),
-            (ModelKind::Mlp, vec![16, 8, 4]),
-            (ModelKind::Gmf, vec![]),
-            (ModelKind::Mf, vec![]),
+            (ModelKind::Neumf, vec![64, 32, 16, 8], 23, 41),
+            (ModelKind::Neumf, vec![64, 32, 16, 8], 700, 1500),
+            (ModelKind::Neumf, vec![10, 7, 3], 23, 41),
+            (ModelKind::Mlp, vec![16, 8, 4], 23, 41),
+            (ModelKind::Gmf, vec![], 23, 41),
+            (ModelKind::Mf, vec![], 23, 41),
         ];
-        for (kind, layers) in cases {
+        for (kind, layers, nu, ni) in cases {
             for loss in [LossKind::Bce, LossKind::Bpr] {
                 let cfg = ModelConfig { kind, factors: 5, layers: layers.clone(), init_std: 0.3, ..Default::default() };
-                let (nu, ni, b, group) = (23, 41, 3 * 67, 3);
+                let (b, group) = (3 * 67 * (1 + nu / 100), 3);
                 let model = Ncf::init(&cfg, nu, ni, 7, &d);
                 let width = model.user.val().dims()[1];
                 let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(11);
@@ -570,7 +661,7 @@ mod tests {
                 let i = Tensor::<2>::random([ni, width], Distribution::Normal(0.0, 0.5), &d);
                 let got = head_grads(&model.head, (&u, &up), (&i, &ip), &y, loss, group).expect("flex, no dropout");
                 let want = reference(&model.head, &u, &up, &i, &ip, &y, loss, group);
-                let what = format!("{kind:?} {layers:?} {loss:?}");
+                let what = format!("{kind:?} {layers:?} {nu}x{ni} {loss:?}");
                 close(&format!("{what} loss"), &vals(got.loss), &[want.0]);
                 close(&format!("{what} user rows"), &vals(got.user), &want.1);
                 close(&format!("{what} item rows"), &vals(got.item), &want.2);

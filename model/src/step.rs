@@ -258,13 +258,15 @@ mod tests {
         let fused = run(true, true);
         assert_eq!(fused, run(true, false));
         let composed = run(false, false);
-        // The composed run also takes the autodiff head, whose sums run in another order; Adam's
-        // normalised step turns that rounding, on a near-zero gradient, into ~1e-6 moves.
-        let close = |a: f32, b: f32| (a - b).abs() <= 5e-6 + 1e-5 * b.abs();
+        let close = |a: f32, b: f32| (a - b).abs() <= 1e-6 + 1e-5 * b.abs();
         assert!(fused.2.iter().zip(&composed.2).all(|(a, b)| close(*a, *b)), "losses {:?} vs {:?}", fused.2, composed.2);
+        // The composed run also takes the autodiff head, whose sums run in another order; on a
+        // near-zero gradient Adam's normalised step turns that rounding into moves of up to ~1e-5
+        // here. A row updated twice, or not at all, is off by about lr = 1e-2.
+        let near = |a: f32, b: f32| (a - b).abs() <= 1e-4;
         for (what, a, b) in [("user", &fused.0, &composed.0), ("item", &fused.1, &composed.1)] {
             for (r, (x, y)) in a.iter().zip(b).enumerate() {
-                assert!(x.iter().zip(y).all(|(p, q)| close(*p, *q)), "{what} row {r}: {x:?} vs {y:?}");
+                assert!(x.iter().zip(y).all(|(p, q)| near(*p, *q)), "{what} row {r}: {x:?} vs {y:?}");
             }
         }
     }
