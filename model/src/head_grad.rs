@@ -584,7 +584,7 @@ fn run_with<const F: bool>(l: TableLayout, layers: &[Dense], output: Option<&Den
 mod tests {
     use super::*;
     use crate::config::ModelConfig;
-    use crate::loss::{bce_with_logits, bpr};
+    use crate::loss::batch_loss;
     use crate::ncf::Ncf;
     use crate::optim::Track;
     use burn::module::Module;
@@ -601,17 +601,7 @@ mod tests {
         let head = head.clone().map(&mut Track);
         let (u, i) = (u.clone().autodiff().require_grad(), i.clone().autodiff().require_grad());
         let logits = head.forward_rows(u.clone(), up.clone(), i.clone(), ip.clone());
-        let l = match loss {
-            LossKind::Bce => bce_with_logits(logits, y.clone()),
-            LossKind::Bpr => {
-                let [b] = logits.dims();
-                let g = logits.reshape([b / group, group]);
-                let pos = g.clone().slice([0..b / group, 0..1]).expand([b / group, group - 1]);
-                let neg = g.slice([0..b / group, 1..group]);
-                let n = (b / group) * (group - 1);
-                bpr(pos.reshape([n]), neg.reshape([n]))
-            }
-        };
+        let l = batch_loss(loss, logits, y.clone(), group);
         let grads = l.backward();
         struct Collect<'a>(&'a burn::tensor::Gradients, Vec<Vec<f32>>);
         impl burn::module::ModuleVisitor for Collect<'_> {

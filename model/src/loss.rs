@@ -31,6 +31,25 @@ pub fn bpr(pos: Tensor<1>, neg: Tensor<1>) -> Tensor<1> {
     log_sigmoid(pos - neg).mean().neg()
 }
 
+/// A training batch's loss from its logits: BCE against `labels`, or BPR over groups of `group`
+/// samples, a positive followed by its negatives (every (positive, negative) pair).
+///
+/// # Shapes
+/// - logits, labels: `[batch]` → `[1]`
+pub fn batch_loss(kind: LossKind, logits: Tensor<1>, labels: Tensor<1>, group: usize) -> Tensor<1> {
+    match kind {
+        LossKind::Bce => bce_with_logits(logits, labels),
+        LossKind::Bpr => {
+            let [b] = logits.dims();
+            let g = logits.reshape([b / group, group]);
+            let pos = g.clone().slice([0..b / group, 0..1]).expand([b / group, group - 1]);
+            let neg = g.slice([0..b / group, 1..group]);
+            let n = (b / group) * (group - 1);
+            bpr(pos.reshape([n]), neg.reshape([n]))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,12 @@
-//! One training step, row-sparse by construction: gather the batch's unique user and item rows
-//! into tracked leaves, backpropagate to them, and update only those rows. No value is read back
-//! to the host; the loss stays on the device for the caller to accumulate.
+//! One training step, row-sparse by construction: gather the batch's unique user and item rows,
+//! compute the loss's gradient with respect to them (one fused pass on flex, see
+//! [`crate::head_grad`]; autodiff on tracked leaves elsewhere), and update only those rows. No
+//! value is read back to the host; the loss stays on the device for the caller to accumulate.
 
 use burn::module::{Module, Param};
 use burn::tensor::{Int, Tensor};
 
-use crate::loss::{LossKind, bce_with_logits, bpr};
+use crate::loss::{LossKind, batch_loss};
 use crate::ncf::Ncf;
 use crate::head_grad;
 use crate::optim::{HeadGradients, HeadUpdate, Optimizer, TableSide, Track};
@@ -101,17 +102,7 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
             let (user_rows, item_rows) = (user_rows.autodiff().require_grad(), item_rows.autodiff().require_grad());
             let head = model.head.clone().map(&mut Track);
             let logits = head.forward_rows(user_rows.clone(), input.user_pos, item_rows.clone(), input.item_pos);
-            let loss = match loss {
-                LossKind::Bce => bce_with_logits(logits, input.labels),
-                LossKind::Bpr => {
-                    let [b] = logits.dims();
-                    let g = logits.reshape([b / group, group]);
-                    let pos = g.clone().slice([0..b / group, 0..1]).expand([b / group, group - 1]);
-                    let neg = g.slice([0..b / group, 1..group]);
-                    let n = (b / group) * (group - 1);
-                    bpr(pos.reshape([n]), neg.reshape([n]))
-                }
-            };
+            let loss = batch_loss(loss, logits, input.labels, group);
             let grads = loss.backward();
             let gu = user_rows.grad(&grads).expect("user rows are tracked");
             let gi = item_rows.grad(&grads).expect("item rows are tracked");
