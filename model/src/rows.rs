@@ -168,6 +168,42 @@ pub fn update_beside(table: &Tensor<2>, rows: usize) -> bool {
     false
 }
 
+/// Work handed to the second thread (flex builds) for a result wanted later, such as a training
+/// loop's next batch. There it fills time that thread would spend spinning between its row jobs;
+/// a thread of its own would compete with that one and the step for the two cores, and wait its
+/// turn on them. Builds without flex run the job on a thread of its own.
+pub fn later<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Later<T> {
+    let out = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let put = out.clone();
+    let job = move || *put.lock().unwrap_or_else(|e| e.into_inner()) = Some(job());
+    #[cfg(feature = "flex")]
+    let owed = crate::second_core::post_owed(job);
+    #[cfg(not(feature = "flex"))]
+    let owed = Some(std::thread::spawn(job));
+    Later { out, owed }
+}
+
+/// A result of [`later`].
+pub struct Later<T> {
+    out: std::sync::Arc<std::sync::Mutex<Option<T>>>,
+    #[cfg(feature = "flex")]
+    owed: Option<crate::second_core::Owed>,
+    #[cfg(not(feature = "flex"))]
+    owed: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<T> Later<T> {
+    /// The job's result: it runs here if the second thread has not started it, else this waits
+    /// for it. Panics if the job panicked.
+    pub fn get(self) -> T {
+        #[cfg(feature = "flex")]
+        drop(self.owed);
+        #[cfg(not(feature = "flex"))]
+        let _ = self.owed.map(std::thread::JoinHandle::join);
+        self.out.lock().unwrap_or_else(|e| e.into_inner()).take().expect("the job handed to `later` panicked")
+    }
+}
+
 /// Runs `there` on the second thread while `here` runs on this one, which then joins the rows
 /// `there` shares (flex builds; elsewhere one after the other). Returns both results.
 pub fn beside<A: Send, B>(there: impl FnOnce() -> A + Send, here: impl FnOnce() -> B) -> (A, B) {
@@ -1206,6 +1242,25 @@ mod tests {
         assert!(pipeline.defer_adam(&t, (&m2, &v2, &l), &ints(&now), grad, step, &next).is_ok());
         pipeline.rows_ready(&ints(&now));
         assert_eq!(values(t), values(want.table));
+    }
+
+    #[test]
+    fn later_hands_back_each_jobs_result_and_a_moved_value() {
+        // A value moved from job to job, as the training loop moves its batch builder.
+        let mut acc = Some(Vec::new());
+        for k in 0..200usize {
+            let mut v = acc.take().unwrap();
+            let job = later(move || {
+                v.push(k);
+                (v, k * 3)
+            });
+            let (v, out) = job.get();
+            assert_eq!(out, k * 3);
+            acc = Some(v);
+        }
+        assert_eq!(acc.unwrap(), (0..200).collect::<Vec<_>>());
+        let queued: Vec<_> = (0..50).map(|k| later(move || k + 1)).collect();
+        assert_eq!(queued.into_iter().map(Later::get).collect::<Vec<_>>(), (1..=50).collect::<Vec<_>>());
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! queues a job nobody waits for until its ticket is dropped: the step uses it to copy the next
 //! batch's rows of that table, and read this batch's, while the forward and backward passes run.
 //! [`post_owed`] queues one that must run: a large item table's update, left running into the
-//! next step (`rows::Pipeline`).
+//! next step (`rows::Pipeline`), and the training loop's next batch (`rows::later`).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -88,7 +88,7 @@ impl Shared {
                     }
                     if self.now() < self.spin_until.load(Ordering::Acquire) {
                         drop(slot);
-                        // Polite spinning: the batch thread and burn's pool may want this core.
+                        // Polite spinning: burn's pool or another process may want this core.
                         std::thread::yield_now();
                         slot = self.job.lock().unwrap_or_else(|e| e.into_inner());
                     } else {

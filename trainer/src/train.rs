@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use ncf_datasets::{BatchBuilder, EpochSamples, NegativeSampler, SampledCandidates, Split};
+use ncf_datasets::{Batch, BatchBuilder, EpochSamples, NegativeSampler, SampledCandidates, Split};
 use ncf_model::eval::{RankingChunk, full_ranking_rows, full_ranking_sums, sampled_rows, sampled_sums};
 use ncf_model::step::Lookahead;
 use ncf_model::{LossKind, Ncf, Optimizer, StepInput, train_step};
@@ -153,7 +153,7 @@ pub struct EpochProfile {
     pub read_secs: f64,
 }
 
-/// One epoch of steps; batches are built on a background thread while the device computes.
+/// One epoch of steps; batches are built on the step's second thread while the device computes.
 /// Returns the model and the epoch's mean loss (read back once per `log_every` steps and at the end).
 pub(crate) fn run_epoch(
     mut model: Ncf,
@@ -167,30 +167,46 @@ pub(crate) fn run_epoch(
     let (n_users, n_items) = (model.n_users(), model.n_items());
     let mut prof = EpochProfile::default();
     let reads_before = host::reads();
-    let (tx, rx) = std::sync::mpsc::sync_channel(8);
     let mut acc: Option<Tensor<1>> = None;
-    let model = std::thread::scope(|s| {
-        s.spawn(move || {
-            let mut builder = BatchBuilder::new(n_users, n_items);
-            for start in (0..samples.len()).step_by(batch_size) {
-                let end = (start + batch_size).min(samples.len());
-                let b = builder.build(&samples.user[start..end], &samples.item[start..end], &samples.label[start..end]);
-                if tx.send(b).is_err() {
-                    break;
-                }
-            }
-        });
+    let model = {
+        // Batch k + 1 is built on the step's second thread while step k - 1 runs (see
+        // `rows::later`), the builder handed from one job to the next.
+        let build = |builder: BatchBuilder, k: usize| {
+            let (start, end) = (k * batch_size, ((k + 1) * batch_size).min(samples.len()));
+            let part = |v: &[_]| v[start..end].to_vec();
+            let (user, item, label) = (part(&samples.user), part(&samples.item), samples.label[start..end].to_vec());
+            ncf_model::rows::later(move || {
+                let mut builder = builder;
+                let batch = builder.build(&user, &item, &label);
+                (builder, batch)
+            })
+        };
+        let n_batches = samples.len().div_ceil(batch_size);
         let mut seen = 0usize;
         let mut step = 0usize;
         // One batch ahead: the step fetches the next batch's rows of a large item table while it
         // computes, and leaves that table's update running into the next step
         // (ncf_model::step::Lookahead).
         let pipeline = ncf_model::rows::Pipeline::default();
-        let mut next = rx.recv().ok();
+        let mut builder = Some(BatchBuilder::new(n_users, n_items));
+        // Batch k's job, if there is a batch k; the builder comes back with its result.
+        let post = |builder: &mut Option<BatchBuilder>, k: usize| (k < n_batches).then(|| build(builder.take().expect("one job holds the builder"), k));
+        let collect = |builder: &mut Option<BatchBuilder>, job: Option<ncf_model::rows::Later<(BatchBuilder, Batch)>>| {
+            job.map(|j| {
+                let (b, batch) = j.get();
+                *builder = Some(b);
+                batch
+            })
+        };
+        let first = post(&mut builder, 0);
+        let mut next = collect(&mut builder, first);
+        let mut pending = None;
         loop {
             let t_wait = Instant::now();
             let Some(batch) = next.take() else { break };
-            next = rx.recv().ok();
+            let job = pending.take().or_else(|| post(&mut builder, step + 1));
+            next = collect(&mut builder, job);
+            pending = post(&mut builder, step + 2);
             prof.wait_batches += t_wait.elapsed().as_secs_f64();
             let t_step = Instant::now();
             let n = batch.packed.len();
@@ -219,7 +235,7 @@ pub(crate) fn run_epoch(
         pipeline.finish();
         prof.steps = step as u64;
         model
-    });
+    };
     prof.reads = host::reads() - reads_before;
     let t_read = Instant::now();
     let mean = acc.map_or(0.0, |a| host::read_f32(a)[0] as f64 / samples.len().max(1) as f64);
