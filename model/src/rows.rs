@@ -391,7 +391,7 @@ pub(crate) mod flex {
     use burn::backend::{DType, Flex};
 
     /// Row indices of a 1-D int tensor (any view), checked against the table's row count.
-    fn indices(rows: &FlexTensor, n: usize) -> Vec<usize> {
+    pub(crate) fn indices(rows: &FlexTensor, n: usize) -> Vec<usize> {
         let (a, b) = rows.layout().contiguous_offsets().expect("row indices are a contiguous view");
         let out: Vec<usize> = match rows.dtype() {
             DType::I32 => rows.storage::<i32>()[a..b].iter().map(|&r| r as usize).collect(),
@@ -408,13 +408,17 @@ pub(crate) mod flex {
         if t.is_contiguous() && t.layout().start_offset() == 0 { t } else { t.to_contiguous() }
     }
 
+    /// A float tensor's values as one contiguous slice (copied only if it is a strided view).
+    pub(crate) fn contiguous(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+        match t.as_slice::<f32>() {
+            Some(s) => std::borrow::Cow::Borrowed(s),
+            None => std::borrow::Cow::Owned(t.to_contiguous().as_slice::<f32>().expect("contiguous").to_vec()),
+        }
+    }
+
     /// The gradient rows as one contiguous slice.
     fn rows_of(grad: &FlexTensor) -> (std::borrow::Cow<'_, [f32]>, usize) {
-        let width = grad.layout().shape()[1];
-        match grad.as_slice::<f32>() {
-            Some(s) => (std::borrow::Cow::Borrowed(s), width),
-            None => (std::borrow::Cow::Owned(grad.to_contiguous().as_slice::<f32>().expect("contiguous").to_vec()), width),
-        }
+        (contiguous(grad), grad.layout().shape()[1])
     }
 
     /// Hints the cache to fetch `bytes` bytes at `p` (x86-64; elsewhere nothing).
@@ -492,7 +496,7 @@ pub(crate) mod flex {
     }
 
     /// A flex f32 tensor, contiguous, as flex's own tensor (a handle on the same buffer).
-    pub(crate) fn flex_f32<const D: usize>(t: &burn::tensor::Tensor<D>) -> Option<FlexTensor> {
+    fn flex_f32<const D: usize>(t: &burn::tensor::Tensor<D>) -> Option<FlexTensor> {
         use burn::backend::{BackendTensor, DispatchTensorKind};
         match t.clone().into_dispatch().kind {
             DispatchTensorKind::Flex(BackendTensor::Float(f)) if f.dtype() == DType::F32 && f.is_contiguous() => Some(f),
@@ -506,7 +510,7 @@ pub(crate) mod flex {
     }
 
     /// The values of a flex int tensor of row indices.
-    pub(crate) fn host_rows(rows: &burn::tensor::Tensor<1, burn::tensor::Int>, n: usize) -> Option<Vec<usize>> {
+    pub(super) fn host_rows(rows: &burn::tensor::Tensor<1, burn::tensor::Int>, n: usize) -> Option<Vec<usize>> {
         use burn::backend::{BackendTensor, DispatchTensorKind};
         match rows.clone().into_dispatch().kind {
             DispatchTensorKind::Flex(BackendTensor::Int(r)) => Some(indices(&r, n)),
