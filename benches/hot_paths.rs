@@ -15,10 +15,15 @@ use ncf_model::optim::TableSide;
 use ncf_model::rows::{CatchUp, RowStep};
 use ncf_model::{LossKind, ModelConfig, ModelKind, Ncf, OptimConfig, Optimizer, StepInput, train_step};
 
+// The allocator tuning `ncf`'s compute commands run with, so the steps measure as they train.
+#[path = "../trainer/src/alloc.rs"]
+mod alloc;
+
 const USERS: usize = 6040;
 const ITEMS: usize = 3706;
 
 fn steps(c: &mut Criterion) {
+    alloc::keep_heap();
     let device = Device::flex();
     for kind in [ModelKind::Gmf, ModelKind::Mlp, ModelKind::Neumf, ModelKind::Mf] {
         for batch in [256usize, 4096] {

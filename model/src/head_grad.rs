@@ -216,6 +216,12 @@ struct Grads {
     params: Vec<Vec<f32>>,
 }
 
+thread_local! {
+    /// The first layer's outputs on the unique rows and their gradients, kept from one step to
+    /// the next (about 1 MB at batch 4096): fresh buffers would be zeroed, or paged in, every step.
+    static SCRATCH: std::cell::RefCell<[Vec<f32>; 4]> = Default::default();
+}
+
 /// Samples per chunk (rounded to whole BPR groups): a chunk's activations stay in L1.
 const CHUNK: usize = 64;
 
@@ -447,7 +453,14 @@ fn run_with<const F: bool>(l: TableLayout, layers: &[Dense], output: Option<&Den
 
     // The first MLP layer on the unique rows, its bias folded into the user side.
     let d1 = layers.first().map_or(0, |d| d.d_out);
-    let (mut pu, mut pi) = (vec![0f32; nu * d1], vec![0f32; ni * d1]);
+    let [mut pu, mut pi, mut dpu, mut dpi] = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    // Overwritten by the first layer's forward below; its gradients accumulate from zero.
+    pu.resize(nu * d1, 0.0);
+    pi.resize(ni * d1, 0.0);
+    for (g, n) in [(&mut dpu, nu), (&mut dpi, ni)] {
+        g.clear();
+        g.resize(n * d1, 0.0);
+    }
     // Blocks of unique rows, shared with the second thread when there are enough of them.
     let share = nu + ni >= MIN_SHARED_ROWS;
     if m > 0 {
@@ -484,7 +497,6 @@ fn run_with<const F: bool>(l: TableLayout, layers: &[Dense], output: Option<&Den
     // A chunk's activations (after ReLU) and their gradients, per layer.
     let mut h: Vec<Vec<f32>> = widths.iter().map(|&d| vec![0f32; chunk * d]).collect();
     let mut dz: Vec<Vec<f32>> = widths.iter().map(|&d| vec![0f32; chunk * d]).collect();
-    let (mut dpu, mut dpi) = (vec![0f32; nu * d1], vec![0f32; ni * d1]);
     let mut logit = vec![0f32; chunk];
     let mut dl = vec![0f32; chunk];
     let mut loss = 0f64;
@@ -658,6 +670,7 @@ fn run_with<const F: bool>(l: TableLayout, layers: &[Dense], output: Option<&Den
             dw1[side..side + m * d1].iter_mut().zip(&part).for_each(|(a, p)| *a += p);
         }
     }
+    SCRATCH.with(|s| *s.borrow_mut() = [pu, pi, dpu, dpi]);
     Grads {
         loss: (loss * scale as f64) as f32,
         user: du,
