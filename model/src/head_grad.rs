@@ -284,6 +284,17 @@ fn fma<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
     if F { a.mul_add(b, c) } else { a * b + c }
 }
 
+/// `s[r] += x(r) · row` for each of the `R` accumulator rows: the register block's inner step.
+#[inline(always)]
+fn fma_rows<const F: bool, const N: usize, const R: usize>(s: &mut [[f32; N]; R], x: impl Fn(usize) -> f32, row: &[f32; N]) {
+    for (r, sr) in s.iter_mut().enumerate() {
+        let x = x(r);
+        for o in 0..N {
+            sr[o] = fma::<F>(x, row[o], sr[o]);
+        }
+    }
+}
+
 /// `c[i, ..n] (+)= Σ_k a[i, k] · b[k, ..n]` for `i < m`: `a`'s rows are `lda` apart, `c`'s
 /// `ldc`, `b` is `[k, n]` contiguous; `acc` adds to `c` instead of overwriting it.
 #[inline(always)]
@@ -302,12 +313,7 @@ fn gemm<const F: bool>(a: &[f32], lda: usize, m: usize, k: usize, b: &[f32], n: 
         }
         for kk in 0..k {
             let row: &[f32; N] = b[kk * N..kk * N + N].try_into().expect("N columns");
-            for (r, sr) in s.iter_mut().enumerate() {
-                let x = a[(i + r) * lda + kk];
-                for o in 0..N {
-                    sr[o] = fma::<F>(x, row[o], sr[o]);
-                }
-            }
+            fma_rows::<F, N, R>(&mut s, |r| a[(i + r) * lda + kk], row);
         }
         for (r, sr) in s.iter().enumerate() {
             c[(i + r) * ldc..(i + r) * ldc + N].copy_from_slice(sr);
@@ -360,12 +366,7 @@ fn gemm_tn<const F: bool>(a: &[f32], lda: usize, b: &[f32], ldb: usize, m: usize
         }
         for i in i0..i1 {
             let row: &[f32; N] = b[i * ldb..i * ldb + N].try_into().expect("N columns");
-            for (r, sr) in s.iter_mut().enumerate() {
-                let x = a[i * lda + kk + r];
-                for o in 0..N {
-                    sr[o] = fma::<F>(x, row[o], sr[o]);
-                }
-            }
+            fma_rows::<F, N, R>(&mut s, |r| a[i * lda + kk + r], row);
         }
         for (r, sr) in s.iter().enumerate() {
             c[(kk + r) * N..(kk + r) * N + N].copy_from_slice(sr);
