@@ -7,8 +7,9 @@
 //! gradient of every unique user and item row. The first MLP layer runs on the unique rows, as in
 //! [`Head::forward_rows`]. Matmuls are register-blocked loops (AVX2 + FMA where the CPU has them).
 //! The pass is a kernel behind burn's backend extension ([`HeadPass`]), as the row updates are.
-//! NeuMF factor 8, batch 4096, 6040 users × 10k items: 2.0 → 1.5–1.6 ms/step. Same numbers as the
-//! autodiff path up to f32 rounding (tests below); dropout in the tower keeps the autodiff path.
+//! NeuMF factor 8, batch 4096, 6040 users × 10k items: 2.0 → 1.2–1.3 ms/step with the rest of
+//! session 8's changes (BENCHMARKS.md). Same numbers as the autodiff path up to f32 rounding
+//! (tests below); dropout in the tower keeps the autodiff path.
 
 // The host pass runs on flex only; other builds keep it compiled and unused (and burn's
 // generated routing never reads the kernel's arguments).
@@ -432,6 +433,14 @@ fn transposed(w: &[f32], r: usize, c: usize) -> Vec<f32> {
     t
 }
 
+/// `acc += Σ rows`, `rows` being rows of `acc.len()` values: bias gradients, scatter-adds.
+#[inline(always)]
+fn add_rows(acc: &mut [f32], rows: &[f32]) {
+    for row in rows.chunks_exact(acc.len()) {
+        acc.iter_mut().zip(row).for_each(|(a, r)| *a += r);
+    }
+}
+
 /// `(ln(1 + eˣ), σ(x))` from one exponential, stable for large `|x|`.
 #[inline(always)]
 fn softplus_sigmoid(x: f32) -> (f32, f32) {
@@ -485,8 +494,9 @@ fn run_with<const F: bool>(l: TableLayout, layers: &[Dense], output: Option<&Den
             pu.chunks_exact_mut(d1).for_each(|row| row.iter_mut().zip(bias).for_each(|(r, b)| *r += b));
         }
     }
-    // Later layers' weights transposed, for the way back: `[d_out, d_in]`.
-    let back: Vec<Vec<f32>> = layers.iter().map(|d| transposed(d.w, d.d_in, d.d_out)).collect();
+    // Later layers' weights transposed, for the way back: `[d_out, d_in]` (the first layer's
+    // two halves are transposed for its own backward, at the end).
+    let back: Vec<Vec<f32>> = layers.iter().enumerate().map(|(k, d)| if k == 0 { Vec::new() } else { transposed(d.w, d.d_in, d.d_out) }).collect();
     let widths: Vec<usize> = layers.iter().map(|d| d.d_out).collect();
     let last = widths.last().copied().unwrap_or(0);
     let (wo, bo) = match output {
@@ -617,9 +627,7 @@ fn run_with<const F: bool>(l: TableLayout, layers: &[Dense], output: Option<&Den
             let (dw, db) = &mut grads[k];
             gemm_tn::<F>(&h[k - 1], d_in, &dz[k], d_out, cn, d_in, d_out, dw);
             if let Some(db) = db {
-                for row in dz[k][..cn * d_out].chunks_exact(d_out) {
-                    db.iter_mut().zip(row).for_each(|(a, r)| *a += r);
-                }
+                add_rows(db, &dz[k][..cn * d_out]);
             }
             let (below, here) = dz.split_at_mut(k);
             gemm::<F>(&here[0], d_out, cn, d_out, &back[k], d_in, &mut below[k - 1], d_in, false);
@@ -632,8 +640,8 @@ fn run_with<const F: bool>(l: TableLayout, layers: &[Dense], output: Option<&Den
         for s in 0..cn {
             let (u, i) = at(s);
             let row = &dz[0][s * d1..s * d1 + d1];
-            dpu[u * d1..u * d1 + d1].iter_mut().zip(row).for_each(|(a, r)| *a += r);
-            dpi[i * d1..i * d1 + d1].iter_mut().zip(row).for_each(|(a, r)| *a += r);
+            add_rows(&mut dpu[u * d1..u * d1 + d1], row);
+            add_rows(&mut dpi[i * d1..i * d1 + d1], row);
         }
     }
 
@@ -641,9 +649,7 @@ fn run_with<const F: bool>(l: TableLayout, layers: &[Dense], output: Option<&Den
         // The first layer, on the unique rows again.
         let (dw1, db1) = &mut grads[0];
         if let Some(db1) = db1 {
-            for row in dpu.chunks_exact(d1) {
-                db1.iter_mut().zip(row).for_each(|(a, r)| *a += r);
-            }
+            add_rows(db1, &dpu);
         }
         let (wa, wb) = layers[0].w.split_at(m * d1);
         let (wa, wb) = (transposed(wa, m, d1), transposed(wb, m, d1));
@@ -668,7 +674,7 @@ fn run_with<const F: bool>(l: TableLayout, layers: &[Dense], output: Option<&Den
         for (j, (.., slot)) in blocks.into_iter().enumerate() {
             let (_, part) = slot.into_inner().unwrap_or_else(|e| e.into_inner());
             let side = if j < user_blocks { 0 } else { m * d1 };
-            dw1[side..side + m * d1].iter_mut().zip(&part).for_each(|(a, p)| *a += p);
+            add_rows(&mut dw1[side..side + m * d1], &part);
         }
     }
     SCRATCH.with(|s| *s.borrow_mut() = [pu, pi, dpu, dpi]);

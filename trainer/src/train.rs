@@ -173,8 +173,7 @@ pub(crate) fn run_epoch(
         // `rows::later`), the builder handed from one job to the next.
         let build = |builder: BatchBuilder, k: usize| {
             let (start, end) = (k * batch_size, ((k + 1) * batch_size).min(samples.len()));
-            let part = |v: &[_]| v[start..end].to_vec();
-            let (user, item, label) = (part(&samples.user), part(&samples.item), samples.label[start..end].to_vec());
+            let (user, item, label) = (samples.user[start..end].to_vec(), samples.item[start..end].to_vec(), samples.label[start..end].to_vec());
             ncf_model::rows::later(move || {
                 let mut builder = builder;
                 let batch = builder.build(&user, &item, &label);
