@@ -77,8 +77,23 @@ impl Reference {
         let dir = run.join("best");
         let config: toml::Table = std::fs::read_to_string(dir.join("config.toml")).unwrap().parse().unwrap();
         let model_cfg: ModelConfig = config["model"].clone().try_into().unwrap();
-        let lines = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap().lines().map(str::to_owned).collect::<Vec<_>>();
-        let (users, items) = (lines("users.txt"), lines("items.txt"));
+        // The raw ids are bytes in train.safetensors, each id ending at the offset in `*_id_ends`.
+        let buf = std::fs::read(dir.join("train.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&buf).unwrap();
+        let ids = |name: &str| -> Vec<String> {
+            let all = st.tensor(&format!("{name}_ids")).unwrap().data().to_vec();
+            let ends = st.tensor(&format!("{name}_id_ends")).unwrap().data().to_vec();
+            let mut start = 0;
+            ends.chunks_exact(8)
+                .map(|c| {
+                    let end = i64::from_le_bytes(c.try_into().unwrap()) as usize;
+                    let id = String::from_utf8(all[start..end].to_vec()).unwrap();
+                    start = end;
+                    id
+                })
+                .collect()
+        };
+        let (users, items) = (ids("user"), ids("item"));
         let device = Device::flex();
         let mut model = Ncf::init(&model_cfg, users.len(), items.len(), 0, &device);
         let applied = model.load_from(&mut SafetensorsStore::from_file(dir.join("model.safetensors"))).unwrap();
@@ -452,7 +467,7 @@ fn bad_inputs_fail_clearly_without_partial_output() {
     std::fs::write(reshaped.join("config.toml"), cfg).unwrap();
     let old = copy("old-format");
     let meta = std::fs::read_to_string(old.join("checkpoint.json")).unwrap();
-    let meta = meta.replace("\"format_version\": 2", "\"format_version\": 1");
+    let meta = meta.replace("\"format_version\": 3", "\"format_version\": 1");
     assert!(meta.contains("\"format_version\": 1"));
     std::fs::write(old.join("checkpoint.json"), meta).unwrap();
     let meta_file = dir.join("movies.csv");

@@ -21,7 +21,7 @@ pub enum DataError {
     UnknownFormat(String),
     #[error(
         "user {user:?} has no training interaction left after the {split} split; \
-         drop such users with data.min_user_interactions = {need} (or a larger k-core)"
+         drop such users with data.clean.min_user_interactions = {need} (or a larger k-core)"
     )]
     EmptyTrainUser { user: String, split: &'static str, need: usize },
     #[error("{0}")]

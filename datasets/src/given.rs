@@ -11,6 +11,7 @@
 //! The negatives file has one line per test pair: `(user,item)` then its negatives, tab-separated;
 //! every line must list the same number of negatives.
 
+use std::borrow::Cow;
 use std::io::BufRead;
 use std::path::Path;
 
@@ -74,11 +75,47 @@ pub fn read(train: &Path, test: &Path, negatives: Option<&Path>, opts: &ReadOpti
     Ok(Given { data, split, candidates, report })
 }
 
+/// Quotes an id for a negatives file when it holds a character of the format's syntax (tab,
+/// comma, parenthesis, quote, line break): in double quotes, quotes doubled, as CSV does.
+pub fn quote_negative_id(id: &str) -> Cow<'_, str> {
+    if id.contains(['\t', ',', '(', ')', '"', '\n', '\r']) { format!("\"{}\"", id.replace('"', "\"\"")).into() } else { id.into() }
+}
+
+/// The byte offset of the first `sep` outside double quotes.
+fn find_unquoted(s: &str, sep: char) -> Option<usize> {
+    let mut quoted = false;
+    s.char_indices().find_map(|(i, c)| {
+        quoted ^= c == '"';
+        (c == sep && !quoted).then_some(i)
+    })
+}
+
+/// `s` cut at every `sep` outside double quotes.
+fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(at) = find_unquoted(rest, sep) {
+        out.push(&rest[..at]);
+        rest = &rest[at + sep.len_utf8()..];
+    }
+    out.push(rest);
+    out
+}
+
+/// An id as written: spaces around it trimmed, and unquoted if quoted.
+fn unquote(field: &str) -> Cow<'_, str> {
+    let f = field.trim();
+    match f.strip_prefix('"').and_then(|f| f.strip_suffix('"')) {
+        Some(inner) if f.len() >= 2 => inner.replace("\"\"", "\"").into(),
+        _ => f.into(),
+    }
+}
+
 /// Parses `(user,item)` at the start of a negatives line.
-fn parse_pair(field: &str) -> Option<(&str, &str)> {
+fn parse_pair(field: &str) -> Option<(Cow<'_, str>, Cow<'_, str>)> {
     let inner = field.trim().strip_prefix('(')?.strip_suffix(')')?;
-    let (u, i) = inner.split_once(',')?;
-    let (u, i) = (u.trim(), i.trim());
+    let at = find_unquoted(inner, ',')?;
+    let (u, i) = (unquote(&inner[..at]), unquote(&inner[at + 1..]));
     (!u.is_empty() && !i.is_empty()).then_some((u, i))
 }
 
@@ -97,20 +134,28 @@ fn read_negatives(
     let mut rows: Vec<Option<Vec<u32>>> = vec![None; test.nnz()];
     let mut width: Option<(usize, usize)> = None; // (negatives per line, first line)
     let mut seen_any = false;
-    for (k, line) in std::io::BufReader::new(file).lines().enumerate() {
+    let io = |source| DataError::Io { path: path.into(), source };
+    let mut lines = std::io::BufReader::new(file).lines().enumerate();
+    while let Some((k, line)) = lines.next() {
         let line_no = k + 1;
-        let line = line.map_err(|source| DataError::Io { path: path.into(), source })?;
+        let mut line = line.map_err(io)?;
+        // A quoted id may hold a line break: the record goes on until its quotes balance.
+        while line.matches('"').count() % 2 == 1 {
+            let Some((_, next)) = lines.next() else { break };
+            line.push('\n');
+            line.push_str(&next.map_err(io)?);
+        }
         let line = line.trim_end(); // CRLF and trailing tabs
         if line.is_empty() {
             continue;
         }
         seen_any = true;
-        let mut fields = line.split('\t');
+        let mut fields = split_unquoted(line, '\t').into_iter();
         let head = fields.next().unwrap_or("");
         let (raw_u, raw_i) = parse_pair(head).ok_or_else(|| {
             line_err(line_no, format!("expected \"(user,item)\" then tab-separated negative items, found {head:?}"))
         })?;
-        let negs: Vec<&str> = fields.map(str::trim).collect();
+        let negs: Vec<Cow<str>> = fields.map(unquote).collect();
         if let Some(empty) = negs.iter().position(|n| n.is_empty()) {
             return Err(line_err(line_no, format!("negative {} is empty", empty + 1)));
         }
@@ -121,14 +166,14 @@ fn read_negatives(
             }
             Some(_) => {}
         }
-        let Some(u) = data.users.get(raw_u) else {
+        let Some(u) = data.users.get(&raw_u) else {
             report.dropped_negative_lines += 1;
             continue;
         };
         let not_test = || {
             line_err(line_no, format!("({raw_u},{raw_i}) is not a test pair of {}", test_path.display()))
         };
-        let i = data.items.get(raw_i).ok_or_else(not_test)?;
+        let i = data.items.get(&raw_i).ok_or_else(not_test)?;
         let pos = test.items(u).binary_search(&i).map_err(|_| not_test())?;
         let slot = &mut rows[offsets[u as usize] + pos];
         if slot.is_some() {
@@ -197,6 +242,17 @@ mod tests {
         assert_eq!((c.rows(), c.negatives), (2, 2));
         assert_eq!(c.user, vec![0, 1]);
         assert_eq!(c.items, vec![2, 3, 4, 1, 4, 3]);
+    }
+
+    #[test]
+    fn quoted_ids_in_negatives_round_trip() {
+        let ids = ["plain", "a,b", "t\tab", "(x)", "q\"uote", "line\nbreak", "007"];
+        for id in ids {
+            let line = format!("({},{})\t{}", quote_negative_id(id), quote_negative_id("i"), quote_negative_id(id));
+            let fields = split_unquoted(&line, '\t');
+            let (u, i) = parse_pair(fields[0]).unwrap();
+            assert_eq!((&*u, &*i, &*unquote(fields[1])), (id, "i", id), "{line:?}");
+        }
     }
 
     #[test]

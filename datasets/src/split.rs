@@ -161,6 +161,28 @@ impl Split {
     }
 }
 
+/// Drops the users `method` cannot split, with their interactions, as the NCF reference does
+/// implicitly: under leave-one-out a user with a single interaction would have nothing left to
+/// train on. Returns how many users and interactions were dropped.
+pub fn drop_unsplittable_users(data: &mut Interactions, method: SplitMethod) -> (usize, usize) {
+    if method != SplitMethod::LeaveOneOut {
+        return (0, 0);
+    }
+    let mut per_user = vec![0usize; data.n_users()];
+    for &u in &data.user {
+        per_user[u as usize] += 1;
+    }
+    let users = per_user.iter().filter(|&&c| c == 1).count();
+    if users == 0 {
+        return (0, 0);
+    }
+    let keep: Vec<bool> = data.user.iter().map(|&u| per_user[u as usize] > 1).collect();
+    let before = data.len();
+    data.retain_rows(&keep);
+    data.compact_ids();
+    (users, before - data.len())
+}
+
 /// Row indices of each item's interactions, in file order.
 fn rows_by_item(data: &Interactions) -> Vec<Vec<u32>> {
     let mut rows = vec![Vec::new(); data.n_items()];
@@ -199,10 +221,16 @@ mod tests {
     }
 
     #[test]
-    fn leave_one_out_rejects_single_interaction_users() {
-        let d = data(vec![0, 0, 1], vec![0, 1, 2], None);
+    fn leave_one_out_rejects_single_interaction_users_unless_dropped() {
+        let mut d = data(vec![0, 0, 1, 2, 2], vec![0, 1, 2, 0, 3], None);
         let err = Split::new(&d, &SplitConfig::default(), 0).unwrap_err().to_string();
-        assert!(err.contains("\"u1\"") && err.contains("min_user_interactions"), "{err}");
+        assert!(err.contains("\"u1\"") && err.contains("data.clean.min_user_interactions"), "{err}");
+        assert_eq!(drop_unsplittable_users(&mut d, SplitMethod::Random), (0, 0));
+        assert_eq!(drop_unsplittable_users(&mut d, SplitMethod::LeaveOneOut), (1, 1));
+        assert_eq!(d.users.raw_ids(), &["u0", "u2"]);
+        assert_eq!(d.items.raw_ids(), &["i0", "i1", "i3"], "the dropped user's only item goes too");
+        let s = Split::new(&d, &SplitConfig::default(), 0).unwrap();
+        assert_eq!((s.train.nnz(), s.test.nnz()), (2, 2));
     }
 
     #[test]

@@ -97,6 +97,13 @@ impl ParquetSink {
     }
 }
 
+/// The column names of a Parquet file, or `None` when it is not one polars can read.
+pub fn parquet_columns(path: &Path) -> Option<Vec<String>> {
+    let file = std::fs::File::open(path).ok()?;
+    let schema = polars::prelude::ParquetReader::new(file).schema().ok()?;
+    Some(schema.iter_names().map(|n| n.to_string()).collect())
+}
+
 /// A side table (e.g. item metadata) as strings, rows found by the raw value of a key column.
 #[derive(Debug, Clone, Default)]
 pub struct KeyedTable {

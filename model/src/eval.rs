@@ -94,7 +94,11 @@ pub fn full_ranking_rows(model: &Ncf, items: &crate::ncf::ItemSide, chunk: &Rank
         let mask = Tensor::<1>::full([m], f32::NEG_INFINITY, &device);
         scores = scores.select_assign(0, chunk.train_flat.clone(), mask, IndexingUpdateOp::Add);
     }
-    let top = scores.reshape([c, n]).argtopk(k, 1); // [c, k]
+    // A catalogue smaller than k ranks all its items (precision still divides by k).
+    let (k_all, k) = (k, k.min(n));
+    // burn's argtopk wants k < n; with k = n the full order is the top k.
+    let scores = scores.reshape([c, n]);
+    let top = if k < n { scores.argtopk(k, 1) } else { scores.argsort_descending(1) }; // [c, k]
     let t = chunk.test_flat.dims()[0];
     let relevant = Tensor::<1>::zeros([c * n], &device)
         .select_assign(0, chunk.test_flat.clone(), Tensor::ones([t], &device), IndexingUpdateOp::Add)
@@ -112,7 +116,7 @@ pub fn full_ranking_rows(model: &Ncf, items: &crate::ncf::ItemSide, chunk: &Rank
     let ideal = chunk.per_user.clone().slice([0..c, 2..3]);
     let hit_count = hits.clone().sum_dim(1); // [c, 1]
     let recall = hit_count.clone() / n_test;
-    let precision = hit_count.div_scalar(k as f32);
+    let precision = hit_count.div_scalar(k_all as f32);
     let ndcg = hits.clone().matmul(discount) / idcg;
     let precision_at = hits.clone().matmul(upper) / pos.add_scalar(1.0).reshape([1, k]);
     let ap = (hits * precision_at).sum_dim(1) / ideal;

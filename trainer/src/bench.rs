@@ -6,7 +6,7 @@
 //! Timing is honest on GPU backends: every timed region ends with a device→host read (the epoch's
 //! loss, the summed metrics, the top-k lists), which waits for all queued work.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -18,6 +18,7 @@ use ncf_model::{LossKind, ModelConfig, ModelKind, Ncf, OptimConfig, Optimizer};
 use crate::backend::{self, BackendName};
 use crate::bench_report::{self, BackendReport, Figure, Measure, PeerFigure, PeerReport, Report, VariantInfo, WorkloadInfo};
 use crate::cli::BenchArgs;
+use crate::output::{self, DirKind};
 use crate::recommend;
 use crate::train::{self, FullEval, SampledEval};
 
@@ -565,7 +566,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let backends = parse_backends(spec)?;
     let all_available = spec.trim() == "all-available";
     let out_dir = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/bench-{}", workload_name(plan.workload))));
+    let peer_script: Vec<&Path> = args.torch_peer.as_deref().into_iter().collect();
+    output::claim_dir(&out_dir, DirKind::Bench, &["bench.json", "bench.png", output::MARKER], &peer_script, args.force)?;
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    output::mark(&out_dir, DirKind::Bench)?;
 
     let t = Instant::now();
     // Training at further catalogues (`--items A,B,…`) gets its own data of the same shape.

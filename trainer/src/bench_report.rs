@@ -353,10 +353,8 @@ fn utc_now() -> String {
 
 /// Writes `bench.json` (temp file, then rename).
 pub fn write_json(path: &Path, report: &Report) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_string_pretty(report).context("serializing bench.json")?;
-    std::fs::write(&tmp, text + "\n").with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+    crate::output::write_atomic(path, (text + "\n").as_bytes())
 }
 
 /// Bars of `(group label, [(series, value)])`: one group per model × batch, one bar per backend.

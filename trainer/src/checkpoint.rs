@@ -1,14 +1,14 @@
 //! Checkpoint directories: self-contained, written atomically (temp dir + rename).
 //!
 //! ```text
-//! DIR/checkpoint.json   format version, model kind, sizes, epoch, metrics
+//! DIR/checkpoint.json   format version, model kind, sizes, epoch, metrics, CRC-32 of each
+//!                       safetensors file (written last)
 //! DIR/config.toml       the resolved run configuration
 //! DIR/model.safetensors weights (burn-store; PyTorch can read it)
-//! DIR/train.safetensors each user's training and test items (CSR) and item popularity; with a
-//!                       given split's imported .test.negative, its candidates (`eval_users`
-//!                       `[rows]`, `eval_items` `[rows, 1 + negatives]`, test item first)
-//! DIR/users.txt         raw user ids, one per line, in dense-id order
-//! DIR/items.txt         raw item ids, likewise
+//! DIR/train.safetensors each user's training and test items (CSR), item popularity, the raw
+//!                       user and item ids (bytes, in dense-id order); with a given split's
+//!                       imported .test.negative, its candidates (`eval_users` `[rows]`,
+//!                       `eval_items` `[rows, 1 + negatives]`, test item first)
 //! DIR/optim.safetensors optimizer state (last/ only): moments, per-row last-update steps
 //! ```
 
@@ -26,11 +26,17 @@ use serde::{Deserialize, Serialize};
 use crate::config::RunConfig;
 use crate::history::EpochRecord;
 use crate::host;
+use crate::output;
 
 /// Bumped whenever the directory layout or meaning of a file changes.
 /// 2: `train.safetensors` also holds the test split (`test_offsets`, `test_items`); `checkpoint.json`
 /// the metrics history and optimizer step; `optim.safetensors` (in `last/`) the optimizer state.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: the raw id maps move from `users.txt`/`items.txt` (one id a line, so no id could hold a line
+/// break) into `train.safetensors` as bytes (`user_ids` with end offsets `user_id_ends`, likewise
+/// for items), which hold any id.
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest format this ncf still reads.
+const OLDEST_READ: u32 = 2;
 
 /// `checkpoint.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +53,16 @@ pub struct Meta {
     pub history: Vec<EpochRecord>,
     /// Optimizer steps taken (Adam's bias correction continues from here on resume).
     pub optim_step: u64,
+    /// CRC-32 of each safetensors file, checked on load: a flipped bit in the weights is
+    /// refused instead of loaded. Filled in by [`save`]; absent in checkpoints before it.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub checksums: std::collections::BTreeMap<String, u32>,
+}
+
+/// The CRC-32 of a file.
+fn crc32(path: &Path) -> Result<u32> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+    Ok(crc32fast::hash(&bytes))
 }
 
 /// Everything `recommend` needs from a run.
@@ -92,22 +108,30 @@ fn bytes<T: Copy>(v: &[T]) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, n) }.to_vec()
 }
 
-/// Writes `saved` into `dir`, replacing any previous checkpoint there only once complete.
+/// A map's raw ids as one byte string and each id's end offset (little-endian i64).
+fn id_bytes(map: &IdMap) -> (Vec<u8>, Vec<u8>) {
+    let mut all = Vec::new();
+    let mut ends = Vec::with_capacity(map.len());
+    for id in map.raw_ids() {
+        all.extend_from_slice(id.as_bytes());
+        ends.push(all.len() as i64);
+    }
+    (all, bytes(&ends))
+}
+
+/// Writes `saved` into `dir`, replacing any previous checkpoint there only once complete: a crash
+/// at any moment leaves the old checkpoint or the new one at `dir` (see [`output::replace_dir`]).
 pub fn save(dir: &Path, saved: &Saved) -> Result<()> {
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let name = dir.file_name().context("checkpoint dir has no name")?.to_string_lossy().into_owned();
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    output::sweep_leftovers(dir);
+    let tmp = output::tmp_path(dir);
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let write = |file: &str, data: &[u8]| -> Result<()> {
         std::fs::write(tmp.join(file), data).with_context(|| format!("writing {}", tmp.join(file).display()))
     };
-    write("checkpoint.json", serde_json::to_string_pretty(saved.meta)?.as_bytes())?;
     write("config.toml", saved.config.to_toml().as_bytes())?;
-    let ids = |m: &IdMap| m.raw_ids().iter().map(|s| format!("{s}\n")).collect::<String>();
-    write("users.txt", ids(saved.users).as_bytes())?;
-    write("items.txt", ids(saved.items).as_bytes())?;
     let csr = |t: &UserItems| -> (Vec<u8>, Vec<u8>) {
         let offsets: Vec<i64> = t.offsets().iter().map(|&o| o as i64).collect();
         (bytes(&offsets), i32_bytes(t.all_items()))
@@ -116,7 +140,12 @@ pub fn save(dir: &Path, saved: &Saved) -> Result<()> {
     let pop: Vec<i32> = saved.train.item_counts(saved.meta.n_items).iter().map(|&c| c as i32).collect();
     let pb = bytes(&pop);
     let candidates = saved.candidates.map(|c| (c, i32_bytes(&c.user), i32_bytes(&c.items)));
+    let ((ub, ue), (ib2, ie)) = (id_bytes(saved.users), id_bytes(saved.items));
     let mut views = vec![
+        ("user_ids", TensorView::new(Dtype::U8, vec![ub.len()], &ub)?),
+        ("user_id_ends", TensorView::new(Dtype::I64, vec![ue.len() / 8], &ue)?),
+        ("item_ids", TensorView::new(Dtype::U8, vec![ib2.len()], &ib2)?),
+        ("item_id_ends", TensorView::new(Dtype::I64, vec![ie.len() / 8], &ie)?),
         ("offsets", TensorView::new(Dtype::I64, vec![ob.len() / 8], &ob)?),
         ("items", TensorView::new(Dtype::I32, vec![ib.len() / 4], &ib)?),
         ("test_offsets", TensorView::new(Dtype::I64, vec![tob.len() / 8], &tob)?),
@@ -147,14 +176,14 @@ pub fn save(dir: &Path, saved: &Saved) -> Result<()> {
         .model
         .save_into(&mut SafetensorsStore::from_file(tmp.join("model.safetensors")))
         .map_err(|e| anyhow::anyhow!("saving weights: {e}"))?;
-    // Swap in: the old checkpoint disappears only after the new one is complete.
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::rename(dir, &old).with_context(|| format!("replacing {}", dir.display()))?;
+    let mut meta = saved.meta.clone();
+    for name in ["model.safetensors", "train.safetensors", "optim.safetensors"] {
+        if tmp.join(name).exists() {
+            meta.checksums.insert(name.to_owned(), crc32(&tmp.join(name))?);
+        }
     }
-    std::fs::rename(&tmp, dir).with_context(|| format!("renaming into {}", dir.display()))?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
+    write("checkpoint.json", serde_json::to_string_pretty(&meta)?.as_bytes())?;
+    output::replace_dir(&tmp, dir, |d| d.join("checkpoint.json").exists())
 }
 
 /// The directory holding the weights: `RUN/best` when given a run, else `dir` itself.
@@ -175,27 +204,18 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
     // The version first, so a checkpoint of another format gets that message, not a parse error.
     let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: malformed", meta_path.display()))?;
     let version = value.get("format_version").and_then(|v| v.as_u64());
-    if version != Some(FORMAT_VERSION as u64) {
+    if !version.is_some_and(|v| (OLDEST_READ as u64..=FORMAT_VERSION as u64).contains(&v)) {
         bail!(
-            "{}: checkpoint format version {} but this ncf reads version {FORMAT_VERSION}; retrain or use a matching ncf",
+            "{}: checkpoint format version {} but this ncf reads versions {OLDEST_READ} to {FORMAT_VERSION}; retrain or use a matching ncf",
             dir.display(),
             version.map_or("missing".to_owned(), |v| v.to_string())
         );
     }
     let meta: Meta = serde_json::from_value(value).with_context(|| format!("{}: malformed", meta_path.display()))?;
+    verify_checksums(&dir, &meta)?;
     let config_text = std::fs::read_to_string(file("config.toml")).with_context(|| format!("{}", file("config.toml").display()))?;
     let config: RunConfig =
         toml::from_str(&config_text).with_context(|| format!("{}: malformed", file("config.toml").display()))?;
-    let read_ids = |name: &str, n: usize| -> Result<IdMap> {
-        let text = std::fs::read_to_string(file(name)).with_context(|| format!("{}", file(name).display()))?;
-        let raw: Vec<String> = text.lines().map(str::to_owned).collect();
-        if raw.len() != n {
-            bail!("{}: {} ids but the checkpoint has {n}", file(name).display(), raw.len());
-        }
-        Ok(IdMap::from_raw(raw))
-    };
-    let users = read_ids("users.txt", meta.n_users)?;
-    let items = read_ids("items.txt", meta.n_items)?;
 
     let train_path = file("train.safetensors");
     let buf = std::fs::read(&train_path).with_context(|| format!("{}", train_path.display()))?;
@@ -217,6 +237,37 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
             .filter(|t| t.n_users() == meta.n_users && t.all_items().iter().all(|&i| (i as usize) < meta.n_items))
             .with_context(|| format!("{}: inconsistent {what} items", train_path.display()))
     };
+    // Format 2 kept the ids as text lines beside the tensors.
+    let text_ids = |name: &str| -> Result<Vec<String>> {
+        let text = std::fs::read_to_string(file(name)).with_context(|| format!("{}", file(name).display()))?;
+        Ok(text.lines().map(str::to_owned).collect())
+    };
+    let tensor_ids = |name: &str| -> Result<Vec<String>> {
+        let all = get(&format!("{name}_ids"), Dtype::U8)?;
+        let ends = get(&format!("{name}_id_ends"), Dtype::I64)?;
+        let mut start = 0usize;
+        ends.chunks_exact(8)
+            .map(|c| {
+                let end = i64::from_le_bytes(c.try_into().unwrap()) as usize;
+                let id = all.get(start..end).and_then(|b| String::from_utf8(b.to_vec()).ok());
+                start = end;
+                id.with_context(|| format!("{}: corrupted {name} ids", train_path.display()))
+            })
+            .collect()
+    };
+    let ids = |name: &str, n: usize| -> Result<IdMap> {
+        let (raw, from) = if meta.format_version == 2 {
+            (text_ids(&format!("{name}s.txt"))?, file(&format!("{name}s.txt")))
+        } else {
+            (tensor_ids(name)?, train_path.clone())
+        };
+        if raw.len() != n {
+            bail!("{}: {} {name} ids but the checkpoint has {n}", from.display(), raw.len());
+        }
+        Ok(IdMap::from_raw(raw))
+    };
+    let users = ids("user", meta.n_users)?;
+    let items = ids("item", meta.n_items)?;
     let popularity = i32s("popularity")?;
     if popularity.len() != meta.n_items {
         bail!("{}: item popularity has the wrong length", train_path.display());
@@ -250,6 +301,20 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
         bail!("{}: weights do not match the model in config.toml: {result}", weights.display());
     }
     Ok(Checkpoint { meta, config, model, train, test, popularity, users, items, candidates })
+}
+
+/// Checks each file `meta` has a checksum of (`optim.safetensors` too, when present).
+fn verify_checksums(dir: &Path, meta: &Meta) -> Result<()> {
+    for (name, &want) in &meta.checksums {
+        let path = dir.join(name);
+        if !path.exists() && name == "optim.safetensors" {
+            continue;
+        }
+        if crc32(&path)? != want {
+            bail!("{}: corrupted (its checksum differs from the one in checkpoint.json); restore the file or retrain", path.display());
+        }
+    }
+    Ok(())
 }
 
 /// Checks `model.safetensors` against the model built from `config.toml`: every parameter present

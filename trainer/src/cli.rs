@@ -15,6 +15,9 @@ use crate::recommend::UnknownUsers;
 #[derive(Debug, Parser)]
 #[command(name = "ncf", version, about)]
 pub struct Cli {
+    /// No progress lines or bars: only warnings, errors and the command's results.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -55,6 +58,9 @@ pub enum DataCommand {
         /// Output directory.
         #[arg(long, required_unless_present = "no_write")]
         out: Option<PathBuf>,
+        /// Write into --out even when it is not an ncf split output (only ncf's files are replaced).
+        #[arg(long)]
+        force: bool,
         /// Read, clean, split and draw the candidates, but write nothing (to time or check).
         #[arg(long)]
         no_write: bool,
@@ -104,12 +110,17 @@ pub struct TrainArgs {
     /// TOML config (presets in configs/); flags and --set override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Override any config field: --set train.lr=0.002 (repeatable).
+    /// Override any config field: --set optim.lr=0.002 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
-    /// Run directory (default: runs/<model>-<n>).
+    /// Run directory (default: runs/<model>-<n>). An existing run is refused: continue it with
+    /// --resume, or start it afresh with --force.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Start afresh in an existing --out run (its checkpoints, metrics and curves are replaced),
+    /// or write a run into a directory that is not one (only ncf's files are written).
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendName,
     /// Model: gmf, mlp, neumf or mf (= --set model.kind=...).
@@ -177,6 +188,9 @@ pub struct RecommendArgs {
     /// Output format (default: from the extension of --out).
     #[arg(long, value_enum)]
     pub out_format: Option<OutFormat>,
+    /// Replace --out even when it is not an ncf export with these columns.
+    #[arg(long)]
+    pub force: bool,
     /// Keep items the user had in training.
     #[arg(long)]
     pub include_seen: bool,
@@ -215,6 +229,9 @@ pub struct EvaluateArgs {
     /// Write per-user metrics here (.csv, .parquet or .jsonl).
     #[arg(long)]
     pub per_user: Option<PathBuf>,
+    /// Replace --per-user even when it is not an ncf export with these columns.
+    #[arg(long)]
+    pub force: bool,
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendName,
 }
@@ -235,6 +252,9 @@ pub struct ScoreArgs {
     /// Output format (default: from the extension of --out).
     #[arg(long, value_enum)]
     pub out_format: Option<OutFormat>,
+    /// Replace --out even when it is not an ncf export with these columns.
+    #[arg(long)]
+    pub force: bool,
     /// Pairs with a user or item the checkpoint has never seen: fail or leave out.
     #[arg(long, value_enum, default_value = "skip")]
     pub unknown: UnknownPairs,
@@ -279,6 +299,9 @@ pub struct BenchArgs {
     /// Directory for bench.json and bench.png (default runs/bench-<workload>).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Write into --out even when it is not an ncf bench output (only ncf's files are replaced).
+    #[arg(long)]
+    pub force: bool,
     /// Models, comma-separated (default gmf,mlp,neumf,mf).
     #[arg(long, value_delimiter = ',')]
     pub models: Vec<ncf_model::ModelKind>,

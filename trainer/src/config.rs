@@ -108,6 +108,8 @@ impl RunConfig {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
             let table: toml::Table = text.parse().with_context(|| format!("parsing config {}", path.display()))?;
             merge(&mut value, table);
+            // The file alone first, so that its errors name it.
+            let _: RunConfig = value.clone().try_into().with_context(|| format!("{}: invalid configuration", path.display()))?;
         }
         for set in sets {
             let (key, raw) = set.split_once('=').with_context(|| format!("--set {set:?}: expected section.key=value"))?;
@@ -127,6 +129,17 @@ impl RunConfig {
             bail!("[pretrain] applies to model.kind = \"neumf\" only");
         }
         Ok(config)
+    }
+
+    /// Makes every file path absolute against the working directory, so that a saved
+    /// `config.toml` names the same files from any directory (`--resume`, `ncf evaluate`).
+    pub fn absolutize_paths(&mut self) {
+        let (d, s, p) = (&mut self.data, &mut self.split, &mut self.pretrain);
+        for path in [&mut d.path, &mut s.train_path, &mut s.test_path, &mut s.negatives_path, &mut p.gmf, &mut p.mlp].into_iter().flatten() {
+            if let Ok(abs) = std::path::absolute(&*path) {
+                *path = abs;
+            }
+        }
     }
 
     pub fn to_toml(&self) -> String {
@@ -189,6 +202,108 @@ mod tests {
         assert!(format!("{err:#}").contains("epoch"), "{err:#}");
         let round: RunConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(round, c);
+    }
+
+    /// Sections of the config, as keys in messages start.
+    const SECTIONS: [&str; 8] = ["seed", "data", "split", "sampler", "model", "optim", "train", "pretrain"];
+
+    /// Dotted config keys named in `text`: a section name then `.name` parts, not preceded by a
+    /// character that makes it part of another word or path, and not a file name.
+    fn named_keys(text: &str) -> Vec<String> {
+        let mut keys = Vec::new();
+        let bytes = text.as_bytes();
+        for section in SECTIONS {
+            let mut from = 0;
+            while let Some(at) = text[from..].find(&format!("{section}.")).map(|a| a + from) {
+                from = at + 1;
+                let before = at.checked_sub(1).map(|b| bytes[b]);
+                if before.is_some_and(|b| b.is_ascii_alphanumeric() || b"_.-/:\\${".contains(&b)) {
+                    continue;
+                }
+                let len = text[at..].find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')).unwrap_or(text.len() - at);
+                let key = text[at..at + len].trim_end_matches('.');
+                let last = key.rsplit('.').next().unwrap_or("");
+                let file = ["csv", "toml", "json", "png", "safetensors", "rating", "negative", "txt", "parquet", "jsonl", "rs", "py", "sh"];
+                let call = text[at + len..].starts_with('(');
+                if key.contains('.') && !file.contains(&last) && !call {
+                    keys.push(key.to_owned());
+                }
+            }
+        }
+        keys
+    }
+
+    /// Whether `key` names a field or section of the config.
+    fn is_key(key: &str) -> bool {
+        let defaults = toml::Table::try_from(RunConfig::default()).unwrap();
+        let mut parts = key.split('.').peekable();
+        let mut table = &defaults;
+        while let Some(p) = parts.next() {
+            match table.get(p) {
+                Some(toml::Value::Table(t)) => table = t,
+                Some(_) => return parts.peek().is_none(),
+                // Optional fields are absent from the serialized defaults: setting one must parse.
+                None => {
+                    // (Other checks may refuse the value; only an unknown field is a wrong key.)
+                    let known = |v: &&str| {
+                        RunConfig::resolve(None, &[format!("{key}={v}")]).map_or_else(|e| !format!("{e:#}").contains("unknown field"), |_| true)
+                    };
+                    return parts.peek().is_none() && ["\"x\"", "1"].iter().any(known);
+                }
+            }
+        }
+        true
+    }
+
+    /// Every config key that an error, help text, doc comment, preset, benchmark script or the
+    /// README names exists.
+    #[test]
+    fn every_named_key_is_a_real_key() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files = vec![root.join("README.md")];
+        for dir in ["trainer/src", "datasets/src", "model/src", "configs", "benches"] {
+            let mut stack = vec![root.join(dir)];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d).unwrap().flatten() {
+                    let p = e.path();
+                    if p.is_dir() {
+                        stack.push(p);
+                    } else if p.extension().is_some_and(|x| x == "rs" || x == "toml" || x == "sh" || x == "md") {
+                        files.push(p);
+                    }
+                }
+            }
+        }
+        let mut bad = Vec::new();
+        let mut checked = 0;
+        for f in &files {
+            let text = std::fs::read_to_string(f).unwrap();
+            // Unit tests (at the end of a file) name wrong keys on purpose.
+            let text = text.split("#[cfg(test)]").next().unwrap_or("");
+            // README's bad-input table names wrong keys on purpose.
+            let text = text.split("## Bad input").next().unwrap_or("");
+            for (n, line) in text.lines().enumerate() {
+                // Code is full of field accesses (`config.train.k`): in Rust, only comments and
+                // string literals (messages, help) are read.
+                let rust = f.extension().is_some_and(|x| x == "rs");
+                let prose: String = if !rust || line.trim_start().starts_with("//") {
+                    line.to_owned()
+                } else {
+                    line.split('"').skip(1).step_by(2).collect::<Vec<_>>().join(" ")
+                };
+                for key in named_keys(&prose) {
+                    checked += 1;
+                    if !is_key(&key) {
+                        bad.push(format!("{}:{}: {key}", f.display(), n + 1));
+                    }
+                }
+            }
+        }
+        assert!(checked > 50, "only {checked} keys found: the scan is broken");
+        assert!(bad.is_empty(), "names that are not config keys:\n{}", bad.join("\n"));
+        // The scan itself finds a bad key.
+        assert_eq!(named_keys("use data.min_user_interactions = 2"), ["data.min_user_interactions"]);
+        assert!(!is_key("data.min_user_interactions") && is_key("data.clean.min_user_interactions") && is_key("data.path"));
     }
 
     #[test]

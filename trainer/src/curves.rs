@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use plotters::prelude::*;
 
 /// The embedded font (DejaVu Sans, see assets/DejaVuSans-LICENSE.txt): one binary, no system fonts.
@@ -62,7 +62,8 @@ fn panel(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, title: &str,
 /// Writes a two-panel PNG: loss on the left, metrics on the right (written to a temp file, then renamed).
 pub fn write(path: &Path, loss: &[f64], metrics: &[Series]) -> Result<()> {
     register_font();
-    let tmp = path.with_extension("tmp.png");
+    // The backend picks the image format by the extension.
+    let tmp = std::path::PathBuf::from(format!("{}.png", crate::output::tmp_path(path).display()));
     {
         let root = BitMapBackend::new(&tmp, (1200, 450)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
@@ -71,6 +72,5 @@ pub fn write(path: &Path, loss: &[f64], metrics: &[Series]) -> Result<()> {
         panel(&right, "evaluation", metrics)?;
         root.present().map_err(|e| anyhow!("writing {}: {e}", tmp.display()))?;
     }
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
 }

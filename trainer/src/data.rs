@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use ncf_datasets::{Interactions, SampledCandidates, Split, SplitMethod, given, reader};
+use ncf_datasets::{Interactions, SampledCandidates, Split, SplitMethod, drop_unsplittable_users, given, reader};
 
 use crate::config::{DataConfig, RunConfig};
 
@@ -34,6 +34,14 @@ pub fn prepare(config: &RunConfig) -> Result<Prepared> {
     let (mut data, source) = read(&config.data, config.seed)?;
     lap("read");
     let source = clean(&config.data, &mut data, source);
+    let (users, rows) = drop_unsplittable_users(&mut data, config.split.method);
+    if users > 0 {
+        eprintln!(
+            "warning: {}: dropped {users} users with a single interaction ({rows} interactions): leave-one-out would leave \
+             them nothing to train on (set data.clean.min_user_interactions to drop more)",
+            config.split.method.label()
+        );
+    }
     lap("clean");
     let split = Split::new(&data, &config.split, config.seed)?;
     lap("split");

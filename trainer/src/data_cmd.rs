@@ -1,6 +1,6 @@
 //! `ncf data stats` and `ncf data split`.
 
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
@@ -10,12 +10,14 @@ use ncf_datasets::{IdMap, Quantiles, ReadOptions, SampledCandidates, SplitMethod
 use crate::cli::{DataCommand, ReadFlags};
 use crate::config::RunConfig;
 use crate::data;
+use crate::export::csv_writer;
+use crate::output::{self, DirKind};
 
 pub fn run(cmd: &DataCommand) -> Result<()> {
     match cmd {
         DataCommand::Stats { file, read } => stats(file, read),
-        DataCommand::Split { file, read, out, no_write, config, sets } => {
-            split(file.as_deref(), read, if *no_write { None } else { out.as_deref() }, config.as_deref(), sets)
+        DataCommand::Split { file, read, out, force, no_write, config, sets } => {
+            split(file.as_deref(), read, if *no_write { None } else { out.as_deref() }, *force, config.as_deref(), sets)
         }
     }
 }
@@ -47,8 +49,8 @@ fn stats(file: &Path, flags: &ReadFlags) -> Result<()> {
 }
 
 /// `ncf data split`: the run's data preparation, then the three files (unless `out` is `None`).
-fn split(file: Option<&Path>, flags: &ReadFlags, out: Option<&Path>, config: Option<&Path>, sets: &[String]) -> Result<()> {
-    let mut config = RunConfig::resolve(config, sets)?;
+fn split(file: Option<&Path>, flags: &ReadFlags, out: Option<&Path>, force: bool, config_path: Option<&Path>, sets: &[String]) -> Result<()> {
+    let mut config = RunConfig::resolve(config_path, sets)?;
     if let Some(f) = file {
         config.data.path = Some(f.to_path_buf());
     }
@@ -56,6 +58,16 @@ fn split(file: Option<&Path>, flags: &ReadFlags, out: Option<&Path>, config: Opt
     if config.data.path.is_none() && config.split.method != SplitMethod::Given {
         bail!("no interaction file: pass FILE (or use split.method = \"given\" with split.train_path and split.test_path)");
     }
+    if let Some(out) = out {
+        let s = &config.split;
+        let inputs: Vec<&Path> =
+            [config.data.path.as_deref(), s.train_path.as_deref(), s.test_path.as_deref(), s.negatives_path.as_deref(), config_path]
+                .into_iter()
+                .flatten()
+                .collect();
+        output::claim_dir(out, DirKind::Split, &SPLIT_FILES, &inputs, force)?;
+    }
+    config.absolutize_paths();
     let p = data::prepare(&config)?;
     let mut timings = p.timings.clone();
     let t = Instant::now();
@@ -63,7 +75,7 @@ fn split(file: Option<&Path>, flags: &ReadFlags, out: Option<&Path>, config: Opt
         write_split(out, &p, &config)?;
         timings.push(("write", t.elapsed().as_secs_f64()));
     }
-    println!("data: {}: {} users, {} items, {} interactions", p.source, p.data.n_users(), p.data.n_items(), p.data.len());
+    say!("data: {}: {} users, {} items, {} interactions", p.source, p.data.n_users(), p.data.n_items(), p.data.len());
     let what = format!(
         "{} train and {} test pairs, {} test rows × {} negatives",
         p.split.train.nnz(),
@@ -72,59 +84,76 @@ fn split(file: Option<&Path>, flags: &ReadFlags, out: Option<&Path>, config: Opt
         p.candidates.negatives
     );
     match out {
-        Some(out) => println!("wrote {what} to {}", out.display()),
-        None => println!("split {what} (--no-write: nothing written)"),
+        Some(out) => say!("wrote {what} to {}", out.display()),
+        None => say!("split {what} (--no-write: nothing written)"),
     }
     let total: f64 = timings.iter().map(|t| t.1).sum();
     let parts: Vec<String> = timings.iter().map(|(n, s)| format!("{n} {s:.2}s")).collect();
-    println!("seconds: {} (total {total:.2}s)", parts.join(", "));
+    say!("seconds: {} (total {total:.2}s)", parts.join(", "));
     Ok(())
 }
 
-/// Writes train.csv, test.csv, test.negative and config.toml into a temporary directory, then
-/// renames it to `out`, so a failure leaves no half-written split.
+/// The files `ncf data split` writes.
+const SPLIT_FILES: [&str; 5] = ["train.csv", "test.csv", "test.negative", "config.toml", output::MARKER];
+
+/// Writes train.csv, test.csv, test.negative and config.toml into a temporary directory beside
+/// `out`, then moves them in: the whole directory when `out` is new, else file by file (each an
+/// atomic rename), so other files in `out` are left alone and a failure leaves no partial file.
 fn write_split(out: &Path, p: &data::Prepared, config: &RunConfig) -> Result<()> {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = output::tmp_path(out);
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let (users, items) = (&p.data.users, &p.data.items);
-    write_pairs(&tmp.join("train.csv"), &p.split.train, users, items)?;
-    write_pairs(&tmp.join("test.csv"), &p.split.test, users, items)?;
-    write_negatives(&tmp.join("test.negative"), &p.candidates, users, items)?;
-    std::fs::write(tmp.join("config.toml"), config.to_toml()).with_context(|| format!("writing {}", tmp.display()))?;
-    if out.exists() {
-        std::fs::remove_dir_all(out).with_context(|| format!("replacing {}", out.display()))?;
+    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot write the split (as {} first)", out.display(), tmp.display()))?;
+    let written = (|| {
+        let (users, items) = (&p.data.users, &p.data.items);
+        write_pairs(&tmp.join("train.csv"), &p.split.train, users, items)?;
+        write_pairs(&tmp.join("test.csv"), &p.split.test, users, items)?;
+        write_negatives(&tmp.join("test.negative"), &p.candidates, users, items)?;
+        std::fs::write(tmp.join("config.toml"), config.to_toml()).with_context(|| format!("writing {}", tmp.display()))?;
+        output::mark(&tmp, DirKind::Split)?;
+        if !out.exists() {
+            return std::fs::rename(&tmp, out).with_context(|| format!("renaming into {}", out.display()));
+        }
+        for f in SPLIT_FILES {
+            std::fs::rename(tmp.join(f), out.join(f)).with_context(|| format!("writing {}", out.join(f).display()))?;
+        }
+        std::fs::remove_dir(&tmp).with_context(|| format!("removing {}", tmp.display()))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
     }
-    std::fs::rename(&tmp, out).with_context(|| format!("renaming into {}", out.display()))
+    written
 }
 
-fn create(path: &Path) -> Result<BufWriter<std::fs::File>> {
+fn create(path: &Path) -> Result<csv::Writer<std::fs::File>> {
     let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    Ok(BufWriter::with_capacity(1 << 20, f))
+    Ok(csv_writer(f))
 }
 
 /// `user,item` rows with raw ids, in user order.
 fn write_pairs(path: &Path, table: &UserItems, users: &IdMap, items: &IdMap) -> Result<()> {
     let mut w = create(path)?;
-    let io = |e| anyhow::Error::new(e).context(format!("writing {}", path.display()));
-    w.write_all(b"user,item\n").map_err(io)?;
+    let io = || format!("writing {}", path.display());
+    w.write_record(["user", "item"]).with_context(io)?;
     for (u, i) in table.pairs() {
-        writeln!(w, "{},{}", users.raw(u), items.raw(i)).map_err(io)?;
+        w.write_record([users.raw(u), items.raw(i)]).with_context(io)?;
     }
-    w.flush().map_err(io)
+    w.flush().with_context(io)
 }
 
 /// The NCF reference `.test.negative` format: `(user,item)` then the negatives, tab-separated.
+/// An id holding a tab, comma, parenthesis, quote or line break is written in double quotes
+/// (quotes doubled), which `split.method = "given"` reads back.
 fn write_negatives(path: &Path, c: &SampledCandidates, users: &IdMap, items: &IdMap) -> Result<()> {
-    let mut w = create(path)?;
+    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
     let io = |e| anyhow::Error::new(e).context(format!("writing {}", path.display()));
     let width = c.width();
+    let q = ncf_datasets::given::quote_negative_id;
     for (r, &u) in c.user.iter().enumerate() {
         let row = &c.items[r * width..(r + 1) * width];
-        write!(w, "({},{})", users.raw(u), items.raw(row[0])).map_err(io)?;
+        write!(w, "({},{})", q(users.raw(u)), q(items.raw(row[0]))).map_err(io)?;
         for &j in &row[1..] {
-            write!(w, "\t{}", items.raw(j)).map_err(io)?;
+            write!(w, "\t{}", q(items.raw(j))).map_err(io)?;
         }
         w.write_all(b"\n").map_err(io)?;
     }

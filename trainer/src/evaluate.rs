@@ -2,6 +2,8 @@
 //! and full-ranking Recall/Precision/NDCG/MAP/coverage — on the saved test split or a given test
 //! file, through the trainer's own evaluators; optionally per user.
 
+use std::path::Path;
+
 use anyhow::{Result, bail};
 use ncf_datasets::{SampledCandidates, Split, UserItems};
 
@@ -9,6 +11,7 @@ use crate::backend;
 use crate::checkpoint::{self, Checkpoint};
 use crate::cli::EvaluateArgs;
 use crate::export::{Export, Kind, OutFormat, Values};
+use crate::output;
 use crate::pairs::Pairs;
 use crate::train::{FullEval, SampledEval, split_name};
 
@@ -42,8 +45,12 @@ fn test_split(args: &EvaluateArgs, ck: &Checkpoint) -> Result<(UserItems, String
 
 pub fn run(args: &EvaluateArgs) -> Result<()> {
     let format = args.per_user.as_deref().map(OutFormat::from_extension).transpose()?;
+    let inputs = [args.test.as_deref().unwrap_or(Path::new(""))];
+    if let Some(out) = &args.per_user {
+        output::refuse_inputs(out, &inputs)?;
+    }
     let selected = backend::select(args.backend)?;
-    println!("{}", selected.line());
+    say!("{}", selected.line());
     let device = &selected.device;
     let ck = checkpoint::load(&args.checkpoint, device)?;
     let k = args.k.unwrap_or(ck.config.train.k);
@@ -93,7 +100,7 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
             .map(|(n, kd)| (n.to_owned(), kd))
             .chain(["hr", "ndcg", "recall", "precision", "full_ndcg", "map"].iter().map(|m| (format!("{m}@{k}"), Kind::F32)))
             .collect();
-        let mut export = Export::create(path, format, &columns)?;
+        let mut export = Export::create(path, format, &columns, &inputs, args.force)?;
         let sampled_mean = |u: u32, j: usize| {
             let s = sums[u as usize];
             (if j == 0 { s.0 } else { s.1 } / s.2.max(1) as f64) as f32
@@ -107,7 +114,7 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
         batch.extend((0..4).map(|j| Values::F32(per_user.iter().map(|r| r[j]).collect())));
         export.write(&batch)?;
         export.finish()?;
-        println!("wrote per-user metrics for {} users to {}", users.len(), path.display());
+        say!("wrote per-user metrics for {} users to {}", users.len(), path.display());
     }
     Ok(())
 }

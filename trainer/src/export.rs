@@ -10,6 +10,8 @@ use clap::ValueEnum;
 use ncf_datasets::ParquetSink;
 pub use ncf_datasets::table::{Kind, Values};
 
+use crate::output;
+
 /// Export file formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutFormat {
@@ -44,13 +46,13 @@ impl OutFormat {
 }
 
 enum Sink {
-    Text(BufWriter<std::fs::File>),
+    Csv(csv::Writer<std::fs::File>),
+    Jsonl(BufWriter<std::fs::File>),
     Parquet(ParquetSink, std::fs::File),
 }
 
 /// An export being written. Dropping it before [`Export::finish`] removes the temporary file.
 pub struct Export {
-    format: OutFormat,
     names: Vec<String>,
     /// JSON-encoded column names, for JSONL rows.
     json_keys: Vec<String>,
@@ -60,32 +62,31 @@ pub struct Export {
     rows: usize,
 }
 
-/// `.NAME.tmp-PID` beside `out`, so the final rename stays on one file system.
-pub fn tmp_path(out: &Path) -> PathBuf {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    out.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+/// The one CSV writer behind every CSV file ncf writes: RFC 4180 (a field holding a comma, a
+/// quote, CR or LF is quoted, quotes doubled), `\n` line ends, buffered.
+pub fn csv_writer<W: Write>(w: W) -> csv::Writer<W> {
+    csv::WriterBuilder::new().buffer_capacity(1 << 20).terminator(csv::Terminator::Any(b'\n')).from_writer(w)
 }
 
-/// Quotes a field for CSV when it needs it.
-pub fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\"")).into()
-    } else {
-        s.into()
+/// A CSV file's rows in memory (e.g. `metrics.csv`), through [`csv_writer`].
+pub fn csv_string<R: AsRef<[u8]>>(rows: impl IntoIterator<Item = Vec<R>>) -> String {
+    let mut w = csv_writer(Vec::new());
+    for row in rows {
+        w.write_record(&row).expect("writing to memory");
     }
+    String::from_utf8(w.into_inner().expect("writing to memory")).expect("UTF-8 fields")
 }
 
 impl Export {
-    /// Starts an export of the named, typed columns to `out`.
-    pub fn create(out: &Path, format: OutFormat, columns: &[(String, Kind)]) -> Result<Self> {
-        if out.is_dir() {
-            bail!("{}: is a directory; --out takes a file", out.display());
-        }
-        let tmp = tmp_path(out);
-        let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    /// Starts an export of the named, typed columns to `out`, after checking that `out` may be
+    /// written ([`output::claim_file`]: not one of `inputs`, and absent, empty, an ncf export
+    /// with the same columns, or `force`d).
+    pub fn create(out: &Path, format: OutFormat, columns: &[(String, Kind)], inputs: &[&Path], force: bool) -> Result<Self> {
         let names: Vec<String> = columns.iter().map(|c| c.0.clone()).collect();
+        output::claim_file(out, inputs, force, "export with these columns", |p| holds_columns(p, format, &names))?;
+        let tmp = output::tmp_path(out);
+        let file = std::fs::File::create(&tmp).with_context(|| format!("{}: cannot write the output (as {} first)", out.display(), tmp.display()))?;
         let mut export = Self {
-            format,
             json_keys: names.iter().map(|n| serde_json::to_string(n).expect("string")).collect(),
             names,
             sink: None,
@@ -98,14 +99,12 @@ impl Export {
                 let keep = file.try_clone()?;
                 Sink::Parquet(ParquetSink::new(file, out, columns)?, keep)
             }
-            _ => {
-                let mut w = BufWriter::with_capacity(1 << 20, file);
-                if format == OutFormat::Csv {
-                    let header: Vec<_> = export.names.iter().map(|n| csv_field(n)).collect();
-                    writeln!(w, "{}", header.join(","))?;
-                }
-                Sink::Text(w)
+            OutFormat::Csv => {
+                let mut w = csv_writer(file);
+                w.write_record(&export.names).with_context(|| format!("writing {}", export.tmp.display()))?;
+                Sink::Csv(w)
             }
+            OutFormat::Jsonl => Sink::Jsonl(BufWriter::with_capacity(1 << 20, file)),
         });
         Ok(export)
     }
@@ -116,30 +115,32 @@ impl Export {
         let height = columns.first().map_or(0, Values::len);
         debug_assert!(columns.iter().all(|c| c.len() == height));
         let path = self.tmp.clone();
+        let io = || format!("writing {}", path.display());
         match self.sink.as_mut().expect("export not finished") {
             Sink::Parquet(p, _) => p.write(columns)?,
-            Sink::Text(w) => {
+            Sink::Csv(w) => {
+                let mut field = String::new();
+                for r in 0..height {
+                    for col in columns {
+                        field.clear();
+                        push_csv(&mut field, col, r);
+                        w.write_field(&field).with_context(io)?;
+                    }
+                    w.write_record(None::<&[u8]>).with_context(io)?;
+                }
+            }
+            Sink::Jsonl(w) => {
                 let mut line = String::new();
                 for r in 0..height {
                     line.clear();
                     for (j, col) in columns.iter().enumerate() {
-                        if self.format == OutFormat::Jsonl {
-                            line.push(if j == 0 { '{' } else { ',' });
-                            line.push_str(&self.json_keys[j]);
-                            line.push(':');
-                            push_json(&mut line, col, r);
-                        } else {
-                            if j > 0 {
-                                line.push(',');
-                            }
-                            push_csv(&mut line, col, r);
-                        }
+                        line.push(if j == 0 { '{' } else { ',' });
+                        line.push_str(&self.json_keys[j]);
+                        line.push(':');
+                        push_json(&mut line, col, r);
                     }
-                    if self.format == OutFormat::Jsonl {
-                        line.push('}');
-                    }
-                    line.push('\n');
-                    w.write_all(line.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+                    line.push_str("}\n");
+                    w.write_all(line.as_bytes()).with_context(io)?;
                 }
             }
         }
@@ -159,7 +160,8 @@ impl Export {
                 p.finish()?;
                 file
             }
-            Sink::Text(w) => w.into_inner().map_err(|e| e.into_error())?,
+            Sink::Csv(w) => w.into_inner().map_err(|e| anyhow::anyhow!("writing {}: {}", self.tmp.display(), e.error()))?,
+            Sink::Jsonl(w) => w.into_inner().map_err(|e| e.into_error())?,
         };
         file.sync_all().with_context(|| format!("writing {}", self.tmp.display()))?;
         std::fs::rename(&self.tmp, &self.out).with_context(|| format!("renaming to {}", self.out.display()))?;
@@ -175,15 +177,35 @@ impl Drop for Export {
     }
 }
 
-fn push_csv(line: &mut String, col: &Values, r: usize) {
+/// Whether `path` is an ncf export in `format` with exactly the columns `names`: its CSV header,
+/// its first JSONL row's keys, or its Parquet schema.
+fn holds_columns(path: &Path, format: OutFormat, names: &[String]) -> bool {
+    use std::io::{BufRead, Read};
+    let Ok(file) = std::fs::File::open(path) else { return false };
+    match format {
+        OutFormat::Csv => {
+            let mut r = csv::ReaderBuilder::new().has_headers(false).from_reader(file.take(1 << 16));
+            r.records().next().and_then(|h| h.ok()).is_some_and(|h| h.iter().eq(names.iter().map(String::as_str)))
+        }
+        OutFormat::Jsonl => {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(file.take(1 << 20)).read_line(&mut line);
+            let row: Option<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(&line).ok();
+            row.is_some_and(|m| m.len() == names.len() && names.iter().all(|n| m.contains_key(n)))
+        }
+        OutFormat::Parquet => ncf_datasets::table::parquet_columns(path).is_some_and(|c| c == names),
+    }
+}
+
+fn push_csv(field: &mut String, col: &Values, r: usize) {
     use std::fmt::Write as _;
     match col {
-        Values::Str(v) => line.push_str(&csv_field(v[r].as_deref().unwrap_or(""))),
+        Values::Str(v) => field.push_str(v[r].as_deref().unwrap_or("")),
         Values::U32(v) => {
-            let _ = write!(line, "{}", v[r]);
+            let _ = write!(field, "{}", v[r]);
         }
         Values::F32(v) => {
-            let _ = write!(line, "{}", v[r]);
+            let _ = write!(field, "{}", v[r]);
         }
     }
 }
@@ -227,14 +249,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ncf-export-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let csv = dir.join("x.csv");
-        let mut e = Export::create(&csv, OutFormat::resolve(&csv, None).unwrap(), &columns()).unwrap();
+        let mut e = Export::create(&csv, OutFormat::resolve(&csv, None).unwrap(), &columns(), &[], false).unwrap();
         e.write(&batch()).unwrap();
         assert!(!csv.exists(), "nothing at the target before finish");
         e.finish().unwrap();
         assert_eq!(std::fs::read_to_string(&csv).unwrap(), "user,rank,score\n\"a,\"\"b\"\"\",1,0.25\n,2,-inf\n");
 
         let jsonl = dir.join("x.jsonl");
-        let mut e = Export::create(&jsonl, OutFormat::resolve(&jsonl, None).unwrap(), &columns()).unwrap();
+        let mut e = Export::create(&jsonl, OutFormat::resolve(&jsonl, None).unwrap(), &columns(), &[], false).unwrap();
         e.write(&batch()).unwrap();
         e.finish().unwrap();
         let text = std::fs::read_to_string(&jsonl).unwrap();
@@ -244,10 +266,24 @@ mod tests {
         assert!(rows[1]["user"].is_null() && rows[1]["score"].is_null());
 
         let dropped = dir.join("dropped.csv");
-        let mut e = Export::create(&dropped, OutFormat::Csv, &columns()).unwrap();
+        let mut e = Export::create(&dropped, OutFormat::Csv, &columns(), &[], false).unwrap();
         e.write(&batch()).unwrap();
         drop(e);
-        assert!(!dropped.exists() && !tmp_path(&dropped).exists());
+        assert!(!dropped.exists() && !output::tmp_path(&dropped).exists());
+
+        // An existing file is replaced only when it is an export with the same columns, or forced.
+        for format in [OutFormat::Csv, OutFormat::Jsonl, OutFormat::Parquet] {
+            let other = dir.join(format!("other-{format:?}"));
+            std::fs::write(&other, "user,item\n1,2\n").unwrap();
+            let e = Export::create(&other, format, &columns(), &[], false).err().expect("refused").to_string();
+            assert!(e.contains("--force"), "{e}");
+            let mut e = Export::create(&other, format, &columns(), &[], true).unwrap();
+            e.write(&batch()).unwrap();
+            e.finish().unwrap();
+            Export::create(&other, format, &columns(), &[], false).expect("an export with these columns");
+            let fewer = &columns()[..2];
+            assert!(Export::create(&other, format, fewer, &[], false).is_err(), "{format:?}: other columns");
+        }
         assert!(OutFormat::resolve(Path::new("x.txt"), None).unwrap_err().to_string().contains("--out-format"));
     }
 }

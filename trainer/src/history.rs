@@ -97,24 +97,25 @@ pub fn should_stop(history: &[EpochRecord], metric: &str, patience: usize) -> bo
 
 /// `metrics.csv`: one row per epoch, metric columns named like `hr@10`, the protocol in a column.
 pub fn csv(history: &[EpochRecord], k: usize, protocol: &str) -> String {
-    let mut out = format!("epoch,loss,hr@{k},ndcg@{k},recall@{k},precision@{k},full_ndcg@{k},map@{k},coverage@{k},protocol,seconds\n");
-    for r in history {
+    let metrics = ["hr", "ndcg", "recall", "precision", "full_ndcg", "map", "coverage"].map(|m| format!("{m}@{k}"));
+    let header = ["epoch".to_owned(), "loss".into()].into_iter().chain(metrics).chain(["protocol".into(), "seconds".into()]);
+    let rows = history.iter().map(|r| {
         let cell = |f: fn(&FullMetrics) -> f64| r.full.as_ref().map_or(String::new(), |m| format!("{:.6}", f(m)));
-        out.push_str(&format!(
-            "{},{:.6},{:.6},{:.6},{},{},{},{},{},\"{protocol}\",{:.3}\n",
-            r.epoch,
-            r.loss,
-            r.hr,
-            r.ndcg,
+        vec![
+            r.epoch.to_string(),
+            format!("{:.6}", r.loss),
+            format!("{:.6}", r.hr),
+            format!("{:.6}", r.ndcg),
             cell(|m| m.recall),
             cell(|m| m.precision),
             cell(|m| m.ndcg),
             cell(|m| m.map),
             cell(|m| m.coverage),
-            r.seconds
-        ));
-    }
-    out
+            protocol.to_owned(),
+            format!("{:.3}", r.seconds),
+        ]
+    });
+    crate::export::csv_string(std::iter::once(header.collect()).chain(rows))
 }
 
 #[cfg(test)]

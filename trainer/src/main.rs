@@ -1,5 +1,9 @@
 //! The `ncf` binary: `main` → `run` → exit code, errors printed with their whole chain.
 
+// First, so that `say!` is in scope in the modules below.
+#[macro_use]
+mod progress;
+
 mod alloc;
 mod backend;
 mod bench;
@@ -14,8 +18,8 @@ mod evaluate;
 mod export;
 mod history;
 mod host;
+mod output;
 mod pairs;
-mod progress;
 mod recommend;
 mod score;
 mod train;
@@ -27,7 +31,15 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    // A closed stdout (`ncf train | head`) ends the process as it ends other Unix tools, by
+    // SIGPIPE (exit status 141 in a shell), instead of a panic in the next println.
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
+    progress::set_quiet(cli.quiet);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

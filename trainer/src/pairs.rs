@@ -10,7 +10,7 @@ use crate::cli::ReadFlags;
 
 /// The rows of a pairs file, in file order.
 pub struct Pairs {
-    /// The file as read (raw ids in `data.users` / `data.items`).
+    /// The file as read (raw ids in its `users` and `items` id maps).
     pub data: Interactions,
     /// Checkpoint user id per row, `None` when unknown.
     pub user: Vec<Option<u32>>,

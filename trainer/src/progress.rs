@@ -1,7 +1,32 @@
-//! Progress bars: one for epochs, one for the batches of the current epoch with samples/s,
-//! ETA and the latest loss. Hidden when stderr is not a terminal.
+//! What a command prints while it works. Progress lines (the backend, the data, each epoch, what
+//! was written) go to stdout whether or not it is a terminal, so `ncf train > log.txt` keeps
+//! them; warnings and errors go to stderr; bars go to stderr, drawn only on a terminal.
+//! `--quiet` drops the progress lines and bars and keeps warnings, errors and a command's results
+//! (the metrics `ncf evaluate` prints, `ncf data stats`' table, the bench table).
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Turns progress lines and bars off for the rest of the process (`--quiet`).
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
+/// Prints a progress line to stdout unless `--quiet`.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if !$crate::progress::quiet() {
+            println!($($arg)*);
+        }
+    };
+}
 
 pub struct Progress {
     multi: MultiProgress,
@@ -10,7 +35,7 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(epochs: usize) -> Self {
-        let multi = MultiProgress::new();
+        let multi = MultiProgress::with_draw_target(if quiet() { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() });
         let bar = multi.add(ProgressBar::new(epochs as u64));
         bar.set_style(ProgressStyle::with_template("epoch {pos}/{len} [{elapsed_precise}] {wide_bar} eta {eta}").unwrap());
         Self { multi, epochs: bar }
@@ -25,18 +50,17 @@ impl Progress {
         bar
     }
 
-    /// Prints a line above the bars.
+    /// Prints a progress line to stdout, with the bars lifted out of the way while it does.
     pub fn println(&self, line: &str) {
-        if self.multi.is_hidden() {
-            println!("{line}");
-        } else {
-            let _ = self.multi.println(line);
+        if !quiet() {
+            self.multi.suspend(|| println!("{line}"));
         }
     }
 
     /// A bar over users for scoring commands.
     pub fn users(total: usize) -> ProgressBar {
-        let bar = ProgressBar::new(total as u64);
+        let target = if quiet() { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
+        let bar = ProgressBar::with_draw_target(Some(total as u64), target);
         bar.set_style(ProgressStyle::with_template("{bar:30} {human_pos}/{human_len} users {per_sec} eta {eta}").unwrap());
         bar
     }

@@ -16,6 +16,7 @@ use crate::checkpoint;
 use crate::cli::RecommendArgs;
 use crate::export::{Export, Kind, OutFormat, Values};
 use crate::host;
+use crate::output;
 use crate::progress::Progress;
 
 /// Scores per chunk of users on the CPU (8 MiB): small enough that the host top-k reads them
@@ -253,8 +254,14 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
         bail!("--top-n must be at least 1");
     }
     let format = OutFormat::resolve(&args.out, args.out_format)?;
+    // --users and --items name files or list ids; only files are inputs.
+    fn file(spec: &str) -> &Path {
+        Some(Path::new(spec)).filter(|p| p.is_file()).unwrap_or(Path::new(""))
+    }
+    let inputs = [file(&args.users), file(args.items.as_deref().unwrap_or("")), args.item_metadata.as_deref().unwrap_or(Path::new(""))];
+    output::refuse_inputs(&args.out, &inputs)?;
     let selected = backend::select(args.backend)?;
-    println!("{}", selected.line());
+    say!("{}", selected.line());
     let device = &selected.device;
     let ck = checkpoint::load(&args.checkpoint, device)?;
     let n_items = ck.meta.n_items;
@@ -274,7 +281,8 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
     };
     let unknown: Vec<&str> = targets.iter().filter_map(|t| if let Target::Unknown(r) = t { Some(r.as_str()) } else { None }).collect();
     if !unknown.is_empty() {
-        let head = format!("{} of {} requested users are not in the checkpoint (e.g. {})", unknown.len(), targets.len(), examples(&unknown));
+        let from = if Path::new(&args.users).is_file() { format!("{}: ", args.users) } else { String::new() };
+        let head = format!("{from}{} of {} requested users are not in the checkpoint (e.g. {})", unknown.len(), targets.len(), examples(&unknown));
         match args.unknown_users {
             UnknownUsers::Error => bail!("{head}; pass --unknown-users skip or popular to export the others"),
             UnknownUsers::Skip if unknown.len() == targets.len() => bail!("{head}: nothing to recommend"),
@@ -303,7 +311,7 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
         columns.extend(m.names.iter().map(|n| (n.clone(), Kind::Str)));
     }
     let scorer = Scorer::new(&ck.model, &ck.train, device, allowed.as_deref(), args.include_seen, selected.host_memory(), k);
-    let mut export = Export::create(&args.out, format, &columns)?;
+    let mut export = Export::create(&args.out, format, &columns, &inputs, args.force)?;
     let bar = Progress::users(targets.len());
     let mut users_out = 0usize;
     let blocks: Vec<&[Target]> = targets.chunks(scorer.chunk).collect();
@@ -377,7 +385,7 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
         eprintln!("warning: {} recommended items have no row in --item-metadata (their columns are empty)", m.missing.len());
     }
     let secs = bar.elapsed().as_secs_f64();
-    println!(
+    say!(
         "wrote top-{k} for {users_out} users ({rows} rows) to {} in {secs:.1}s ({:.0} users/s)",
         args.out.display(),
         users_out as f64 / secs.max(1e-9)

@@ -11,6 +11,7 @@ use crate::checkpoint;
 use crate::cli::{ScoreArgs, UnknownPairs};
 use crate::export::{Export, Kind, OutFormat, Values};
 use crate::host;
+use crate::output;
 use crate::pairs::Pairs;
 
 /// Pairs per device call (and per output batch).
@@ -18,8 +19,9 @@ const BATCH: usize = 1 << 16;
 
 pub fn run(args: &ScoreArgs) -> Result<()> {
     let format = OutFormat::resolve(&args.out, args.out_format)?;
+    output::refuse_inputs(&args.out, &[&args.pairs])?;
     let selected = backend::select(args.backend)?;
-    println!("{}", selected.line());
+    say!("{}", selected.line());
     let device = &selected.device;
     let ck = checkpoint::load(&args.checkpoint, device)?;
     let pairs = Pairs::read(&args.pairs, &args.read, &ck.users, &ck.items)?;
@@ -46,7 +48,7 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     }
     let rows: Vec<usize> = (0..pairs.data.len()).filter(|&r| pairs.user[r].is_some() && pairs.item[r].is_some()).collect();
     let columns = [("user".to_owned(), Kind::Str), ("item".into(), Kind::Str), (column.into(), Kind::F32)];
-    let mut export = Export::create(&args.out, format, &columns)?;
+    let mut export = Export::create(&args.out, format, &columns, &[args.pairs.as_path()], args.force)?;
     for block in rows.chunks(BATCH) {
         let n = block.len();
         let ints = |v: Vec<i32>| Tensor::<1, Int>::from_data(TensorData::new(v, [n]), device);
@@ -61,6 +63,6 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
         ])?;
     }
     export.finish()?;
-    println!("wrote {} scored pairs to {}", rows.len(), args.out.display());
+    say!("wrote {} scored pairs to {}", rows.len(), args.out.display());
     Ok(())
 }

@@ -1,7 +1,6 @@
 //! `ncf train`: interactions → split → epochs of row-sparse steps → per-epoch evaluation →
 //! checkpoints and metrics in the run directory.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -19,6 +18,7 @@ use crate::config::RunConfig;
 use crate::curves;
 use crate::history::{EpochRecord, FullMetrics};
 use crate::host;
+use crate::output::{self, DirKind, DirState};
 use crate::progress::Progress;
 
 /// Embedding values gathered per side and device call in sampled evaluation (8 MiB of f32):
@@ -247,12 +247,6 @@ fn default_run_dir(model: &str) -> PathBuf {
     (1..).map(|n| PathBuf::from(format!("runs/{model}-{n:03}"))).find(|p| !p.exists()).unwrap()
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
-}
-
 /// The model a fresh run starts from: seeded initialisation, or NeuMF built from pretrained
 /// GMF and MLP runs on the same data.
 fn initial_model(config: &RunConfig, data: &ncf_datasets::Interactions, device: &Device) -> Result<Ncf> {
@@ -268,7 +262,7 @@ fn initial_model(config: &RunConfig, data: &ncf_datasets::Interactions, device: 
     };
     let (gmf, mlp) = (load(gmf_dir)?, load(mlp_dir)?);
     let model = Ncf::from_pretrained(&config.model, &gmf.model, &mlp.model, config.pretrain.alpha).map_err(anyhow::Error::msg)?;
-    println!(
+    say!(
         "pretrained: NeuMF from GMF {} (epoch {}) and MLP {} (epoch {}), alpha {}",
         gmf_dir.display(),
         gmf.meta.epoch,
@@ -279,37 +273,90 @@ fn initial_model(config: &RunConfig, data: &ncf_datasets::Interactions, device: 
     Ok(model)
 }
 
-/// What a resumed run continues from: `RUN/last` after checking it belongs to this data and config.
-fn resume_from(run: &Path, config: &RunConfig, split: &Split, device: &Device) -> Result<(Ncf, Optimizer, Vec<EpochRecord>)> {
+/// What a resumed run continues from: `RUN/last` after checking it belongs to this data and
+/// config, or the run's first epoch when it was stopped before writing one.
+fn resume_from(run: &Path, config: &RunConfig, data: &ncf_datasets::Interactions, split: &Split, device: &Device) -> Result<(Ncf, Optimizer, Vec<EpochRecord>)> {
     let saved_path = run.join("config.toml");
     let text = std::fs::read_to_string(&saved_path).with_context(|| format!("{}: not a run directory", saved_path.display()))?;
     let saved: RunConfig = toml::from_str(&text).with_context(|| format!("{}: malformed", saved_path.display()))?;
     let comparable = |c: &RunConfig| {
         let mut c = c.clone();
         (c.train.epochs, c.train.log_every, c.train.patience) = (0, 0, 0);
+        c.absolutize_paths();
         c
     };
     if comparable(&saved) != comparable(config) {
         anyhow::bail!("--resume {}: only --epochs, --log-every and train.patience may change when resuming", run.display());
     }
     let last = run.join("last");
+    if !last.join("checkpoint.json").exists() {
+        say!("resuming {}: it was stopped before its first checkpoint, so it starts from epoch 1", run.display());
+        return Ok((initial_model(config, data, device)?, Optimizer::new(config.optim.clone()), Vec::new()));
+    }
     let ck = checkpoint::load(&last, device)?;
     if ck.train.offsets() != split.train.offsets() || ck.train.all_items() != split.train.all_items() {
         anyhow::bail!("{}: the data or split differs from the one this run was trained on", last.display());
     }
     let optim = checkpoint::load_optimizer(&last, &ck, device)?;
-    println!("resuming {} after epoch {} ({} optimizer steps)", run.display(), ck.meta.epoch, ck.meta.optim_step);
+    say!("resuming {} after epoch {} ({} optimizer steps)", run.display(), ck.meta.epoch, ck.meta.optim_step);
     Ok((ck.model, optim, ck.meta.history))
 }
 
+/// What `ncf train` writes into a run directory (besides `best/` and `last/`).
+const RUN_FILES: [&str; 6] = ["config.toml", "metrics.csv", "curves.png", "best", "last", output::MARKER];
+
+/// The run directory to write: `--resume`'s, or `--out` (default `runs/<model>-<n>`) after
+/// checking that it may be written; an existing run is refused unless `--force`, which clears its
+/// checkpoints, metrics and curves first.
+fn claim_run_dir(args: &TrainArgs, config: &RunConfig) -> Result<PathBuf> {
+    if let Some(run) = &args.resume {
+        return Ok(run.clone());
+    }
+    let dir = args.out.clone().unwrap_or_else(|| default_run_dir(config.model.kind.name()));
+    let (s, p) = (&config.split, &config.pretrain);
+    let inputs: Vec<&Path> = [
+        config.data.path.as_deref(),
+        s.train_path.as_deref(),
+        s.test_path.as_deref(),
+        s.negatives_path.as_deref(),
+        p.gmf.as_deref(),
+        p.mlp.as_deref(),
+        args.config.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if output::claim_dir(&dir, DirKind::Run, &RUN_FILES, &inputs, args.force)? == DirState::Same {
+        if !args.force {
+            anyhow::bail!(
+                "{}: already holds a run; continue it with --resume {0}, or pass --force to start it afresh \
+                 (its checkpoints, metrics and curves are replaced)",
+                dir.display()
+            );
+        }
+        for name in ["best", "last"] {
+            let ck = dir.join(name);
+            if ck.join("checkpoint.json").exists() {
+                std::fs::remove_dir_all(&ck).with_context(|| format!("removing {}", ck.display()))?;
+            }
+        }
+        for name in ["metrics.csv", "curves.png"] {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+    }
+    Ok(dir)
+}
+
 pub fn run(args: &TrainArgs) -> Result<()> {
-    let config = args.resolve_config()?;
+    let mut config = args.resolve_config()?;
+    config.absolutize_paths();
+    let run_dir = claim_run_dir(args, &config)?;
     let selected = backend::select(args.backend)?;
-    println!("{}", selected.line());
+    say!("{}", selected.line());
     let device = &selected.device;
 
     let crate::data::Prepared { data, source, split, candidates, .. } = crate::data::prepare(&config)?;
-    println!("data: {source}: {} users, {} items, {} interactions", data.n_users(), data.n_items(), data.len());
+    say!("data: {source}: {} users, {} items, {} interactions", data.n_users(), data.n_items(), data.len());
     let width = config.model.layout().width();
     selected.check_table("the user embedding table", data.n_users(), width)?;
     selected.check_table("the item embedding table", data.n_items(), width)?;
@@ -318,18 +365,17 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let imported_candidates = (config.split.method == ncf_datasets::SplitMethod::Given && config.split.negatives_path.is_some()).then_some(&candidates);
     let sampler = NegativeSampler::new(&split.train, data.n_items(), config.sampler.clone(), config.seed);
     let (mut model, mut optim, mut history) = match &args.resume {
-        Some(run) => resume_from(run, &config, &split, device)?,
+        Some(run) => resume_from(run, &config, &data, &split, device)?,
         None => (initial_model(&config, &data, device)?, Optimizer::new(config.optim.clone()), Vec::new()),
     };
     let full = config.train.full_ranking.then(|| FullEval::upload(&split, &model, config.train.k, device));
 
-    let run_dir = match (&args.resume, &args.out) {
-        (Some(run), _) => run.clone(),
-        (None, Some(out)) => out.clone(),
-        (None, None) => default_run_dir(config.model.kind.name()),
-    };
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
-    write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
+    for f in RUN_FILES {
+        output::sweep_leftovers(&run_dir.join(f));
+    }
+    output::write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
+    output::mark(&run_dir, DirKind::Run)?;
     let k = config.train.k;
     let protocol = match &full {
         Some(_) => format!("hr/ndcg: sampled-{} + others: full ranking ({})", eval.negatives, split_name(&config)),
@@ -337,7 +383,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     };
     let metric = config.train.best_metric.as_str();
     let metric_label = crate::history::label(metric, k);
-    println!("best checkpoint: chosen on test {metric_label} ({} has no validation split, as in the paper)", split_name(&config));
+    say!("best checkpoint: chosen on test {metric_label} ({} has no validation split, as in the paper)", split_name(&config));
 
     let pairwise = config.train.loss == LossKind::Bpr;
     let group = if pairwise { 1 + config.sampler.negatives } else { 1 };
@@ -348,7 +394,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let batch_size = config.train.batch_size.div_ceil(group) * group;
     let first = history.len() + 1;
     if first > config.train.epochs {
-        println!("{} already has {} epochs; pass --epochs N (N > {}) to train further", run_dir.display(), history.len(), history.len());
+        say!("{} already has {} epochs; pass --epochs N (N > {}) to train further", run_dir.display(), history.len(), history.len());
     }
     let progress = Progress::new(config.train.epochs);
     progress.epochs.inc(history.len() as u64);
@@ -394,7 +440,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         let record = EpochRecord { epoch, loss, hr, ndcg, full: full_metrics, seconds: secs };
         let metrics = record.named(k);
         history.push(record);
-        write_atomic(&run_dir.join("metrics.csv"), crate::history::csv(&history, k, &protocol).as_bytes())?;
+        output::write_atomic(&run_dir.join("metrics.csv"), crate::history::csv(&history, k, &protocol).as_bytes())?;
         let meta = Meta {
             format_version: FORMAT_VERSION,
             model: config.model.kind.name().into(),
@@ -404,6 +450,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             metrics,
             history: history.clone(),
             optim_step: optim.step,
+            checksums: Default::default(),
         };
         let saved = |optim| Saved {
             meta: &meta,
@@ -416,10 +463,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             optim,
             candidates: imported_candidates,
         };
-        checkpoint::save(&run_dir.join("last"), &saved(Some(&optim)))?;
+        // best/ first: a run stopped at any moment that has a last/ has a best/ too.
         if crate::history::best(&history, metric).is_some_and(|b| b.epoch == epoch) {
             checkpoint::save(&run_dir.join("best"), &saved(None))?;
         }
+        checkpoint::save(&run_dir.join("last"), &saved(Some(&optim)))?;
         progress.epochs.inc(1);
         if crate::history::should_stop(&history, metric, config.train.patience) {
             progress.println(&format!("early stop: no better {metric_label} in {} epochs", config.train.patience));
@@ -428,7 +476,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     }
     progress.epochs.finish_and_clear();
     if let Some(b) = crate::history::best(&history, metric) {
-        println!("best: epoch {} {metric_label} {:.4}", b.epoch, b.value);
+        say!("best: epoch {} {metric_label} {:.4}", b.epoch, b.value);
     }
     if !history.is_empty() {
         let col = |f: fn(&EpochRecord) -> f64| history.iter().map(f).collect::<Vec<f64>>();
@@ -442,14 +490,12 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         }
         curves::write(&run_dir.join("curves.png"), &col(|r| r.loss), &series)?;
     }
-    println!("run directory: {}", run_dir.display());
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
+    say!("run directory: {}", run_dir.display());
+    say!(
         "next: ncf recommend --checkpoint {} --top-n 10 --out {}",
         run_dir.display(),
         run_dir.join("recommendations.csv").display()
-    )?;
+    );
     Ok(())
 }
 

@@ -5,15 +5,16 @@
 //! are kept exactly as written.
 //!
 //! It declines (returns `None`) on anything it does not handle exactly like the general path:
-//! quotes, a byte-order mark, a line with another number of fields than the first, an empty id,
-//! a value that does not parse, invalid UTF-8. The general path then reads the file and reports
-//! the problem with its line and column.
+//! quotes, a carriage return inside a line, a line with another number of fields than the first,
+//! an empty, overlong or control-character id, a value that does not parse, invalid UTF-8 (which
+//! the general path reads as Latin-1). The general path then reads the file and reports any
+//! problem with its line and column.
 
 use std::io::{BufRead, Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::Path;
 
-use super::{Columns, io_err, is_parquet, resolve_columns, sniff_text};
+use super::{BOM, Columns, MAX_ID_BYTES, Sniffed, has_control, io_err, resolve_columns};
 use crate::error::Result;
 use crate::fast_hash::FxHashMap;
 use crate::interactions::{IdMap, Interactions};
@@ -41,30 +42,25 @@ struct Layout {
     time: bool,
 }
 
-/// Reads `path` on the fast path, or `None` when the file needs the general path.
-pub(super) fn read(path: &Path, opts: &ReadOptions) -> Result<Option<Interactions>> {
-    if is_parquet(path, opts) {
-        return Ok(None);
-    }
+/// Reads the text file `path` (laid out as `sniffed`) on the fast path, or `None` when the file
+/// needs the general path.
+pub(super) fn read(path: &Path, opts: &ReadOptions, sniffed: &Sniffed) -> Result<Option<Interactions>> {
     let len = std::fs::metadata(path).map_err(io_err(path))?.len();
-    if len == 0 {
-        return Ok(None);
-    }
-    let sniffed = sniff_text(path, opts)?;
     let sep = if sniffed.double_colon { Sep::DoubleColon } else { Sep::Byte(sniffed.separator) };
     // The first line gives the width and, with a header, the column names.
     let mut first = Vec::new();
     let file = std::fs::File::open(path).map_err(io_err(path))?;
     std::io::BufReader::new(file).read_until(b'\n', &mut first).map_err(io_err(path))?;
     let first_len = first.len() as u64;
-    let first = trim_eol(&first);
-    if first.is_empty() || first.starts_with(&[0xEF, 0xBB, 0xBF]) || first.contains(&b'"') {
+    let bom = if first.starts_with(BOM) { BOM.len() } else { 0 };
+    let first = trim_eol(&first[bom..]);
+    if first.is_empty() || first.contains(&b'"') || first.contains(&b'\r') {
         return Ok(None);
     }
     let Ok(first) = std::str::from_utf8(first) else { return Ok(None) };
     let fields = split_fields(first.as_bytes(), sep);
     let names: Vec<String> = if sniffed.has_header {
-        let names: Vec<String> = fields.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+        let names: Vec<String> = fields.iter().map(|f| String::from_utf8_lossy(f).trim().to_owned()).collect();
         let mut sorted = names.clone();
         sorted.sort();
         sorted.dedup();
@@ -87,7 +83,7 @@ pub(super) fn read(path: &Path, opts: &ReadOptions) -> Result<Option<Interaction
     }
     let layout = Layout { sep, width: names.len(), slot_of, rating: rating.is_some(), time: time.is_some() };
 
-    let start = if sniffed.has_header { first_len } else { 0 };
+    let start = if sniffed.has_header { first_len } else { bom as u64 };
     let threads = if len < MIN_PARALLEL_BYTES { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()).min(16) };
     let bounds = line_bounds(path, start, len, threads)?;
     let chunks: Vec<Result<Option<Chunk>>> = std::thread::scope(|s| {
@@ -190,7 +186,7 @@ fn int_key_bytes(b: &[u8]) -> Option<u64> {
 
 impl Ids {
     /// The dense id of a raw field: canonical decimals without UTF-8 checks or trimming (they
-    /// have neither), anything else trimmed; `None` for an empty or non-UTF-8 id.
+    /// have neither), anything else trimmed; `None` for an id the general path must judge.
     #[inline]
     fn intern_field(&mut self, field: &[u8]) -> Option<u32> {
         match int_key_bytes(field) {
@@ -252,11 +248,11 @@ struct Chunk {
     items: Ids,
 }
 
-/// A trimmed, non-empty UTF-8 id.
+/// A trimmed, non-empty UTF-8 id of at most [`MAX_ID_BYTES`] without control characters.
 #[inline]
 fn id(field: &[u8]) -> Option<&str> {
     let s = std::str::from_utf8(field).ok()?.trim();
-    (!s.is_empty()).then_some(s)
+    (!s.is_empty() && s.len() <= MAX_ID_BYTES && !has_control(s)).then_some(s)
 }
 
 #[inline]
@@ -322,7 +318,7 @@ impl Chunk {
                         take(&mut slots, &l.slot_of, k, &line[start..i])?;
                         k += 1;
                         start = i + 1;
-                    } else if b == b'"' {
+                    } else if b == b'"' || b == b'\r' {
                         return None;
                     }
                 }
@@ -335,7 +331,7 @@ impl Chunk {
                         k += 1;
                         i += 2;
                         start = i;
-                    } else if line[i] == b'"' {
+                    } else if line[i] == b'"' || line[i] == b'\r' {
                         return None;
                     } else {
                         i += 1;
@@ -436,6 +432,7 @@ fn merge(mut chunks: Vec<Chunk>, l: &Layout) -> Interactions {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{assert_same, text_paths};
     use super::*;
     use std::path::PathBuf;
 
@@ -471,9 +468,12 @@ mod tests {
         }
     }
 
-    fn assert_same(a: &Interactions, b: &Interactions, what: &str) {
-        assert_eq!((&a.user, &a.item, &a.rating, &a.time), (&b.user, &b.item, &b.rating, &b.time), "{what}");
-        assert_eq!((&a.users, &a.items), (&b.users, &b.items), "{what}");
+    /// The fast path's result, which must be there and equal the general path's.
+    fn fast_equals_general(p: &Path, what: &str) -> Interactions {
+        let (fast, general) = text_paths(p, &ReadOptions::default()).unwrap();
+        let fast = fast.unwrap_or_else(|| panic!("{what} declined"));
+        assert_same(&fast, &general.unwrap(), what);
+        fast
     }
 
     /// The fast path reads exactly what the general path reads, and declines what it cannot.
@@ -486,17 +486,29 @@ mod tests {
             ("u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n"),
             ("ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n2:::7::1::5\n"),
             ("big.tsv", "x\t18446744073709551616\ny\t2\n"),
+            ("bom.csv", "\u{feff}user , item\r\n01,\u{e9}t\u{e9}\r\n1,-1\r\n"),
+            ("bom.tsv", "\u{feff}5\t6\n7\t8\n"),
         ];
         for (name, text) in cases {
             let p = dir.join(name);
             std::fs::write(&p, text).unwrap();
-            let fast = read(&p, &ReadOptions::default()).unwrap().unwrap_or_else(|| panic!("{name} declined"));
-            assert_same(&fast, &super::super::read_polars(&p, &ReadOptions::default()).unwrap(), name);
+            fast_equals_general(&p, name);
         }
-        for (name, text) in [("q.csv", "user,item\n\"a,b\",x\n"), ("short.csv", "user,item,rating\n1,2,5\n4\n"), ("bad.csv", "user,item,rating\n1,2,x\n")] {
+        let bom = fast_equals_general(&dir.join("bom.tsv"), "bom.tsv");
+        assert_eq!(bom.users.raw_ids(), &["5", "7"]);
+        let declined: [(&str, &[u8]); 7] = [
+            ("q.csv", b"user,item\n\"a,b\",x\n"),
+            ("short.csv", b"user,item,rating\n1,2,5\n4\n"),
+            ("bad.csv", b"user,item,rating\n1,2,x\n"),
+            ("cr.csv", b"user,item\r1,2\r3,4\r"),
+            ("inner-cr.csv", b"user,item\na\rb,2\n"),
+            ("control.csv", b"user,item\na\x01,2\n"),
+            ("latin1.csv", b"user,item\ncaf\xe9,2\n"),
+        ];
+        for (name, bytes) in declined {
             let p = dir.join(name);
-            std::fs::write(&p, text).unwrap();
-            assert!(read(&p, &ReadOptions::default()).unwrap().is_none(), "{name} must take the general path");
+            std::fs::write(&p, bytes).unwrap();
+            assert!(text_paths(&p, &ReadOptions::default()).unwrap().0.is_none(), "{name} must take the general path");
         }
         let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
         for rel in ["ml-100k/u.data", "ml-latest-small/ratings.csv"] {
@@ -505,8 +517,7 @@ mod tests {
                 eprintln!("skipping: {} not found (the MovieLens data lives in ../shared/data)", p.display());
                 continue;
             }
-            let fast = read(&p, &ReadOptions::default()).unwrap().expect("plain MovieLens file");
-            assert_same(&fast, &super::super::read_polars(&p, &ReadOptions::default()).unwrap(), rel);
+            fast_equals_general(&p, rel);
         }
     }
 
@@ -524,9 +535,7 @@ mod tests {
         }
         std::fs::write(&p, &text).unwrap();
         let opts = ReadOptions::default();
-        let sniffed = sniff_text(&p, &opts).unwrap();
-        assert!(sniffed.has_header);
-        let one = read(&p, &opts).unwrap().expect("plain file");
+        let one = fast_equals_general(&p, "many.csv");
         let names: Vec<String> = ["user", "item", "rating", "timestamp"].map(String::from).to_vec();
         let cols = resolve_columns(&p, &names, true, &opts).unwrap();
         let layout = Layout {
