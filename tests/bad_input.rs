@@ -4,25 +4,16 @@
 //! as read (byte-order mark, CRLF, quoted fields, Latin-1, long numbers, negative ratings) are read
 //! exactly.
 
+#[path = "ncf_bin.rs"]
+mod ncf_bin;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use assert_cmd::Command;
+use ncf_bin::{ncf, temp_dir};
 use ncf_datasets::table::{Kind, Values};
 use ncf_datasets::{Interactions, ParquetSink, ReadOptions, reader};
-
-/// The `ncf` binary of this build.
-fn ncf() -> Command {
-    Command::cargo_bin("ncf").expect("ncf binary")
-}
-
-/// A fresh, empty directory for one test.
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ncf-bad-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Writes `bytes` to `dir/name`.
 fn write(dir: &Path, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {

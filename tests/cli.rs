@@ -1,29 +1,21 @@
 //! End-to-end tests of the `ncf` binary: train on a small demo set, write a checkpoint, and
 //! recommend from it in a separate process, on flex and on wgpu.
 
+#[path = "ncf_bin.rs"]
+mod ncf_bin;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 #[path = "common.rs"]
 mod common;
 
-use assert_cmd::Command;
+use ncf_bin::{ncf, temp_dir};
 use ncf_datasets::{DemoConfig, Split, SplitConfig};
 
 const USERS: usize = 120;
 const ITEMS: usize = 150;
 const SEED: u64 = 5;
-
-fn ncf() -> Command {
-    Command::cargo_bin("ncf").expect("ncf binary")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ncf-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Trains the small demo set and returns the combined stdout.
 fn train(backend: &str, out: &Path, epochs: usize) -> String {

@@ -3,6 +3,9 @@
 //! forward, not the whole-catalogue path the exports use), output formats, unknown users, item
 //! metadata, metric reproduction, and clean failures on bad inputs.
 
+#[path = "ncf_bin.rs"]
+mod ncf_bin;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -11,6 +14,7 @@ use std::process::Output;
 mod common;
 
 use assert_cmd::Command;
+use ncf_bin::{ncf, temp_dir};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ncf_datasets::{DemoConfig, ReadOptions, Split, SplitConfig, reader};
@@ -21,17 +25,6 @@ const ITEMS: usize = 60;
 const SEED: u64 = 11;
 /// At most half the catalogue per user, so every user has items left to recommend.
 const MAX_PER_USER: usize = 30;
-
-fn ncf() -> Command {
-    Command::cargo_bin("ncf").expect("ncf binary")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ncf-rec-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap()

@@ -1,23 +1,16 @@
 //! Nothing a user owns is lost: outputs never replace what ncf did not write, ids survive every
 //! file ncf writes, runs survive being killed and moved, and progress goes to one stream.
 
+#[path = "ncf_bin.rs"]
+mod ncf_bin;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Instant;
 
 use assert_cmd::Command;
-
-fn ncf() -> Command {
-    Command::cargo_bin("ncf").expect("ncf binary")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ncf-safety-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use ncf_bin::{ncf, temp_dir};
 
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))

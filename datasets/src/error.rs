@@ -5,8 +5,9 @@ use std::path::PathBuf;
 /// Everything that can go wrong between an interaction file and training batches.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    /// (The OS error is in the message, not a `source`, so `{:#}` chains print it once.)
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: the file is empty; expected one interaction per line")]
     Empty { path: PathBuf },
     #[error("{path}: {message}")]

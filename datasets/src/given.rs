@@ -127,14 +127,14 @@ fn read_negatives(
     test: &UserItems,
     report: &mut GivenReport,
 ) -> Result<SampledCandidates> {
-    let file = std::fs::File::open(path).map_err(|source| DataError::Io { path: path.into(), source })?;
+    let file = std::fs::File::open(path).map_err(|error| DataError::Io { path: path.into(), error })?;
     let line_err = |line: usize, message: String| DataError::Line { path: path.into(), line, message };
     // Row of each test pair in `test.pairs()` order: offsets[u] + position among u's test items.
     let offsets = test.offsets();
     let mut rows: Vec<Option<Vec<u32>>> = vec![None; test.nnz()];
     let mut width: Option<(usize, usize)> = None; // (negatives per line, first line)
     let mut seen_any = false;
-    let io = |source| DataError::Io { path: path.into(), source };
+    let io = |error| DataError::Io { path: path.into(), error };
     let mut lines = std::io::BufReader::new(file).lines().enumerate();
     while let Some((k, line)) = lines.next() {
         let line_no = k + 1;

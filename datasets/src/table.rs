@@ -138,7 +138,7 @@ impl KeyedTable {
 /// index. The key defaults to a column named like an item id, else column 0; `keep` picks
 /// the other columns returned (all by default).
 pub fn read_keyed(path: &Path, key: Option<&ColumnRef>, keep: &[ColumnRef]) -> Result<KeyedTable> {
-    let raw = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_path_buf(), source })?;
+    let raw = std::fs::read(path).map_err(|error| DataError::Io { path: path.to_path_buf(), error })?;
     let first_line = raw.split(|&b| b == b'\n').next().unwrap_or(&[]);
     let double_colon = first_line.windows(2).any(|w| w == b"::");
     let bytes = if double_colon { rewrite_double_colon(path)? } else { raw };
