@@ -131,8 +131,15 @@ impl RunConfig {
         Ok(config)
     }
 
-    /// Makes every file path absolute against the working directory, so that a saved
-    /// `config.toml` names the same files from any directory (`--resume`, `ncf evaluate`).
+    /// Every file or directory the run reads (the data, a given split's files, pretrained runs).
+    pub fn input_paths(&self) -> Vec<&Path> {
+        let (d, s, p) = (&self.data, &self.split, &self.pretrain);
+        [&d.path, &s.train_path, &s.test_path, &s.negatives_path, &p.gmf, &p.mlp].into_iter().flatten().map(PathBuf::as_path).collect()
+    }
+
+    /// Makes every path of [`RunConfig::input_paths`] absolute against the working directory, so
+    /// that a saved `config.toml` names the same files from any directory (`--resume`,
+    /// `ncf evaluate`).
     pub fn absolutize_paths(&mut self) {
         let (d, s, p) = (&mut self.data, &mut self.split, &mut self.pretrain);
         for path in [&mut d.path, &mut s.train_path, &mut s.test_path, &mut s.negatives_path, &mut p.gmf, &mut p.mlp].into_iter().flatten() {

@@ -59,12 +59,8 @@ fn split(file: Option<&Path>, flags: &ReadFlags, out: Option<&Path>, force: bool
         bail!("no interaction file: pass FILE (or use split.method = \"given\" with split.train_path and split.test_path)");
     }
     if let Some(out) = out {
-        let s = &config.split;
-        let inputs: Vec<&Path> =
-            [config.data.path.as_deref(), s.train_path.as_deref(), s.test_path.as_deref(), s.negatives_path.as_deref(), config_path]
-                .into_iter()
-                .flatten()
-                .collect();
+        let mut inputs = config.input_paths();
+        inputs.extend(config_path);
         output::claim_dir(out, DirKind::Split, &SPLIT_FILES, &inputs, force)?;
     }
     config.absolutize_paths();

@@ -19,6 +19,11 @@ pub fn quiet() -> bool {
     QUIET.load(Ordering::Relaxed)
 }
 
+/// Where bars draw: stderr (shown only on a terminal), or nowhere with `--quiet`.
+fn draw_target() -> ProgressDrawTarget {
+    if quiet() { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() }
+}
+
 /// Prints a progress line to stdout unless `--quiet`.
 macro_rules! say {
     ($($arg:tt)*) => {
@@ -35,7 +40,7 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(epochs: usize) -> Self {
-        let multi = MultiProgress::with_draw_target(if quiet() { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() });
+        let multi = MultiProgress::with_draw_target(draw_target());
         let bar = multi.add(ProgressBar::new(epochs as u64));
         bar.set_style(ProgressStyle::with_template("epoch {pos}/{len} [{elapsed_precise}] {wide_bar} eta {eta}").unwrap());
         Self { multi, epochs: bar }
@@ -59,8 +64,7 @@ impl Progress {
 
     /// A bar over users for scoring commands.
     pub fn users(total: usize) -> ProgressBar {
-        let target = if quiet() { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
-        let bar = ProgressBar::with_draw_target(Some(total as u64), target);
+        let bar = ProgressBar::with_draw_target(Some(total as u64), draw_target());
         bar.set_style(ProgressStyle::with_template("{bar:30} {human_pos}/{human_len} users {per_sec} eta {eta}").unwrap());
         bar
     }

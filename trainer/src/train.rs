@@ -313,19 +313,8 @@ fn claim_run_dir(args: &TrainArgs, config: &RunConfig) -> Result<PathBuf> {
         return Ok(run.clone());
     }
     let dir = args.out.clone().unwrap_or_else(|| default_run_dir(config.model.kind.name()));
-    let (s, p) = (&config.split, &config.pretrain);
-    let inputs: Vec<&Path> = [
-        config.data.path.as_deref(),
-        s.train_path.as_deref(),
-        s.test_path.as_deref(),
-        s.negatives_path.as_deref(),
-        p.gmf.as_deref(),
-        p.mlp.as_deref(),
-        args.config.as_deref(),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let mut inputs = config.input_paths();
+    inputs.extend(args.config.as_deref());
     if output::claim_dir(&dir, DirKind::Run, &RUN_FILES, &inputs, args.force)? == DirState::Same {
         if !args.force {
             anyhow::bail!(
