@@ -39,7 +39,7 @@ fn steps(c: &mut Criterion) {
                 bench.iter(|| {
                     let n = b.packed.len();
                     let packed = Tensor::<1, Int>::from_data(TensorData::new(b.packed.clone(), [n]), &device);
-                    let input = StepInput::from_packed(packed, b.n_users, b.n_items, b.len);
+                    let input = StepInput::from_packed(packed, (b.n_users, b.n_items, b.len), None);
                     let (m, loss) = train_step(model.take().unwrap(), &mut optim, input, LossKind::Bce, 1);
                     model = Some(m);
                     black_box(loss.into_data());
@@ -136,7 +136,7 @@ fn sampler_on_file(c: &mut Criterion) {
     let mut group = c.benchmark_group("sampler/file");
     group.sample_size(10).throughput(criterion::Throughput::Elements(positives * 4));
     for dist in [ncf_datasets::sampler::NegativeDistribution::Uniform, ncf_datasets::sampler::NegativeDistribution::Popularity] {
-        let cfg = SamplerConfig { negatives: 4, distribution: dist };
+        let cfg = SamplerConfig { negatives: 4, distribution: dist, ..Default::default() };
         let s = NegativeSampler::new(&split.train, split.n_items, cfg, 3);
         let mut epoch = 0;
         group.bench_function(format!("{dist:?}/{positives}-positives-x4"), |b| {

@@ -5,7 +5,8 @@
 /// One training batch in row-indexed form, packed into a single integer buffer for upload.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Batch {
-    /// `[uniq_users | user_pos | uniq_items | item_pos | labels]`, all as i32.
+    /// `[uniq_users | user_pos | uniq_items | item_pos | labels | neg_pos]`, all as i32;
+    /// `neg_pos` (the batch's shared negatives as indices into `uniq_items`) may be empty.
     pub packed: Vec<i32>,
     pub n_users: usize,
     pub n_items: usize,
@@ -13,13 +14,14 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Ranges of the five parts inside [`Batch::packed`].
-    pub fn layout(&self) -> [std::ops::Range<usize>; 5] {
+    /// Ranges of the six parts inside [`Batch::packed`].
+    pub fn layout(&self) -> [std::ops::Range<usize>; 6] {
         let a = self.n_users;
         let b = a + self.len;
         let c = b + self.n_items;
         let d = c + self.len;
-        [0..a, a..b, b..c, c..d, d..d + self.len]
+        let e = d + self.len;
+        [0..a, a..b, b..c, c..d, d..e, e..self.packed.len()]
     }
 
     pub fn uniq_users(&self) -> &[i32] {
@@ -37,6 +39,9 @@ impl Batch {
     pub fn labels(&self) -> &[i32] {
         &self.packed[self.layout()[4].clone()]
     }
+    pub fn neg_pos(&self) -> &[i32] {
+        &self.packed[self.layout()[5].clone()]
+    }
 }
 
 /// Builds batches with O(batch) work: stamp arrays sized to the tables are allocated once.
@@ -53,6 +58,12 @@ impl BatchBuilder {
 
     /// Packs samples `user[k], item[k], label[k]` into a row-indexed batch.
     pub fn build(&mut self, user: &[u32], item: &[u32], label: &[f32]) -> Batch {
+        self.build_shared(user, item, label, &[])
+    }
+
+    /// [`build`](Self::build) with `negatives` shared by every sample of the batch, their rows
+    /// among the batch's unique items (after the samples' own).
+    pub fn build_shared(&mut self, user: &[u32], item: &[u32], label: &[f32], negatives: &[u32]) -> Batch {
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
             self.user_stamp.iter_mut().for_each(|s| s.0 = 0);
@@ -61,10 +72,9 @@ impl BatchBuilder {
         }
         let g = self.generation;
         let len = user.len();
-        let dedupe = |ids: &[u32], stamp: &mut [(u32, i32)]| {
-            let mut uniq = Vec::new();
-            let pos: Vec<i32> = ids
-                .iter()
+        // Positions of `ids` among `uniq`, appending the ids not in it yet.
+        let dedupe = |ids: &[u32], stamp: &mut [(u32, i32)], uniq: &mut Vec<i32>| -> Vec<i32> {
+            ids.iter()
                 .map(|&id| {
                     let s = &mut stamp[id as usize];
                     if s.0 != g {
@@ -73,17 +83,19 @@ impl BatchBuilder {
                     }
                     s.1
                 })
-                .collect();
-            (uniq, pos)
+                .collect()
         };
-        let (uu, up) = dedupe(user, &mut self.user_stamp);
-        let (ui, ip) = dedupe(item, &mut self.item_stamp);
-        let mut packed = Vec::with_capacity(uu.len() + ui.len() + 3 * len);
+        let (mut uu, mut ui) = (Vec::new(), Vec::new());
+        let up = dedupe(user, &mut self.user_stamp, &mut uu);
+        let ip = dedupe(item, &mut self.item_stamp, &mut ui);
+        let np = dedupe(negatives, &mut self.item_stamp, &mut ui);
+        let mut packed = Vec::with_capacity(uu.len() + ui.len() + 3 * len + negatives.len());
         packed.extend_from_slice(&uu);
         packed.extend_from_slice(&up);
         packed.extend_from_slice(&ui);
         packed.extend_from_slice(&ip);
         packed.extend(label.iter().map(|&l| (l > 0.5) as i32));
+        packed.extend_from_slice(&np);
         Batch { packed, n_users: uu.len(), n_items: ui.len(), len }
     }
 }
@@ -105,6 +117,12 @@ mod tests {
                 assert_eq!(batch.uniq_items()[batch.item_pos()[k] as usize], i[k] as i32);
             }
             assert_eq!(batch.labels(), &[1, 0, 0, 1]);
+            assert!(batch.neg_pos().is_empty());
         }
+        // Shared negatives: a known item keeps its row, new ones are appended.
+        let batch = b.build_shared(&u, &i, &l, &[9, 5, 9, 0]);
+        assert_eq!(batch.uniq_items(), &[2, 5, 9, 0]);
+        assert_eq!(batch.neg_pos(), &[2, 1, 2, 3]);
+        assert_eq!(batch.labels(), &[1, 0, 0, 1]);
     }
 }

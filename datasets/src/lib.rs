@@ -26,7 +26,7 @@ pub use error::DataError;
 pub use given::{Given, GivenReport};
 pub use interactions::{ByUser, IdMap, Interactions};
 pub use reader::{ColumnRef, Format, ReadOptions};
-pub use sampler::{EpochSamples, NegativeSampler, SamplerConfig};
+pub use sampler::{EpochSamples, NegativeSampler, SamplerConfig, SharedDraws};
 pub use split::{Split, SplitConfig, SplitGroup, SplitMethod, drop_unsplittable_users};
 pub use stats::{Quantiles, Stats};
 pub use synthetic::{DemoConfig, shaped_split};

@@ -18,17 +18,23 @@ pub enum NegativeDistribution {
     Popularity,
 }
 
-/// Sampler settings. Defaults: 4 uniform negatives per positive (NCF paper).
+/// Sampler settings. Defaults: 4 uniform negatives per positive (NCF paper), none shared.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SamplerConfig {
+    /// Negatives drawn per positive, each its own labelled sample (unused when
+    /// `shared_negatives` is set).
     pub negatives: usize,
     pub distribution: NegativeDistribution,
+    /// Negatives drawn once per batch and shared by all its positives (0 = off): every positive
+    /// is scored against all of them in one `[batch × negatives]` matmul. Drawn from
+    /// `distribution` over the whole catalogue; a user's own item among them is masked.
+    pub shared_negatives: usize,
 }
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        Self { negatives: 4, distribution: NegativeDistribution::Uniform }
+        Self { negatives: 4, distribution: NegativeDistribution::Uniform, shared_negatives: 0 }
     }
 }
 
@@ -56,7 +62,7 @@ pub struct NegativeSampler<'a> {
     n_items: u32,
     config: SamplerConfig,
     /// Walker alias table for [`NegativeDistribution::Popularity`]: O(1) per draw.
-    alias: Option<Alias>,
+    alias: Option<std::sync::Arc<Alias>>,
     seed: u64,
 }
 
@@ -74,12 +80,15 @@ const LABEL_BIT: u64 = 1 << 63;
 struct Alias {
     prob: Vec<f64>,
     alias: Vec<u32>,
+    /// Natural log of each item's probability.
+    log_p: Vec<f32>,
 }
 
 impl Alias {
     fn new(weights: &[f64]) -> Self {
         let n = weights.len();
         let total: f64 = weights.iter().sum();
+        let log_p = weights.iter().map(|w| (w / total).ln() as f32).collect();
         let mut prob: Vec<f64> = weights.iter().map(|w| w * n as f64 / total).collect();
         let mut alias: Vec<u32> = (0..n as u32).collect();
         let (mut small, mut large): (Vec<u32>, Vec<u32>) = (0..n as u32).partition(|&i| prob[i as usize] < 1.0);
@@ -95,7 +104,7 @@ impl Alias {
         for i in small.into_iter().chain(large) {
             prob[i as usize] = 1.0;
         }
-        Self { prob, alias }
+        Self { prob, alias, log_p }
     }
 
     #[inline]
@@ -129,7 +138,7 @@ impl<'a> NegativeSampler<'a> {
             NegativeDistribution::Uniform => None,
             NegativeDistribution::Popularity => {
                 let weights: Vec<f64> = train.item_counts(n_items).iter().map(|&c| (c as f64 + 1.0).powf(0.75)).collect();
-                Some(Alias::new(&weights))
+                Some(std::sync::Arc::new(Alias::new(&weights)))
             }
         };
         Self { train, n_items: n_items as u32, config, alias, seed }
@@ -162,6 +171,11 @@ impl<'a> NegativeSampler<'a> {
             if unseen > k { hi = mid } else { lo = mid + 1 }
         }
         Some(lo)
+    }
+
+    /// The drawer of this sampler's batch-shared negatives (`shared_negatives` per batch).
+    pub fn shared(&self) -> SharedDraws {
+        SharedDraws { n_items: self.n_items, count: self.config.shared_negatives, alias: self.alias.clone(), seed: self.seed }
     }
 
     /// The labelled pairs of `epoch`: every training positive and its negatives, shuffled.
@@ -292,6 +306,37 @@ impl<'a> NegativeSampler<'a> {
     }
 }
 
+/// Negatives shared by a batch's positives, drawn with replacement from the sampler's
+/// distribution over the whole catalogue; batch `k` of epoch `e` always gets the same draws.
+#[derive(Clone)]
+pub struct SharedDraws {
+    n_items: u32,
+    count: usize,
+    alias: Option<std::sync::Arc<Alias>>,
+    seed: u64,
+}
+
+impl SharedDraws {
+    /// The negatives of batch `batch` of `epoch`.
+    pub fn draw(&self, epoch: u64, batch: u64) -> Vec<u32> {
+        let mut rng = rng::stream(self.seed, &[0x54A_12ED, epoch, batch]);
+        (0..self.count)
+            .map(|_| match &self.alias {
+                None => rng.random_range(0..self.n_items),
+                Some(a) => a.draw(&mut rng),
+            })
+            .collect()
+    }
+
+    /// Natural log of each item's probability per draw, for the logQ correction.
+    pub fn log_probs(&self) -> Vec<f32> {
+        match &self.alias {
+            None => vec![-(self.n_items as f32).ln(); self.n_items as usize],
+            Some(a) => a.log_p.clone(),
+        }
+    }
+}
+
 /// `f(0..n)` on `threads` threads, results in index order.
 fn par_map<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     let results: Vec<std::sync::Mutex<Option<T>>> = (0..n).map(|_| std::sync::Mutex::new(None)).collect();
@@ -324,7 +369,7 @@ mod tests {
     fn negatives_are_unseen_and_counts_match() {
         let t = train();
         for dist in [NegativeDistribution::Uniform, NegativeDistribution::Popularity] {
-            let cfg = SamplerConfig { negatives: 3, distribution: dist };
+            let cfg = SamplerConfig { negatives: 3, distribution: dist, ..Default::default() };
             let s = NegativeSampler::new(&t, 6, cfg, 9).epoch(0);
             assert_eq!(s.len(), t.nnz() * 4);
             assert_eq!(s.label.iter().filter(|&&l| l == 1.0).count(), t.nnz());

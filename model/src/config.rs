@@ -43,7 +43,7 @@ impl std::str::FromStr for ModelKind {
 
 /// Model settings. Defaults follow the paper's factor-8 NeuMF: GMF factors 8, MLP tower
 /// [64, 32, 16, 8] whose first width is the concatenated user+item embedding, N(0, 0.01) embeddings,
-/// no dropout.
+/// no dropout, dot-product (not cosine) factors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelConfig {
@@ -56,11 +56,14 @@ pub struct ModelConfig {
     pub init_std: f64,
     /// Dropout after each hidden MLP layer while training (0 = none, as in the paper).
     pub dropout: f64,
+    /// Score GMF/MF factors by cosine: user and item factor vectors are L2-normalised before
+    /// their (weighted) dot product, as SimpleX's CCL expects; MF then drops its biases.
+    pub cosine: bool,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { kind: ModelKind::Neumf, factors: 8, layers: vec![64, 32, 16, 8], init_std: 0.01, dropout: 0.0 }
+        Self { kind: ModelKind::Neumf, factors: 8, layers: vec![64, 32, 16, 8], init_std: 0.01, dropout: 0.0, cosine: false }
     }
 }
 

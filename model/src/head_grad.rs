@@ -104,7 +104,7 @@ pub fn head_grads(
     group: usize,
 ) -> Option<HeadGrads> {
     use burn::backend::Dispatch;
-    if head.dropout > 0.0 || !crate::rows::on_flex(&user_rows.device()) {
+    if head.dropout > 0.0 || head.cosine || !crate::rows::on_flex(&user_rows.device()) {
         return None;
     }
     let dense: Vec<_> = head.mlp.iter().chain(&head.output).collect();
@@ -582,6 +582,7 @@ fn run_with<const F: bool>(l: TableLayout, layers: &[Dense], output: Option<&Den
                     }
                 }
             }
+            LossKind::Softmax | LossKind::Ccl => unreachable!("the fused head trains per-sample losses only"),
         }
         // Back through the output layer and the GMF product.
         let n_out = grads.len().saturating_sub(1);

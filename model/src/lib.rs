@@ -17,7 +17,7 @@ mod second_core;
 pub mod step;
 
 pub use config::{ModelConfig, ModelKind, TableLayout};
-pub use loss::LossKind;
+pub use loss::{LossConfig, LossKind};
 pub use ncf::{Head, ItemSide, Ncf};
 pub use optim::{OptimConfig, OptimKind, Optimizer};
-pub use step::{StepInput, train_step};
+pub use step::{SharedNegatives, StepInput, train_step};

@@ -32,6 +32,9 @@ pub struct Head {
     /// Dropout probability after each hidden MLP layer, applied by [`Head::forward_train`] only.
     #[module(skip)]
     pub dropout: f64,
+    /// GMF/MF factors compared by cosine (see `ModelConfig::cosine`).
+    #[module(skip)]
+    pub cosine: bool,
 }
 
 /// Item-side work shared by every user chunk when scoring against the whole catalogue.
@@ -49,6 +52,12 @@ impl ItemSide {
     pub fn n_items(&self) -> usize {
         self.table.dims()[0]
     }
+}
+
+/// Rows scaled to unit L2 norm (a zero row stays zero).
+fn normalize(x: Tensor<2>) -> Tensor<2> {
+    let norm = x.clone().powf_scalar(2.0).sum_dim(1).add_scalar(1e-12).sqrt();
+    x / norm
 }
 
 fn host_tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
@@ -98,7 +107,7 @@ impl Ncf {
             ModelKind::Mf => 0,
         };
         let output = (out_width > 0).then(|| linear(out_width, 1, &mut rng, device));
-        Self { user, item, head: Head { mlp, output, layout, dropout: config.dropout } }
+        Self { user, item, head: Head { mlp, output, layout, dropout: config.dropout, cosine: config.cosine } }
     }
 
     /// NeuMF initialised from trained GMF and MLP models (paper §3.4.1): the tables side by side,
@@ -148,7 +157,7 @@ impl Ncf {
         Ok(Self {
             user: join(&gmf.user, &mlp.user),
             item: join(&gmf.item, &mlp.item),
-            head: Head { mlp: mlp_layers, output: Some(output), layout, dropout: config.dropout },
+            head: Head { mlp: mlp_layers, output: Some(output), layout, dropout: config.dropout, cosine: config.cosine },
         })
     }
 
@@ -170,29 +179,7 @@ impl Ncf {
 
     /// The item-side part of whole-catalogue scoring, computed once per pass.
     pub fn item_side(&self) -> ItemSide {
-        let table = self.item.val();
-        let l = self.head.layout;
-        let mlp_in = (l.mlp > 0).then(|| {
-            let first = &self.head.mlp[0];
-            let w = first.weight.val();
-            let [d_in, d_out] = w.dims();
-            let w_item = w.slice([d_in / 2..d_in, 0..d_out]);
-            let x = table.clone().slice([0..self.n_items(), l.gmf..l.gmf + l.mlp]).matmul(w_item);
-            match &first.bias {
-                Some(b) => x + b.val().unsqueeze_dim(0),
-                None => x,
-            }
-        });
-        let n = self.n_items();
-        let dot_t = (l.gmf > 0).then(|| {
-            let device = table.device();
-            let mut parts = vec![table.clone().slice([0..n, 0..l.gmf]), Tensor::ones([n, 1], &device)];
-            if l.kind == ModelKind::Mf {
-                parts.push(table.clone().slice([0..n, l.gmf..l.gmf + 1]));
-            }
-            Tensor::cat(parts, 1).transpose()
-        });
-        ItemSide { table, dot_t, mlp_in }
+        self.head.item_side(self.item.val())
     }
 
     /// Logits of every user in `users` against every item, without forming pair rows for
@@ -207,6 +194,58 @@ impl Ncf {
 }
 
 impl Head {
+    /// The GMF/MF factor part of table rows, L2-normalised when the head compares by cosine.
+    ///
+    /// # Shapes
+    /// - rows: `[r, width]` → `[r, gmf]`
+    pub fn factors(&self, rows: Tensor<2>) -> Tensor<2> {
+        let [r, _] = rows.dims();
+        let f = rows.slice([0..r, 0..self.layout.gmf]);
+        if self.cosine { normalize(f) } else { f }
+    }
+
+    /// The item-side part of scoring every user against the item rows `table` (the whole
+    /// catalogue, or a batch's candidates).
+    pub fn item_side(&self, table: Tensor<2>) -> ItemSide {
+        let l = self.layout;
+        let n = table.dims()[0];
+        let mlp_in = (l.mlp > 0).then(|| {
+            let first = &self.mlp[0];
+            let w = first.weight.val();
+            let [d_in, d_out] = w.dims();
+            let w_item = w.slice([d_in / 2..d_in, 0..d_out]);
+            let x = table.clone().slice([0..n, l.gmf..l.gmf + l.mlp]).matmul(w_item);
+            match &first.bias {
+                Some(b) => x + b.val().unsqueeze_dim(0),
+                None => x,
+            }
+        });
+        let dot_t = (l.gmf > 0).then(|| {
+            let device = table.device();
+            let mut parts = vec![self.factors(table.clone())];
+            // MF by cosine has no biases: the score is the cosine alone.
+            if !(l.kind == ModelKind::Mf && self.cosine) {
+                parts.push(Tensor::ones([n, 1], &device));
+            }
+            if l.kind == ModelKind::Mf && !self.cosine {
+                parts.push(table.clone().slice([0..n, l.gmf..l.gmf + 1]));
+            }
+            Tensor::cat(parts, 1).transpose()
+        });
+        ItemSide { table, dot_t, mlp_in }
+    }
+
+    /// Logits of every user row against every item row, for training against a batch's shared
+    /// candidates: one matmul for GMF and MF; the MLP tower runs per (user, item) pair, so its
+    /// cost grows with `b × m`. Dropout applies in the tower.
+    ///
+    /// # Shapes
+    /// - user: `[b, width]`, items: `[m, width]` → `[b, m]`
+    pub fn score_matrix(&self, user: Tensor<2>, items: Tensor<2>) -> Tensor<2> {
+        let side = self.item_side(items);
+        self.score_all_with(user, &side, true)
+    }
+
     /// Logits from gathered user and item rows (inference: no dropout).
     ///
     /// # Shapes
@@ -248,8 +287,8 @@ impl Head {
         let mut h = self.dropout(relu(x), true);
         h = self.tower(h, 1, true);
         let h = if l.gmf > 0 {
-            let ug = user_rows.slice([0..nu, 0..l.gmf]).select(0, user_pos);
-            let ig = item_rows.slice([0..ni, 0..l.gmf]).select(0, item_pos);
+            let ug = self.factors(user_rows).select(0, user_pos);
+            let ig = self.factors(item_rows).select(0, item_pos);
             Tensor::cat(vec![ug * ig, h], 1)
         } else {
             h
@@ -262,12 +301,15 @@ impl Head {
         let [b, _] = user.dims();
         if l.kind == ModelKind::Mf {
             let f = l.gmf;
-            let dot = (user.clone().slice([0..b, 0..f]) * item.clone().slice([0..b, 0..f])).sum_dim(1);
+            let dot = (self.factors(user.clone()) * self.factors(item.clone())).sum_dim(1);
+            if self.cosine {
+                return dot.reshape([b]);
+            }
             return (dot + user.slice([0..b, f..f + 1]) + item.slice([0..b, f..f + 1])).reshape([b]);
         }
         let mut parts = Vec::with_capacity(2);
         if l.gmf > 0 {
-            parts.push(user.clone().slice([0..b, 0..l.gmf]) * item.clone().slice([0..b, 0..l.gmf]));
+            parts.push(self.factors(user.clone()) * self.factors(item.clone()));
         }
         if l.mlp > 0 {
             let x = Tensor::cat(
@@ -304,14 +346,22 @@ impl Head {
     /// # Shapes
     /// - user: `[chunk, width]` → `[chunk, n_items]`
     pub fn score_all(&self, user: Tensor<2>, items: &ItemSide) -> Tensor<2> {
+        self.score_all_with(user, items, false)
+    }
+
+    fn score_all_with(&self, user: Tensor<2>, items: &ItemSide, train: bool) -> Tensor<2> {
         let l = self.layout;
         let [c, _] = user.dims();
         let n = items.n_items();
         let device = user.device();
         if l.kind == ModelKind::Mf {
+            let dot_t = items.dot_t.clone().expect("item side built for this head");
+            if self.cosine {
+                return self.factors(user).matmul(dot_t);
+            }
             // [u, b_u, 1] · [i, 1, b_i] = u·i + b_u + b_i in one matmul.
             let u = Tensor::cat(vec![user, Tensor::ones([c, 1], &device)], 1);
-            return u.matmul(items.dot_t.clone().expect("item side built for this head"));
+            return u.matmul(dot_t);
         }
         let out = self.output.as_ref().expect("output layer");
         let w = out.weight.val(); // [gmf + last, 1]
@@ -320,7 +370,7 @@ impl Head {
         let mut scores = if l.gmf > 0 {
             // (u ⊙ w_gmf) · i + b  ==  [u ⊙ w_gmfᵀ, b] @ [i, 1]ᵀ
             let wg = w.clone().slice([0..l.gmf, 0..1]).transpose();
-            let ug = user.clone().slice([0..c, 0..l.gmf]) * wg;
+            let ug = self.factors(user.clone()) * wg;
             Tensor::cat(vec![ug, bias.expand([c, 1])], 1).matmul(items.dot_t.clone().expect("item side built for this head"))
         } else {
             bias
@@ -331,8 +381,8 @@ impl Head {
             let [d_in, d_out] = w1.dims();
             let pu = user.slice([0..c, l.gmf..l.gmf + l.mlp]).matmul(w1.slice([0..d_in / 2, 0..d_out]));
             let pi = items.mlp_in.clone().expect("item side built for this head");
-            let x = relu(pu.unsqueeze_dim::<3>(1) + pi.unsqueeze_dim::<3>(0)).reshape([c * n, d_out]);
-            let h = self.tower(x, 1, false);
+            let x = self.dropout(relu(pu.unsqueeze_dim::<3>(1) + pi.unsqueeze_dim::<3>(0)).reshape([c * n, d_out]), train);
+            let h = self.tower(x, 1, train);
             let wm = w.slice([l.gmf..w_rows, 0..1]);
             scores = scores + h.matmul(wm).reshape([c, n]);
         }

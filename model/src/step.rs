@@ -6,7 +6,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Int, Tensor};
 
-use crate::loss::{LossKind, batch_loss};
+use crate::loss::{LossConfig, LossKind, SharedScores, batch_loss, shared_loss};
 use crate::ncf::Ncf;
 use crate::head_grad;
 use crate::optim::{HeadGradients, HeadUpdate, Optimizer, TableSide, Track};
@@ -23,9 +23,25 @@ pub struct StepInput {
     pub item_pos: Tensor<1, Int>,
     /// 0/1 labels: `[batch]`.
     pub labels: Tensor<1>,
+    /// Negatives shared by every positive of the batch; `None`: each sample is labelled
+    /// and scored on its own (BCE, or BPR groups).
+    pub shared: Option<SharedNegatives>,
     /// The next batch's unique items, when the caller knows them: a large item table's rows for
     /// it are then fetched during this step (see [`Lookahead`]).
     pub ahead: Option<Lookahead>,
+}
+
+/// A batch's shared negatives: every sample is a positive, scored against the items of the
+/// batch's other positives and these `n` negatives as one `[batch × (batch + n)]` score matrix.
+#[derive(Debug, Clone)]
+pub struct SharedNegatives {
+    /// Per negative, its index into the batch's unique items: `[n]`.
+    pub neg_pos: Tensor<1, Int>,
+    pub config: LossConfig,
+    /// Log sampling probability of every item of the catalogue, as an in-batch positive (its
+    /// share of training pairs) and as a shared negative (the sampler's distribution), for the
+    /// logQ correction: `([n_items], [n_items])`. `None`: no correction.
+    pub log_probs: Option<(Tensor<1>, Tensor<1>)>,
 }
 
 /// What a training loop hands every step when it knows the batch after it.
@@ -40,18 +56,22 @@ pub struct Lookahead {
 }
 
 impl StepInput {
-    /// Slices `[users | user_pos | items | item_pos | labels]` (see `ncf_datasets::Batch`).
-    pub fn from_packed(packed: Tensor<1, Int>, n_users: usize, n_items: usize, len: usize) -> Self {
+    /// Slices `[users | user_pos | items | item_pos | labels | neg_pos]` (see
+    /// `ncf_datasets::Batch`); `shared` (the loss settings and log-probabilities) is given
+    /// when the batch has shared negatives, whose positions are the buffer's tail.
+    pub fn from_packed(packed: Tensor<1, Int>, (n_users, n_items, len): (usize, usize, usize), shared: Option<(LossConfig, Option<(Tensor<1>, Tensor<1>)>)>) -> Self {
         let a = n_users;
         let b = a + len;
         let c = b + n_items;
         let d = c + len;
+        let e = packed.dims()[0];
         Self {
             users: packed.clone().slice([0..a]),
             user_pos: packed.clone().slice([a..b]),
             items: packed.clone().slice([b..c]),
             item_pos: packed.clone().slice([c..d]),
-            labels: packed.slice([d..d + len]).float(),
+            labels: packed.clone().slice([d..d + len]).float(),
+            shared: shared.map(|(config, log_probs)| SharedNegatives { neg_pos: packed.slice([d + len..e]), config, log_probs }),
             ahead: None,
         }
     }
@@ -90,7 +110,7 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
         rows::gather_ahead(&model.item.val(), &input.items, next_items.unwrap_or_default(), &into, state)
     });
     // Forward and backward: one fused pass where the backend has it (flex), else autodiff.
-    let fused = if optim.config.fused {
+    let fused = if optim.config.fused && input.shared.is_none() {
         head_grad::head_grads(&model.head, (&user_rows, &input.user_pos), (&item_rows, &input.item_pos), &input.labels, loss, group)
     } else {
         None
@@ -101,8 +121,10 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
         None => {
             let (user_rows, item_rows) = (user_rows.autodiff().require_grad(), item_rows.autodiff().require_grad());
             let head = model.head.clone().map(&mut Track);
-            let logits = head.forward_rows(user_rows.clone(), input.user_pos, item_rows.clone(), input.item_pos);
-            let loss = batch_loss(loss, logits, input.labels, group);
+            let loss = match &input.shared {
+                Some(shared) => shared_batch_loss(&head, (user_rows.clone(), &input.user_pos), (item_rows.clone(), &input.items, &input.item_pos), shared, loss),
+                None => batch_loss(loss, head.forward_rows(user_rows.clone(), input.user_pos, item_rows.clone(), input.item_pos), input.labels, group),
+            };
             let grads = loss.backward();
             let gu = user_rows.grad(&grads).expect("user rows are tracked");
             let gi = item_rows.grad(&grads).expect("item rows are tracked");
@@ -150,6 +172,44 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
     (Ncf { user, item, head }, loss)
 }
 
+/// The loss of a batch of positives against its shared negatives: each positive's user row
+/// scored against the items of every positive of the batch and the shared negatives.
+fn shared_batch_loss(
+    head: &crate::ncf::Head,
+    (user_rows, user_pos): (Tensor<2>, &Tensor<1, Int>),
+    (item_rows, items, item_pos): (Tensor<2>, &Tensor<1, Int>, &Tensor<1, Int>),
+    shared: &SharedNegatives,
+    kind: LossKind,
+) -> Tensor<1> {
+    let ([b], [n]) = (item_pos.dims(), shared.neg_pos.dims());
+    let device = item_pos.device();
+    let candidates = Tensor::cat(vec![item_pos.clone(), shared.neg_pos.clone()], 0); // [b + n]
+    let mut scores = head.score_matrix(user_rows.select(0, user_pos.clone()), item_rows.select(0, candidates.clone()));
+    if kind == LossKind::Ccl && !head.cosine {
+        // CCL's margins are cosines: bound other heads' logits to the same range.
+        scores = scores.tanh();
+    }
+    // A candidate is a negative of a row unless it is the row's own item (the diagonal, a
+    // repeated item, a shared negative that happens to be it); in-batch columns only if asked.
+    let own = item_pos.clone().reshape([b, 1]).expand([b, b + n]).equal(candidates.clone().reshape([1, b + n]).expand([b, b + n]));
+    let mut negative = own.bool_not();
+    if !shared.config.in_batch {
+        let cols = Tensor::<1, Int>::arange(0..(b + n) as i64, &device).greater_equal_elem(b as i64);
+        negative = negative.bool_and(cols.reshape([1, b + n]).expand([b, b + n]));
+    }
+    let log_rate = match (&shared.log_probs, kind) {
+        (Some((as_positive, as_negative)), LossKind::Softmax) => {
+            // Expected count among a batch's candidates: b · p(positive), n · p(negative).
+            let ids = items.clone().select(0, candidates);
+            let p = as_positive.clone().select(0, ids.clone().slice([0..b])).add_scalar((b as f32).ln());
+            let q = as_negative.clone().select(0, ids.slice([b..b + n])).add_scalar((n.max(1) as f32).ln());
+            Some(Tensor::cat(vec![p, q], 0))
+        }
+        _ => None,
+    };
+    shared_loss(kind, &shared.config, SharedScores { scores, negative, log_rate })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,7 +220,7 @@ mod tests {
     fn input(users: &[i32], upos: &[i32], items: &[i32], ipos: &[i32], labels: &[i32], d: &Device) -> StepInput {
         let packed: Vec<i32> = [users, upos, items, ipos, labels].concat();
         let n = packed.len();
-        StepInput::from_packed(Tensor::from_data(TensorData::new(packed, [n]), d), users.len(), items.len(), labels.len())
+        StepInput::from_packed(Tensor::from_data(TensorData::new(packed, [n]), d), (users.len(), items.len(), labels.len()), None)
     }
 
     fn rows(t: Tensor<2>) -> Vec<Vec<f32>> {

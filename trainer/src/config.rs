@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use ncf_datasets::{CleanConfig, DemoConfig, ReadOptions, SamplerConfig, SplitConfig};
-use ncf_model::{ModelConfig, OptimConfig};
+use ncf_model::{LossConfig, ModelConfig, OptimConfig};
 use serde::{Deserialize, Serialize};
 
 /// Where interactions come from and how they are cleaned. Defaults: the built-in demo data,
@@ -36,7 +36,9 @@ pub struct TrainConfig {
     pub log_every: usize,
     /// Also rank every item per test user (training items masked) each epoch.
     pub full_ranking: bool,
-    /// Pointwise BCE (paper) or pairwise BPR.
+    /// bce (pointwise, paper), bpr (pairwise), softmax (sampled softmax) or ccl (SimpleX's
+    /// cosine contrastive loss); the last two train on `sampler.shared_negatives`, settings in
+    /// `[loss]`.
     pub loss: ncf_model::LossKind,
     /// Metric choosing `best/` and driving early stopping: hr, ndcg (sampled) or recall,
     /// precision, full_ndcg, map (full ranking), all at K.
@@ -82,6 +84,8 @@ pub struct RunConfig {
     pub model: ModelConfig,
     pub optim: OptimConfig,
     pub train: TrainConfig,
+    /// Settings of the losses over batch-shared negatives (`train.loss` picks the loss).
+    pub loss: LossConfig,
     pub pretrain: PretrainConfig,
 }
 
@@ -95,6 +99,7 @@ impl Default for RunConfig {
             model: ModelConfig::default(),
             optim: OptimConfig::default(),
             train: TrainConfig::default(),
+            loss: LossConfig::default(),
             pretrain: PretrainConfig::default(),
         }
     }
@@ -122,6 +127,13 @@ impl RunConfig {
             bail!("train.batch_size and train.log_every must be at least 1");
         }
         crate::history::check_metric(&config.train.best_metric, config.train.full_ranking)?;
+        config.loss.validate().map_err(anyhow::Error::msg)?;
+        if config.train.loss.shared_only() && config.sampler.shared_negatives == 0 && !config.loss.in_batch {
+            bail!(
+                "train.loss = \"{}\" trains against shared negatives: set sampler.shared_negatives (e.g. 1000) or loss.in_batch = true",
+                config.train.loss.name()
+            );
+        }
         if config.pretrain.gmf.is_some() != config.pretrain.mlp.is_some() {
             bail!("pretrain.gmf and pretrain.mlp go together: NeuMF pretraining needs both runs");
         }

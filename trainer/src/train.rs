@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use ncf_datasets::{Batch, BatchBuilder, EpochSamples, NegativeSampler, SampledCandidates, Split};
+use ncf_datasets::{Batch, BatchBuilder, EpochSamples, NegativeSampler, SampledCandidates, SharedDraws, Split};
 use ncf_model::eval::{RankingChunk, full_ranking_rows, full_ranking_sums, sampled_rows, sampled_sums};
 use ncf_model::step::Lookahead;
-use ncf_model::{LossKind, Ncf, Optimizer, StepInput, train_step};
+use ncf_model::{LossConfig, LossKind, Ncf, Optimizer, StepInput, train_step};
 
 use crate::backend;
 use crate::checkpoint::{self, FORMAT_VERSION, Meta, Saved};
@@ -153,6 +153,39 @@ pub struct EpochProfile {
     pub read_secs: f64,
 }
 
+/// Negatives shared by every positive of a batch, and how the loss treats them.
+#[derive(Clone)]
+pub(crate) struct SharedSetup {
+    pub(crate) draws: SharedDraws,
+    pub(crate) config: LossConfig,
+    /// Log-probabilities of each item as an in-batch positive and as a shared negative, on the
+    /// device, when the loss corrects for them (`loss.logq`).
+    pub(crate) log_probs: Option<(Tensor<1>, Tensor<1>)>,
+}
+
+impl SharedSetup {
+    /// The run's shared negatives when its loss trains on them (softmax, ccl, or
+    /// `sampler.shared_negatives` > 0); `None` for per-positive negatives.
+    pub(crate) fn new(config: &RunConfig, sampler: &NegativeSampler, split: &Split, device: &Device) -> Option<Self> {
+        if !config.train.loss.shared_only() && config.sampler.shared_negatives == 0 {
+            return None;
+        }
+        let draws = sampler.shared();
+        let log_probs = config.loss.logq.then(|| {
+            let counts = split.train.item_counts(split.n_items);
+            let total = split.train.nnz().max(1) as f32;
+            // An item never trained on is never an in-batch candidate; any finite value will do.
+            let as_positive: Vec<f32> = counts.iter().map(|&c| (c.max(1) as f32 / total).ln()).collect();
+            let upload = |v: Vec<f32>| {
+                let n = v.len();
+                Tensor::<1>::from_data(TensorData::new(v, [n]), device)
+            };
+            (upload(as_positive), upload(draws.log_probs()))
+        });
+        Some(Self { draws, config: config.loss.clone(), log_probs })
+    }
+}
+
 /// One epoch of steps; batches are built on the step's second thread while the device computes.
 /// Returns the model and the epoch's mean loss (read back once per `log_every` steps and at the end).
 pub(crate) fn run_epoch(
@@ -160,6 +193,7 @@ pub(crate) fn run_epoch(
     optim: &mut Optimizer,
     samples: &EpochSamples,
     (batch_size, group, loss_kind): (usize, usize, LossKind),
+    (shared, epoch): (Option<&SharedSetup>, u64),
     log_every: usize,
     device: &Device,
     bar: &indicatif::ProgressBar,
@@ -174,9 +208,11 @@ pub(crate) fn run_epoch(
         let build = |builder: BatchBuilder, k: usize| {
             let (start, end) = (k * batch_size, ((k + 1) * batch_size).min(samples.len()));
             let (user, item, label) = (samples.user[start..end].to_vec(), samples.item[start..end].to_vec(), samples.label[start..end].to_vec());
+            let draws = shared.map(|s| s.draws.clone());
             ncf_model::rows::later(move || {
                 let mut builder = builder;
-                let batch = builder.build(&user, &item, &label);
+                let negatives = draws.map_or_else(Vec::new, |d| d.draw(epoch, k as u64));
+                let batch = builder.build_shared(&user, &item, &label, &negatives);
                 (builder, batch)
             })
         };
@@ -210,7 +246,7 @@ pub(crate) fn run_epoch(
             let t_step = Instant::now();
             let n = batch.packed.len();
             let packed = Tensor::<1, Int>::from_data(TensorData::new(batch.packed, [n]), device);
-            let mut input = StepInput::from_packed(packed, batch.n_users, batch.n_items, batch.len);
+            let mut input = StepInput::from_packed(packed, (batch.n_users, batch.n_items, batch.len), shared.map(|s| (s.config.clone(), s.log_probs.clone())));
             input.ahead = Some(Lookahead { next_items: next.as_ref().map(|b| b.uniq_items().to_vec()), pipeline: pipeline.clone() });
             let (m, loss) = train_step(model, optim, input, loss_kind, group);
             model = m;
@@ -352,7 +388,11 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let eval = SampledEval::upload(&candidates, width, device);
     // Candidates read from a .test.negative file cannot be redrawn: checkpoints keep them.
     let imported_candidates = (config.split.method == ncf_datasets::SplitMethod::Given && config.split.negatives_path.is_some()).then_some(&candidates);
-    let sampler = NegativeSampler::new(&split.train, data.n_items(), config.sampler.clone(), config.seed);
+    // With shared negatives, an epoch's samples are its positives alone.
+    let shared_mode = config.train.loss.shared_only() || config.sampler.shared_negatives > 0;
+    let sampler_config = ncf_datasets::SamplerConfig { negatives: if shared_mode { 0 } else { config.sampler.negatives }, ..config.sampler.clone() };
+    let sampler = NegativeSampler::new(&split.train, data.n_items(), sampler_config, config.seed);
+    let shared = SharedSetup::new(&config, &sampler, &split, device);
     let (mut model, mut optim, mut history) = match &args.resume {
         Some(run) => resume_from(run, &config, &data, &split, device)?,
         None => (initial_model(&config, &data, device)?, Optimizer::new(config.optim.clone()), Vec::new()),
@@ -374,7 +414,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let metric_label = crate::history::label(metric, k);
     say!("best checkpoint: chosen on test {metric_label} ({} has no validation split, as in the paper)", split_name(&config));
 
-    let pairwise = config.train.loss == LossKind::Bpr;
+    let pairwise = config.train.loss == LossKind::Bpr && shared.is_none();
     let group = if pairwise { 1 + config.sampler.negatives } else { 1 };
     if pairwise && config.sampler.negatives == 0 {
         anyhow::bail!("train.loss = \"bpr\" needs sampler.negatives ≥ 1");
@@ -395,7 +435,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         let samples = sampler.epoch_grouped(epoch as u64, pairwise);
         let bar = progress.batches(samples.len());
         let t_sample = t0.elapsed().as_secs_f64();
-        let (m, loss, prof) = run_epoch(model, &mut optim, &samples, (batch_size, group, config.train.loss), config.train.log_every, device, &bar);
+        let (m, loss, prof) = run_epoch(model, &mut optim, &samples, (batch_size, group, config.train.loss), (shared.as_ref(), epoch as u64), config.train.log_every, device, &bar);
         model = m;
         bar.finish_and_clear();
         let t_eval = Instant::now();
