@@ -439,6 +439,27 @@ fn bpr_scores_are_written_raw() {
     assert!((rows[0][2].parse::<f32>().unwrap() - want).abs() < 1e-5);
 }
 
+/// A format-3 checkpoint (before validation splits: no validation items, test metrics only) still
+/// loads: a run without a validation split (`train.select_on = "test"`) relabelled as format 3
+/// recommends and evaluates as before.
+#[test]
+fn format_3_checkpoints_still_load() {
+    let dir = temp_dir("format3");
+    let run_dir = dir.join("run");
+    train(&run_dir, "gmf", 1, &["train.select_on=test"]);
+    let best = run_dir.join("best");
+    let st = std::fs::read(best.join("train.safetensors")).unwrap();
+    assert!(!safetensors::SafeTensors::deserialize(&st).unwrap().names().iter().any(|n| n.starts_with("valid")));
+    let meta = std::fs::read_to_string(best.join("checkpoint.json")).unwrap();
+    assert!(!meta.contains("\"valid\""), "{meta}");
+    let before = ok(run(ncf().args(["evaluate", "--backend", "flex", "--checkpoint"]).arg(&run_dir)));
+    std::fs::write(best.join("checkpoint.json"), meta.replace("\"format_version\": 4", "\"format_version\": 3")).unwrap();
+    let after = ok(run(ncf().args(["evaluate", "--backend", "flex", "--checkpoint"]).arg(&run_dir)));
+    let numbers = |s: &str| s.lines().filter(|l| l.starts_with("sampled") || l.starts_with("full")).collect::<Vec<_>>().join("\n");
+    assert_eq!(numbers(&after), numbers(&before));
+    ok(run(ncf().args(["recommend", "--backend", "flex", "--top-n", "3", "--checkpoint"]).arg(&run_dir).arg("--out").arg(dir.join("r.csv"))));
+}
+
 #[test]
 fn bad_inputs_fail_clearly_without_partial_output() {
     let dir = temp_dir("bad");
@@ -462,7 +483,7 @@ fn bad_inputs_fail_clearly_without_partial_output() {
     std::fs::write(reshaped.join("config.toml"), cfg).unwrap();
     let old = copy("old-format");
     let meta = std::fs::read_to_string(old.join("checkpoint.json")).unwrap();
-    let meta = meta.replace("\"format_version\": 3", "\"format_version\": 1");
+    let meta = meta.replace("\"format_version\": 4", "\"format_version\": 1");
     assert!(meta.contains("\"format_version\": 1"));
     std::fs::write(old.join("checkpoint.json"), meta).unwrap();
     let meta_file = dir.join("movies.csv");
