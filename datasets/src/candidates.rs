@@ -32,16 +32,13 @@ impl SampledCandidates {
         let mut user = Vec::new();
         let mut items = Vec::new();
         let n_items = split.n_items as u32;
-        let no_valid = UserItems::default();
-        let valid = split.valid.as_ref().unwrap_or(&no_valid);
-        let seen = |u: u32, j: u32| {
-            split.train.contains(u, j) || split.test.contains(u, j) || (valid.n_users() > 0 && valid.contains(u, j))
-        };
+        let valid = split.valid.as_ref();
+        let seen = |u: u32, j: u32| split.train.contains(u, j) || split.test.contains(u, j) || valid.is_some_and(|v| v.contains(u, j));
         for u in 0..held.n_users() as u32 {
+            let n_valid = valid.map_or(0, |v| v.items(u).len());
+            let unseen = (n_items as usize).saturating_sub(split.train.items(u).len() + split.test.items(u).len() + n_valid);
             for &t in held.items(u) {
                 let mut rng = rng::stream(seed, &[stream, u as u64, t as u64]);
-                let n_valid = if valid.n_users() > 0 { valid.items(u).len() } else { 0 };
-                let unseen = (n_items as usize).saturating_sub(split.train.items(u).len() + split.test.items(u).len() + n_valid);
                 let want = negatives.min(unseen);
                 user.push(u);
                 items.push(t);
