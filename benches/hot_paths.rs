@@ -131,7 +131,7 @@ fn sampler_on_file(c: &mut Criterion) {
     };
     let mut data = ncf_datasets::reader::read(std::path::Path::new(&path), &Default::default()).expect("reading NCF_BENCH_DATA");
     ncf_datasets::CleanConfig { min_user_interactions: 2, ..Default::default() }.apply(&mut data);
-    let split = ncf_datasets::Split::new(&data, &Default::default(), 1).expect("leave-one-out split");
+    let split = ncf_datasets::Split::new(&data, &Default::default(), 1, false).expect("leave-one-out split");
     let positives = split.train.nnz() as u64;
     let mut group = c.benchmark_group("sampler/file");
     group.sample_size(10).throughput(criterion::Throughput::Elements(positives * 4));

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces BENCHMARKS.md's ml-100k quality table: the NCF paper protocol (leave-one-out, test
-# item among 100 sampled negatives, HR@10 / NDCG@10 at the best-HR epoch, as the paper and the
-# PyTorch reference report), factor 8, 20 epochs, each preset in configs/, over several seeds.
+# item among 100 sampled negatives, HR@10 / NDCG@10 at the best test-HR epoch, as the paper and the
+# PyTorch reference report: train.select_on = "test", no validation split), factor 8, 20 epochs,
+# each preset in configs/, over several seeds.
 #
 # usage: benches/quality_ml100k.sh [--seeds "1 2 3"] [--epochs 20] [--torch] [--out DIR]
 #   NCF=path/to/ncf (default: cargo build --release, then target/release/ncf)
@@ -27,11 +28,15 @@ if [ -z "${NCF:-}" ]; then
 fi
 mkdir -p "$out"
 
-# The best-HR epoch's "hr ndcg" from a run's metrics.csv (first of equals).
-best() { awk -F, 'NR > 1 && $3 > hr { hr = $3; nd = $4 } END { printf "%s %s\n", hr, nd }' "$1/metrics.csv"; }
+# The best test-HR epoch's "hr ndcg" from a run's metrics.csv (first of equals), columns by name.
+best() {
+    awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
+             $c["test_hr@10"] != "" && $c["test_hr@10"] > hr { hr = $c["test_hr@10"]; nd = $c["test_ndcg@10"] }
+             END { printf "%s %s\n", hr, nd }' "$1/metrics.csv"
+}
 train() { # name seed extra-args...
     local name=$1 seed=$2; shift 2
-    "$NCF" train --backend flex --seed "$seed" --epochs "$epochs" --set train.full_ranking=false \
+    "$NCF" train --backend flex --seed "$seed" --epochs "$epochs" --set train.full_ranking=false --set train.select_on=test \
         --out "$out/$name-$seed" "$@" > "$out/$name-$seed.log" 2>&1 || { cat "$out/$name-$seed.log" >&2; exit 1; }
     echo "$name $seed $(best "$out/$name-$seed")" >> "$out/results.txt"
     echo "$name seed $seed: $(best "$out/$name-$seed")" >&2

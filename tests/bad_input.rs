@@ -237,7 +237,8 @@ fn odd_ids_round_trip_through_data_split() {
     let out = f.with_file_name("split");
     let run = ncf().args(["data", "split"]).arg(&f).arg("--out").arg(&out).output().unwrap();
     assert!(run.status.success(), "{}", text(&run.stderr));
-    let mut written = [raw_pairs(&read(&out.join("train.csv"))), raw_pairs(&read(&out.join("test.csv")))].concat();
+    let files = ["train.csv", "valid.csv", "test.csv"];
+    let mut written: Vec<(String, String)> = files.iter().flat_map(|f| raw_pairs(&read(&out.join(f)))).collect();
     written.sort();
     assert_eq!(written, raw_pairs(&data));
 }

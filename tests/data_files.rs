@@ -24,9 +24,11 @@ fn ml_100k_udata() {
     assert!(data.rating.is_some() && data.time.is_some());
     let report = CleanConfig::default().apply(&mut data);
     assert_eq!(report.duplicates, 0);
-    let split = Split::new(&data, &SplitConfig::default(), 1).unwrap();
+    let split = Split::new(&data, &SplitConfig::default(), 1, true).unwrap();
     check_split(&split, 943);
-    assert_eq!(split.train.nnz(), 100_000 - 943);
+    // Every ml-100k user has 20+ ratings: one test and one validation item each.
+    let valid = split.valid.as_ref().unwrap();
+    assert_eq!((split.train.nnz(), valid.nnz()), (100_000 - 2 * 943, 943));
 
     let cands = SampledCandidates::draw(&split, 100, 1);
     assert_eq!(cands.rows(), 943);
@@ -34,7 +36,7 @@ fn ml_100k_udata() {
         let u = cands.user[r];
         let row = &cands.items[r * 101..(r + 1) * 101];
         assert_eq!(row[0], split.test.items(u)[0]);
-        assert!(row[1..].iter().all(|&j| !split.train.contains(u, j) && j != row[0]), "negatives unseen for {u}");
+        assert!(row[1..].iter().all(|&j| !split.train.contains(u, j) && !valid.contains(u, j) && j != row[0]), "negatives unseen for {u}");
     }
     let samples = NegativeSampler::new(&split.train, data.n_items(), SamplerConfig::default(), 1).epoch(0);
     assert_eq!(samples.len(), split.train.nnz() * 5);
@@ -51,6 +53,6 @@ fn ml_latest_small_csv() {
     let data = reader::read(&path, &ReadOptions::default()).unwrap();
     assert_eq!((data.n_users(), data.n_items(), data.len()), (610, 9724, 100_836));
     assert_eq!(data.users.raw(0), "1");
-    let split = Split::new(&data, &SplitConfig::default(), 3).unwrap();
+    let split = Split::new(&data, &SplitConfig::default(), 3, true).unwrap();
     check_split(&split, 610);
 }

@@ -49,12 +49,14 @@ fn train(out: &Path, model: &str, epochs: usize, extra: &[&str]) {
     ok(run(cmd.arg("--out").arg(out)));
 }
 
-/// The demo split rebuilt independently: raw user → (training items, test items), raw ids.
+/// The demo split rebuilt independently: raw user → (items seen before test: training and
+/// validation, test items), raw ids.
 fn split() -> HashMap<String, (HashSet<String>, HashSet<String>)> {
     let data = DemoConfig { users: USERS, items: ITEMS, max_per_user: MAX_PER_USER, ..Default::default() }.generate(SEED);
-    let split = Split::new(&data, &SplitConfig::default(), SEED).unwrap();
+    let split = Split::new(&data, &SplitConfig::default(), SEED, true).unwrap();
+    let seen = split.seen_before_test();
     let raw = |t: &ncf_datasets::UserItems, u: u32| t.items(u).iter().map(|&i| data.items.raw(i).to_owned()).collect();
-    (0..data.n_users() as u32).map(|u| (data.users.raw(u).to_owned(), (raw(&split.train, u), raw(&split.test, u)))).collect()
+    (0..data.n_users() as u32).map(|u| (data.users.raw(u).to_owned(), (raw(&seen, u), raw(&split.test, u)))).collect()
 }
 
 /// The checkpoint's model loaded straight from its files, with its raw id lists.
@@ -375,17 +377,17 @@ fn evaluate_reproduces_training_metrics_and_scores_are_probabilities() {
     let stdout = ok(run(ncf().args(["evaluate", "--backend", "flex", "--checkpoint"]).arg(&run_dir).arg("--per-user").arg(&per_user)));
     // evaluate prints 4 decimals, metrics.csv 6.
     let close = |a: f64, b: f64, what: &str| assert!((a - b).abs() < 6e-5, "{what}: {a} vs {b}\n{stdout}");
-    close(metric(&stdout, "sampled", "HR@10"), logged("hr@10"), "hr");
-    close(metric(&stdout, "sampled", "NDCG@10"), logged("ndcg@10"), "ndcg");
-    close(metric(&stdout, "full", "Recall@10"), logged("recall@10"), "recall");
-    close(metric(&stdout, "full", "NDCG@10"), logged("full_ndcg@10"), "full ndcg");
-    close(metric(&stdout, "full", "MAP@10"), logged("map@10"), "map");
-    close(metric(&stdout, "full", "coverage"), logged("coverage@10"), "coverage");
+    close(metric(&stdout, "sampled", "HR@10"), logged("test_hr@10"), "hr");
+    close(metric(&stdout, "sampled", "NDCG@10"), logged("test_ndcg@10"), "ndcg");
+    close(metric(&stdout, "full", "Recall@10"), logged("test_recall@10"), "recall");
+    close(metric(&stdout, "full", "NDCG@10"), logged("test_full_ndcg@10"), "full ndcg");
+    close(metric(&stdout, "full", "MAP@10"), logged("test_map@10"), "map");
+    close(metric(&stdout, "full", "coverage"), logged("test_coverage@10"), "coverage");
     let rows = csv_rows(&per_user, "user,test_items,hr@10,ndcg@10,recall@10,precision@10,full_ndcg@10,map@10");
     assert_eq!(rows.len(), USERS);
     let mean = |j: usize| rows.iter().map(|r| r[j].parse::<f64>().unwrap()).sum::<f64>() / rows.len() as f64;
-    close(mean(2), logged("hr@10"), "per-user hr mean");
-    close(mean(4), logged("recall@10"), "per-user recall mean");
+    close(mean(2), logged("test_hr@10"), "per-user hr mean");
+    close(mean(4), logged("test_recall@10"), "per-user recall mean");
 
     // The same split given as a file (raw ids) gives the same numbers.
     let test_csv = dir.join("test.csv");
@@ -437,6 +439,27 @@ fn bpr_scores_are_written_raw() {
     assert!((rows[0][2].parse::<f32>().unwrap() - want).abs() < 1e-5);
 }
 
+/// A format-3 checkpoint (before validation splits: no validation items, test metrics only) still
+/// loads: a run without a validation split (`train.select_on = "test"`) relabelled as format 3
+/// recommends and evaluates as before.
+#[test]
+fn format_3_checkpoints_still_load() {
+    let dir = temp_dir("format3");
+    let run_dir = dir.join("run");
+    train(&run_dir, "gmf", 1, &["train.select_on=test"]);
+    let best = run_dir.join("best");
+    let st = std::fs::read(best.join("train.safetensors")).unwrap();
+    assert!(!safetensors::SafeTensors::deserialize(&st).unwrap().names().iter().any(|n| n.starts_with("valid")));
+    let meta = std::fs::read_to_string(best.join("checkpoint.json")).unwrap();
+    assert!(!meta.contains("\"valid\""), "{meta}");
+    let before = ok(run(ncf().args(["evaluate", "--backend", "flex", "--checkpoint"]).arg(&run_dir)));
+    std::fs::write(best.join("checkpoint.json"), meta.replace("\"format_version\": 4", "\"format_version\": 3")).unwrap();
+    let after = ok(run(ncf().args(["evaluate", "--backend", "flex", "--checkpoint"]).arg(&run_dir)));
+    let numbers = |s: &str| s.lines().filter(|l| l.starts_with("sampled") || l.starts_with("full")).collect::<Vec<_>>().join("\n");
+    assert_eq!(numbers(&after), numbers(&before));
+    ok(run(ncf().args(["recommend", "--backend", "flex", "--top-n", "3", "--checkpoint"]).arg(&run_dir).arg("--out").arg(dir.join("r.csv"))));
+}
+
 #[test]
 fn bad_inputs_fail_clearly_without_partial_output() {
     let dir = temp_dir("bad");
@@ -460,7 +483,7 @@ fn bad_inputs_fail_clearly_without_partial_output() {
     std::fs::write(reshaped.join("config.toml"), cfg).unwrap();
     let old = copy("old-format");
     let meta = std::fs::read_to_string(old.join("checkpoint.json")).unwrap();
-    let meta = meta.replace("\"format_version\": 3", "\"format_version\": 1");
+    let meta = meta.replace("\"format_version\": 4", "\"format_version\": 1");
     assert!(meta.contains("\"format_version\": 1"));
     std::fs::write(old.join("checkpoint.json"), meta).unwrap();
     let meta_file = dir.join("movies.csv");

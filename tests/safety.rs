@@ -229,19 +229,20 @@ fn awkward_ids_round_trip_through_split_checkpoint_and_exports() {
         r.records().map(|rec| rec.unwrap()).map(|rec| (rec[0].to_owned(), rec[1].to_owned())).collect()
     };
     let mut got = read_pairs(&a.join("train.csv"));
+    got.extend(read_pairs(&a.join("valid.csv")));
     got.extend(read_pairs(&a.join("test.csv")));
-    assert_eq!(got, want, "train.csv and test.csv hold the input's pairs");
+    assert_eq!(got, want, "train.csv, valid.csv and test.csv hold the input's pairs");
     // Read back as a given split and written again: the same files.
     let b = dir.join("b");
     let given = |key: &str, f: &str| format!("split.{key}={}", a.join(f).display());
     ok(ncf()
         .args(["data", "split", "--set", "split.method=given"])
         .args(["--set", &given("train_path", "train.csv"), "--set", &given("test_path", "test.csv")])
-        .args(["--set", &given("negatives_path", "test.negative"), "--out"])
+        .args(["--set", &given("valid_path", "valid.csv"), "--set", &given("negatives_path", "test.negative"), "--out"])
         .arg(&b)
         .output()
         .unwrap());
-    for f in ["train.csv", "test.csv", "test.negative"] {
+    for f in ["train.csv", "valid.csv", "test.csv", "test.negative"] {
         assert_eq!(std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap(), "{f}");
     }
     // A checkpoint keeps every id: recommendations name them all, in CSV and JSONL.
@@ -264,7 +265,8 @@ fn awkward_ids_round_trip_through_split_checkpoint_and_exports() {
     assert_eq!(users_out, ids);
 }
 
-/// A checkpoint of format 2 (ids as text lines) still loads and recommends the same.
+/// A checkpoint of format 2 (ids as text lines, no validation split) still loads and recommends
+/// the same.
 #[test]
 fn format_2_checkpoints_still_load() {
     let dir = temp_dir("v2");
@@ -272,12 +274,13 @@ fn format_2_checkpoints_still_load() {
     let run = dir.join("run");
     let mut cmd = ncf();
     train_args(&mut cmd, &input, 1);
-    ok(cmd.arg("--out").arg(&run).output().unwrap());
+    // Format 2 predates validation splits: a run without one.
+    ok(cmd.args(["--set", "train.select_on=test", "--out"]).arg(&run).output().unwrap());
     let recommend = |out: &Path| ok(ncf().args(["recommend", "--backend", "flex", "--checkpoint"]).arg(&run).arg("--out").arg(out).output().unwrap());
     recommend(&dir.join("v3.csv"));
     let best = run.join("best");
     let meta = std::fs::read_to_string(best.join("checkpoint.json")).unwrap();
-    std::fs::write(best.join("checkpoint.json"), meta.replace("\"format_version\": 3", "\"format_version\": 2")).unwrap();
+    std::fs::write(best.join("checkpoint.json"), meta.replace("\"format_version\": 4", "\"format_version\": 2")).unwrap();
     // The ids of this file are 0..40 and 0..30, interned in first-seen order.
     let recs = std::fs::read_to_string(dir.join("v3.csv")).unwrap();
     let e = refused(ncf().args(["recommend", "--backend", "flex", "--checkpoint"]).arg(&run).arg("--out").arg(dir.join("v2.csv")).output().unwrap());
@@ -297,7 +300,7 @@ fn format_2_checkpoints_still_load() {
     std::fs::write(best.join("items.txt"), order(1)).unwrap();
     recommend(&dir.join("v2.csv"));
     assert_eq!(std::fs::read_to_string(dir.join("v2.csv")).unwrap(), recs);
-    let other = meta.replace("\"format_version\": 3", "\"format_version\": 99");
+    let other = meta.replace("\"format_version\": 4", "\"format_version\": 99");
     std::fs::write(best.join("checkpoint.json"), other).unwrap();
     let e = refused(ncf().args(["recommend", "--backend", "flex", "--checkpoint"]).arg(&run).arg("--out").arg(dir.join("v99.csv")).output().unwrap());
     assert!(e.contains("format version 99") && e.contains("retrain"), "{e}");

@@ -1,8 +1,8 @@
 //! A split given as files, so published splits (e.g. the NCF reference's `ml-1m.train.rating`,
 //! `ml-1m.test.rating`, `ml-1m.test.negative`) and `ncf data split` outputs are reproduced exactly.
 //!
-//! Both interaction files are read with the same [`ReadOptions`]. Ids of the test file go through
-//! the training file's id maps:
+//! The interaction files are read with the same [`ReadOptions`]. Ids of the test (and validation)
+//! file go through the training file's id maps:
 //! - a test user absent from the training file has nothing to rank from: its test rows (and its
 //!   negatives lines) are dropped and counted in [`GivenReport::dropped_test_rows`];
 //! - a test or negative item absent from the training file is appended to the item catalogue
@@ -27,6 +27,8 @@ use crate::user_items::UserItems;
 pub struct GivenReport {
     /// Test rows whose user is not in the training file.
     pub dropped_test_rows: usize,
+    /// Validation rows whose user is not in the training file.
+    pub dropped_valid_rows: usize,
     /// Negatives lines whose user is not in the training file.
     pub dropped_negative_lines: usize,
     /// Items of the test or negatives file absent from the training file, added to the catalogue.
@@ -43,36 +45,51 @@ pub struct Given {
     pub report: GivenReport,
 }
 
-/// Reads a given split: `train` and `test` interaction files, and optionally `negatives`.
-pub fn read(train: &Path, test: &Path, negatives: Option<&Path>, opts: &ReadOptions) -> Result<Given> {
+/// Reads a given split: `train` and `test` interaction files, optionally a `valid` one (read like
+/// `test`) and `negatives`.
+pub fn read(train: &Path, test: &Path, valid: Option<&Path>, negatives: Option<&Path>, opts: &ReadOptions) -> Result<Given> {
     let mut data = reader::read(train, opts)?;
-    let test_data = reader::read(test, opts)?;
     let mut report = GivenReport::default();
     let items_before = data.n_items();
-    // Dense test ids of each distinct raw test id, mapped once.
-    let test_users: Vec<Option<u32>> = test_data.users.raw_ids().iter().map(|r| data.users.get(r)).collect();
-    // Items are interned only for kept rows, so a dropped user's items do not join the catalogue.
-    let mut test_items: Vec<Option<u32>> = vec![None; test_data.n_items()];
-    let mut pairs = Vec::with_capacity(test_data.len());
-    for (&u, &i) in test_data.user.iter().zip(&test_data.item) {
-        let Some(u) = test_users[u as usize] else {
-            report.dropped_test_rows += 1;
-            continue;
-        };
-        let i = *test_items[i as usize].get_or_insert_with(|| data.items.intern(test_data.items.raw(i)));
-        pairs.push((u, i));
-    }
-    drop(test_data);
-    let n_users = data.n_users();
-    let test_items_table = UserItems::from_pairs(n_users, pairs);
+    let (test_items_table, dropped) = read_held_out(test, &mut data, opts)?;
+    report.dropped_test_rows = dropped;
+    let valid_table = match valid {
+        Some(path) => {
+            let (table, dropped) = read_held_out(path, &mut data, opts)?;
+            report.dropped_valid_rows = dropped;
+            Some(table)
+        }
+        None => None,
+    };
     let candidates = match negatives {
         Some(path) => Some(read_negatives(path, test, &mut data, &test_items_table, &mut report)?),
         None => None,
     };
     report.new_items = data.n_items() - items_before;
-    let train_table = UserItems::from_pairs(n_users, data.user.iter().copied().zip(data.item.iter().copied()));
-    let split = Split { train: train_table, test: test_items_table, n_items: data.n_items(), method: SplitMethod::Given };
+    let train_table = UserItems::from_pairs(data.n_users(), data.user.iter().copied().zip(data.item.iter().copied()));
+    let split = Split { train: train_table, valid: valid_table, test: test_items_table, n_items: data.n_items(), method: SplitMethod::Given };
     Ok(Given { data, split, candidates, report })
+}
+
+/// Reads a held-out (test or validation) file through the training data's id maps: rows of users
+/// absent from training are dropped (their count returned), new items join the catalogue.
+fn read_held_out(path: &Path, data: &mut Interactions, opts: &ReadOptions) -> Result<(UserItems, usize)> {
+    let held = reader::read(path, opts)?;
+    // Dense ids of each distinct raw id of the file, mapped once.
+    let users: Vec<Option<u32>> = held.users.raw_ids().iter().map(|r| data.users.get(r)).collect();
+    // Items are interned only for kept rows, so a dropped user's items do not join the catalogue.
+    let mut items: Vec<Option<u32>> = vec![None; held.n_items()];
+    let mut pairs = Vec::with_capacity(held.len());
+    let mut dropped = 0;
+    for (&u, &i) in held.user.iter().zip(&held.item) {
+        let Some(u) = users[u as usize] else {
+            dropped += 1;
+            continue;
+        };
+        let i = *items[i as usize].get_or_insert_with(|| data.items.intern(held.items.raw(i)));
+        pairs.push((u, i));
+    }
+    Ok((UserItems::from_pairs(data.n_users(), pairs), dropped))
 }
 
 /// Quotes an id for a negatives file when it holds a character of the format's syntax (tab,
@@ -229,7 +246,7 @@ mod tests {
     fn reads_reference_format_with_negatives() {
         let (train, test) = reference_files("ok");
         let neg = write("ok.test.negative", "(0,12)\t13\t14\n(1,11)\t14\t13\n");
-        let g = read(&train, &test, Some(&neg), &ReadOptions::default()).unwrap();
+        let g = read(&train, &test, None, Some(&neg), &ReadOptions::default()).unwrap();
         assert_eq!(g.data.users.raw_ids(), &["0", "1"]);
         // Items 13 and 14 appear only among the negatives: appended to the catalogue.
         assert_eq!(g.data.items.raw_ids(), &["10", "11", "12", "13", "14"]);
@@ -260,8 +277,8 @@ mod tests {
         let (train, _) = reference_files("drop");
         let test = write("drop.test.rating", "0\t12\t4\t200\n7\t11\t2\t201\n");
         let neg = write("drop.test.negative", "(0,12)\t13\n(7,11)\t10\n");
-        let g = read(&train, &test, Some(&neg), &ReadOptions::default()).unwrap();
-        assert_eq!(g.report, GivenReport { dropped_test_rows: 1, dropped_negative_lines: 1, new_items: 1 });
+        let g = read(&train, &test, None, Some(&neg), &ReadOptions::default()).unwrap();
+        assert_eq!(g.report, GivenReport { dropped_test_rows: 1, dropped_negative_lines: 1, new_items: 1, ..Default::default() });
         assert_eq!(g.split.test.nnz(), 1);
         assert_eq!(g.candidates.unwrap().rows(), 1);
     }
@@ -278,17 +295,17 @@ mod tests {
         ];
         for (name, text, want) in cases {
             let neg = write(&format!("{name}.test.negative"), text);
-            let e = read(&train, &test, Some(&neg), &ReadOptions::default()).unwrap_err().to_string();
+            let e = read(&train, &test, None, Some(&neg), &ReadOptions::default()).unwrap_err().to_string();
             assert!(e.contains(&format!("{name}.test.negative")) && e.contains(want), "{name}: {e}");
         }
         let neg = write("missing.test.negative", "(0,12)\t13\n");
-        let e = read(&train, &test, Some(&neg), &ReadOptions::default()).unwrap_err().to_string();
+        let e = read(&train, &test, None, Some(&neg), &ReadOptions::default()).unwrap_err().to_string();
         assert!(e.contains("missing.test.negative") && e.contains("(1,11)"), "{e}");
         let neg = write("blank.test.negative", "\n\n");
-        let e = read(&train, &test, Some(&neg), &ReadOptions::default()).unwrap_err().to_string();
+        let e = read(&train, &test, None, Some(&neg), &ReadOptions::default()).unwrap_err().to_string();
         assert!(e.contains("empty"), "{e}");
         let bad_test = write("bad.test.rating", "0\t12\tfour\t200\n");
-        let e = read(&train, &bad_test, None, &ReadOptions::default()).unwrap_err().to_string();
+        let e = read(&train, &bad_test, None, None, &ReadOptions::default()).unwrap_err().to_string();
         assert!(e.contains("bad.test.rating") && e.contains("line 1") && e.contains("four"), "{e}");
     }
 }

@@ -136,6 +136,7 @@ pub fn shaped_split(users: usize, items: usize, per_user: usize, seed: u64) -> S
     let test_offsets = (0..=users).collect();
     Split {
         train: UserItems::from_csr(offsets, train).expect("rows are sorted and distinct"),
+        valid: None,
         test: UserItems::from_csr(test_offsets, test_items).expect("one item per user"),
         n_items: items,
         method: SplitMethod::LeaveOneOut,

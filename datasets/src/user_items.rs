@@ -84,6 +84,35 @@ impl UserItems {
         (0..self.n_users() as u32).flat_map(move |u| self.items(u).iter().map(move |&i| (u, i)))
     }
 
+    /// Each user's items of `self` and of `other` together (e.g. training and validation items,
+    /// all masked when ranking for test).
+    pub fn union(&self, other: &UserItems) -> UserItems {
+        let n_users = self.n_users().max(other.n_users());
+        fn side(t: &UserItems, u: u32) -> &[u32] {
+            if (u as usize) < t.n_users() { t.items(u) } else { &[] }
+        }
+        let (mut offsets, mut items) = (vec![0usize], Vec::with_capacity(self.nnz() + other.nnz()));
+        for u in 0..n_users as u32 {
+            let (mut a, mut b) = (side(self, u).iter().peekable(), side(other, u).iter().peekable());
+            // Merge two sorted unique rows into one.
+            loop {
+                let next = match (a.peek(), b.peek()) {
+                    (Some(&&x), Some(&&y)) if x == y => {
+                        b.next();
+                        a.next()
+                    }
+                    (Some(&&x), Some(&&y)) => if x < y { a.next() } else { b.next() },
+                    (Some(_), None) => a.next(),
+                    (None, _) => b.next(),
+                };
+                let Some(&i) = next else { break };
+                items.push(i);
+            }
+            offsets.push(items.len());
+        }
+        Self { offsets, items }
+    }
+
     /// How many users hold each item.
     pub fn item_counts(&self, n_items: usize) -> Vec<u32> {
         let mut c = vec![0u32; n_items];
@@ -110,5 +139,9 @@ mod tests {
         let back = UserItems::from_csr(t.offsets().to_vec(), t.all_items().to_vec()).unwrap();
         assert_eq!(back, t);
         assert!(UserItems::from_csr(vec![0, 2], vec![3, 1]).is_none());
+        let other = UserItems::from_pairs(3, [(0, 2), (0, 3), (1, 4), (2, 0)]);
+        let both = t.union(&other);
+        assert_eq!(both, UserItems::from_pairs(3, t.pairs().chain(other.pairs())));
+        assert_eq!(both.items(0), &[1, 2, 3]);
     }
 }

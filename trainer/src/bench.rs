@@ -260,7 +260,7 @@ impl Inputs {
         let split = shaped_split(plan.users, plan.items, plan.per_user.min(plan.items / 2).max(2), plan.seed);
         let pool = if plan.wants(Part::Train) { training_pool(&split.train, plan.items, plan.pool_samples(), plan.seed) } else { EpochSamples::default() };
         let test = UserItems::from_pairs(plan.users, (0..plan.eval_users as u32).flat_map(|u| split.test.items(u).iter().map(move |&i| (u, i))));
-        let eval_split = Split { train: split.train.clone(), test, n_items: split.n_items, method: split.method };
+        let eval_split = Split { train: split.train.clone(), valid: None, test, n_items: split.n_items, method: split.method };
         let candidates = if plan.wants(Part::Eval) {
             SampledCandidates::draw(&eval_split, plan.eval_negatives, plan.seed)
         } else {
@@ -398,7 +398,7 @@ fn measure_eval(plan: &Plan, v: &Variant, inputs: &Inputs, device: &Device) -> [
     let model = Ncf::init(&v.config, plan.users, plan.items, plan.seed, device);
     let reps = plan.reps.min(3);
     let sampled = SampledEval::upload(&inputs.candidates, v.config.layout().width(), device);
-    let full = FullEval::upload(&inputs.eval_split, &model, plan.k, device);
+    let full = FullEval::upload(&inputs.eval_split.train, &inputs.eval_split.test, inputs.eval_split.n_items, &model, plan.k, device);
     let users = inputs.candidates.rows();
     let time = |f: &dyn Fn()| {
         f(); // warm-up

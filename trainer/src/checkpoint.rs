@@ -5,7 +5,8 @@
 //!                       safetensors file (written last)
 //! DIR/config.toml       the resolved run configuration
 //! DIR/model.safetensors weights (burn-store; PyTorch can read it)
-//! DIR/train.safetensors each user's training and test items (CSR), item popularity, the raw
+//! DIR/train.safetensors each user's training and test items (CSR), with a validation split its
+//!                       items too (`valid_offsets`, `valid_items`), item popularity, the raw
 //!                       user and item ids (bytes, in dense-id order); with a given split's
 //!                       imported .test.negative, its candidates (`eval_users` `[rows]`,
 //!                       `eval_items` `[rows, 1 + negatives]`, test item first)
@@ -34,7 +35,10 @@ use crate::output;
 /// 3: the raw id maps move from `users.txt`/`items.txt` (one id a line, so no id could hold a line
 /// break) into `train.safetensors` as bytes (`user_ids` with end offsets `user_id_ends`, likewise
 /// for items), which hold any id.
-pub const FORMAT_VERSION: u32 = 3;
+/// 4: `train.safetensors` may hold the validation split (`valid_offsets`, `valid_items`), which
+/// `recommend` and `evaluate` mask like training items; the history's test metrics may be null
+/// (epochs not evaluated) and gain validation metrics. Format 3 (no validation split) still loads.
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest format this ncf still reads.
 const OLDEST_READ: u32 = 2;
 
@@ -71,6 +75,8 @@ pub struct Checkpoint {
     pub config: RunConfig,
     pub model: Ncf,
     pub train: UserItems,
+    /// The run's validation split (`None`: the run had none, e.g. `train.select_on = "test"`).
+    pub valid: Option<UserItems>,
     /// The run's test split, so `ncf evaluate` can reproduce its metrics.
     pub test: UserItems,
     /// Training users per item.
@@ -82,12 +88,24 @@ pub struct Checkpoint {
     pub candidates: Option<SampledCandidates>,
 }
 
+impl Checkpoint {
+    /// Each user's items known before test: training and validation items, which `recommend`
+    /// leaves out by default and test ranking masks.
+    pub fn seen(&self) -> UserItems {
+        match &self.valid {
+            Some(v) => self.train.union(v),
+            None => self.train.clone(),
+        }
+    }
+}
+
 /// What a run saves besides the model.
 pub struct Saved<'a> {
     pub meta: &'a Meta,
     pub config: &'a RunConfig,
     pub model: &'a Ncf,
     pub train: &'a UserItems,
+    pub valid: Option<&'a UserItems>,
     pub test: &'a UserItems,
     pub users: &'a IdMap,
     pub items: &'a IdMap,
@@ -137,6 +155,7 @@ pub fn save(dir: &Path, saved: &Saved) -> Result<()> {
         (bytes(&offsets), i32_bytes(t.all_items()))
     };
     let ((ob, ib), (tob, tib)) = (csr(saved.train), csr(saved.test));
+    let valid = saved.valid.map(csr);
     let pop: Vec<i32> = saved.train.item_counts(saved.meta.n_items).iter().map(|&c| c as i32).collect();
     let pb = bytes(&pop);
     let candidates = saved.candidates.map(|c| (c, i32_bytes(&c.user), i32_bytes(&c.items)));
@@ -152,6 +171,10 @@ pub fn save(dir: &Path, saved: &Saved) -> Result<()> {
         ("test_items", TensorView::new(Dtype::I32, vec![tib.len() / 4], &tib)?),
         ("popularity", TensorView::new(Dtype::I32, vec![pop.len()], &pb)?),
     ];
+    if let Some((vob, vib)) = &valid {
+        views.push(("valid_offsets", TensorView::new(Dtype::I64, vec![vob.len() / 8], vob)?));
+        views.push(("valid_items", TensorView::new(Dtype::I32, vec![vib.len() / 4], vib)?));
+    }
     if let Some((c, users, items)) = &candidates {
         views.push(("eval_users", TensorView::new(Dtype::I32, vec![c.rows()], users)?));
         views.push(("eval_items", TensorView::new(Dtype::I32, vec![c.rows(), c.width()], items)?));
@@ -274,6 +297,10 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
     }
     let train = csr("offsets", "items", "training")?;
     let test = csr("test_offsets", "test_items", "test")?;
+    let valid = match st.tensor("valid_items") {
+        Err(_) => None,
+        Ok(_) => Some(csr("valid_offsets", "valid_items", "validation")?),
+    };
     let candidates = match st.tensor("eval_items") {
         Err(_) => None,
         Ok(t) => {
@@ -300,7 +327,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
     if !result.is_success() || !result.missing.is_empty() {
         bail!("{}: weights do not match the model in config.toml: {result}", weights.display());
     }
-    Ok(Checkpoint { meta, config, model, train, test, popularity, users, items, candidates })
+    Ok(Checkpoint { meta, config, model, train, valid, test, popularity, users, items, candidates })
 }
 
 /// Checks each file `meta` has a checksum of (`optim.safetensors` too, when present).

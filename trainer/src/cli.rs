@@ -191,7 +191,7 @@ pub struct RecommendArgs {
     /// Replace --out even when it is not an ncf export with these columns.
     #[arg(long)]
     pub force: bool,
-    /// Keep items the user had in training.
+    /// Keep items the user had in training or validation (left out by default).
     #[arg(long)]
     pub include_seen: bool,
     /// Only recommend these items: a file with one raw item id per line, or id,id,...

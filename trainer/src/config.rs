@@ -4,9 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use ncf_datasets::{CleanConfig, DemoConfig, ReadOptions, SamplerConfig, SplitConfig};
+use ncf_datasets::{CleanConfig, DemoConfig, ReadOptions, SamplerConfig, SplitConfig, SplitMethod};
 use ncf_model::{LossConfig, ModelConfig, OptimConfig};
 use serde::{Deserialize, Serialize};
+
+pub use crate::history::SelectOn;
 
 /// Where interactions come from and how they are cleaned. Defaults: the built-in demo data,
 /// auto-detected file format and columns, duplicate pairs dropped.
@@ -20,9 +22,9 @@ pub struct DataConfig {
     pub demo: DemoConfig,
 }
 
-/// Training loop settings. Defaults: 10 epochs, batch 256, evaluation at K = 10 against 100
-/// sampled negatives and over the full catalogue, loss read back every 50 steps, best checkpoint
-/// on HR@K, no early stopping.
+/// Training loop settings. Defaults: 10 epochs, batch 256, evaluation every epoch at K = 10
+/// against 100 sampled negatives and over the full catalogue, loss read back every 50 steps, best
+/// checkpoint on validation HR@K, no early stopping.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
@@ -41,15 +43,32 @@ pub struct TrainConfig {
     /// `[loss]`.
     pub loss: ncf_model::LossKind,
     /// Metric choosing `best/` and driving early stopping: hr, ndcg (sampled) or recall,
-    /// precision, full_ndcg, map (full ranking), all at K.
+    /// precision, full_ndcg, map (full ranking), all at K, read on the `select_on` split.
     pub best_metric: String,
     /// Stop after this many epochs without a better `best_metric` (0 = run every epoch).
     pub patience: usize,
+    /// The split `best/` and early stopping read: "valid" (held out from training), or "test"
+    /// (the NCF paper's protocol: no validation split is carved).
+    pub select_on: SelectOn,
+    /// Evaluate every this many epochs (and always at the last epoch and at an early stop).
+    pub eval_every: usize,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { epochs: 10, batch_size: 256, k: 10, eval_negatives: 100, log_every: 50, full_ranking: true, loss: ncf_model::LossKind::Bce, best_metric: "hr".into(), patience: 0 }
+        Self {
+            epochs: 10,
+            batch_size: 256,
+            k: 10,
+            eval_negatives: 100,
+            log_every: 50,
+            full_ranking: true,
+            loss: ncf_model::LossKind::Bce,
+            best_metric: "hr".into(),
+            patience: 0,
+            select_on: SelectOn::Valid,
+            eval_every: 1,
+        }
     }
 }
 
@@ -123,9 +142,10 @@ impl RunConfig {
         }
         let config: RunConfig = value.try_into().context("invalid configuration")?;
         config.model.validate().map_err(anyhow::Error::msg)?;
-        if config.train.batch_size == 0 || config.train.log_every == 0 {
-            bail!("train.batch_size and train.log_every must be at least 1");
+        if config.train.batch_size == 0 || config.train.log_every == 0 || config.train.eval_every == 0 {
+            bail!("train.batch_size, train.log_every and train.eval_every must be at least 1");
         }
+        config.check_validation()?;
         crate::history::check_metric(&config.train.best_metric, config.train.full_ranking)?;
         config.loss.validate().map_err(anyhow::Error::msg)?;
         if config.train.loss.shared_only() && config.sampler.shared_negatives == 0 && !config.loss.in_batch {
@@ -143,10 +163,37 @@ impl RunConfig {
         Ok(config)
     }
 
+    /// Whether the run holds out a validation split (`train.select_on = "valid"`).
+    pub fn validation(&self) -> bool {
+        self.train.select_on == SelectOn::Valid
+    }
+
+    /// Checks that `train.select_on` has the split it needs.
+    fn check_validation(&self) -> Result<()> {
+        let s = &self.split;
+        if !(0.0..1.0).contains(&s.valid_ratio) {
+            bail!("split.valid_ratio = {} must be at least 0 and below 1", s.valid_ratio);
+        }
+        match self.train.select_on {
+            SelectOn::Test if s.valid_path.is_some() => bail!(
+                "split.valid_path is set but train.select_on = \"test\" holds out no validation split; \
+                 unset one of them"
+            ),
+            SelectOn::Valid if s.valid_ratio <= 0.0 && needs_valid_ratio(s) => bail!(
+                "train.select_on = \"valid\" needs a validation split, but split.valid_ratio = {} holds none out of the {} split; \
+                 set split.valid_ratio > 0{}, or choose on test as the NCF paper does with train.select_on = \"test\"",
+                s.valid_ratio,
+                s.method.label(),
+                if s.method == SplitMethod::Given { " or split.valid_path" } else { "" }
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// Every file or directory the run reads (the data, a given split's files, pretrained runs).
     pub fn input_paths(&self) -> Vec<&Path> {
         let (d, s, p) = (&self.data, &self.split, &self.pretrain);
-        [&d.path, &s.train_path, &s.test_path, &s.negatives_path, &p.gmf, &p.mlp].into_iter().flatten().map(PathBuf::as_path).collect()
+        [&d.path, &s.train_path, &s.test_path, &s.valid_path, &s.negatives_path, &p.gmf, &p.mlp].into_iter().flatten().map(PathBuf::as_path).collect()
     }
 
     /// Makes every path of [`RunConfig::input_paths`] absolute against the working directory, so
@@ -154,7 +201,7 @@ impl RunConfig {
     /// `ncf evaluate`).
     pub fn absolutize_paths(&mut self) {
         let (d, s, p) = (&mut self.data, &mut self.split, &mut self.pretrain);
-        for path in [&mut d.path, &mut s.train_path, &mut s.test_path, &mut s.negatives_path, &mut p.gmf, &mut p.mlp].into_iter().flatten() {
+        for path in [&mut d.path, &mut s.train_path, &mut s.test_path, &mut s.valid_path, &mut s.negatives_path, &mut p.gmf, &mut p.mlp].into_iter().flatten() {
             if let Ok(abs) = std::path::absolute(&*path) {
                 *path = abs;
             }
@@ -163,6 +210,16 @@ impl RunConfig {
 
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serializes")
+    }
+}
+
+/// Whether `split`'s validation split comes from `split.valid_ratio` (leave-one-out takes the
+/// second-latest interaction instead, a given split may bring its own file).
+fn needs_valid_ratio(split: &SplitConfig) -> bool {
+    match split.method {
+        SplitMethod::LeaveOneOut => false,
+        SplitMethod::Random | SplitMethod::Temporal => true,
+        SplitMethod::Given => split.valid_path.is_none(),
     }
 }
 
@@ -221,6 +278,24 @@ mod tests {
         assert!(format!("{err:#}").contains("epoch"), "{err:#}");
         let round: RunConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(round, c);
+    }
+
+    #[test]
+    fn select_on_valid_needs_a_validation_split() {
+        let c = RunConfig::resolve(None, &[]).unwrap();
+        assert_eq!((c.train.select_on, c.train.eval_every, c.split.valid_ratio), (SelectOn::Valid, 1, 0.1));
+        let err = |sets: &[&str]| RunConfig::resolve(None, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>()).map(|_| ()).unwrap_err().to_string();
+        for method in ["random", "temporal", "given"] {
+            let e = err(&[&format!("split.method={method}"), "split.valid_ratio=0"]);
+            assert!(e.contains("split.valid_ratio") && e.contains("train.select_on = \"test\""), "{e}");
+        }
+        assert!(RunConfig::resolve(None, &["split.valid_ratio=0".into()]).is_ok(), "leave-one-out needs no ratio");
+        assert!(RunConfig::resolve(None, &["split.method=random".into(), "split.valid_ratio=0".into(), "train.select_on=test".into()]).is_ok());
+        assert!(RunConfig::resolve(None, &["split.method=given".into(), "split.valid_ratio=0".into(), "split.valid_path=v.csv".into()]).is_ok());
+        assert!(err(&["train.select_on=test", "split.valid_path=v.csv"]).contains("split.valid_path"));
+        assert!(err(&["split.valid_ratio=1"]).contains("below 1"));
+        assert!(err(&["train.eval_every=0"]).contains("train.eval_every"));
+        assert!(format!("{:#}", RunConfig::resolve(None, &["train.select_on=train".into()]).unwrap_err()).contains("valid"));
     }
 
     /// Sections of the config, as keys in messages start.

@@ -39,9 +39,10 @@ fn panel(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, title: &str,
         .build_cartesian_2d(1f64..n as f64, (lo - pad)..(hi + pad))
         .map_err(|e| anyhow!("{e}"))?;
     chart.configure_mesh().x_desc("epoch").x_labels(n.min(10)).draw().map_err(|e| anyhow!("{e}"))?;
-    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK, RGBColor(230, 130, 0), RGBColor(120, 120, 120)];
     for (s, &color) in series.iter().zip(colors.iter().cycle()) {
-        let pts: Vec<(f64, f64)> = s.values.iter().enumerate().map(|(i, &v)| ((i + 1) as f64, v)).collect();
+        // Epochs without a value (not evaluated) are left out; the line joins the others.
+        let pts: Vec<(f64, f64)> = s.values.iter().enumerate().filter(|(_, v)| v.is_finite()).map(|(i, &v)| ((i + 1) as f64, v)).collect();
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
             .map_err(|e| anyhow!("{e}"))?

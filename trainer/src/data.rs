@@ -1,5 +1,6 @@
 //! Where a run's interactions come from (the built-in demo data, a file, or a split given as
-//! files), then cleaning, the split and the sampled-evaluation candidates.
+//! files), then cleaning, the split (with its validation split unless `train.select_on = "test"`)
+//! and the sampled-evaluation candidates.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -15,7 +16,10 @@ pub struct Prepared {
     /// Where the data came from and what cleaning or importing changed, for the run's log.
     pub source: String,
     pub split: Split,
+    /// Sampled-evaluation candidates of the test pairs.
     pub candidates: SampledCandidates,
+    /// Sampled-evaluation candidates of the validation pairs (`None` without validation).
+    pub valid_candidates: Option<SampledCandidates>,
     /// Seconds per phase (read, clean, split, candidates), for `ncf data split`.
     pub timings: Vec<(&'static str, f64)>,
 }
@@ -43,11 +47,12 @@ pub fn prepare(config: &RunConfig) -> Result<Prepared> {
         );
     }
     lap("clean");
-    let split = Split::new(&data, &config.split, config.seed)?;
+    let split = Split::new(&data, &config.split, config.seed, config.validation())?;
     lap("split");
     let candidates = SampledCandidates::draw(&split, config.train.eval_negatives, config.seed);
+    let valid_candidates = SampledCandidates::draw_valid(&split, config.train.eval_negatives, config.seed);
     lap("candidates");
-    Ok(Prepared { data, source, split, candidates, timings })
+    Ok(Prepared { data, source, split, candidates, valid_candidates, timings })
 }
 
 /// The interactions a run trains on and where they came from.
@@ -96,10 +101,18 @@ fn prepare_given(config: &RunConfig) -> Result<Prepared> {
         );
     }
     let t0 = Instant::now();
-    let g = given::read(&train, test, s.negatives_path.as_deref(), &config.data.read)
+    let mut g = given::read(&train, test, s.valid_path.as_deref(), s.negatives_path.as_deref(), &config.data.read)
         .with_context(|| format!("reading the given split (train {}, test {})", train.display(), test.display()))?;
     let mut timings = vec![("read", t0.elapsed().as_secs_f64())];
     let mut source = format!("given split: train {}, test {}", train.display(), test.display());
+    match &s.valid_path {
+        Some(valid) => source.push_str(&format!(", validation {}", valid.display())),
+        None if config.validation() => {
+            g.split.carve_valid(s.valid_ratio, config.seed);
+            source.push_str(&format!(", validation {} of each user's training items drawn at random", s.valid_ratio));
+        }
+        None => {}
+    }
     let candidates = match (g.candidates, &s.negatives_path) {
         (Some(c), Some(path)) => {
             source.push_str(&format!(", evaluation negatives from {}", path.display()));
@@ -112,6 +125,7 @@ fn prepare_given(config: &RunConfig) -> Result<Prepared> {
             c
         }
     };
+    let valid_candidates = SampledCandidates::draw_valid(&g.split, config.train.eval_negatives, config.seed);
     let r = g.report;
     if r.dropped_test_rows > 0 || r.dropped_negative_lines > 0 {
         source.push_str(&format!(
@@ -119,8 +133,11 @@ fn prepare_given(config: &RunConfig) -> Result<Prepared> {
             r.dropped_test_rows, r.dropped_negative_lines
         ));
     }
+    if r.dropped_valid_rows > 0 {
+        source.push_str(&format!("; dropped {} validation rows of users absent from the training file", r.dropped_valid_rows));
+    }
     if r.new_items > 0 {
         source.push_str(&format!("; {} items absent from the training file added to the catalogue", r.new_items));
     }
-    Ok(Prepared { data: g.data, source, split: g.split, candidates, timings })
+    Ok(Prepared { data: g.data, source, split: g.split, candidates, valid_candidates, timings })
 }

@@ -72,8 +72,9 @@ fn split(file: Option<&Path>, flags: &ReadFlags, out: Option<&Path>, force: bool
         timings.push(("write", t.elapsed().as_secs_f64()));
     }
     say!("data: {}: {} users, {} items, {} interactions", p.source, p.data.n_users(), p.data.n_items(), p.data.len());
+    let valid = p.split.valid.as_ref().map_or(String::new(), |v| format!(", {} validation", v.nnz()));
     let what = format!(
-        "{} train and {} test pairs, {} test rows × {} negatives",
+        "{} train{valid} and {} test pairs, {} test rows × {} negatives",
         p.split.train.nnz(),
         p.split.test.nnz(),
         p.candidates.rows(),
@@ -89,12 +90,14 @@ fn split(file: Option<&Path>, flags: &ReadFlags, out: Option<&Path>, force: bool
     Ok(())
 }
 
-/// The files `ncf data split` writes.
-const SPLIT_FILES: [&str; 5] = ["train.csv", "test.csv", "test.negative", "config.toml", output::MARKER];
+/// The files `ncf data split` writes (`valid.csv` only with a validation split).
+const SPLIT_FILES: [&str; 6] = ["train.csv", "valid.csv", "test.csv", "test.negative", "config.toml", output::MARKER];
 
-/// Writes train.csv, test.csv, test.negative and config.toml into a temporary directory beside
-/// `out`, then moves them in: the whole directory when `out` is new, else file by file (each an
-/// atomic rename), so other files in `out` are left alone and a failure leaves no partial file.
+/// Writes train.csv, valid.csv (with a validation split), test.csv, test.negative and config.toml
+/// into a temporary directory beside `out`, then moves them in: the whole directory when `out` is
+/// new, else file by file (each an atomic rename), so other files in `out` are left alone and a
+/// failure leaves no partial file. A `valid.csv` of an earlier split there goes when this split
+/// has none, so the directory never mixes two splits.
 fn write_split(out: &Path, p: &data::Prepared, config: &RunConfig) -> Result<()> {
     let tmp = output::tmp_path(out);
     let _ = std::fs::remove_dir_all(&tmp);
@@ -102,6 +105,9 @@ fn write_split(out: &Path, p: &data::Prepared, config: &RunConfig) -> Result<()>
     let written = (|| {
         let (users, items) = (&p.data.users, &p.data.items);
         write_pairs(&tmp.join("train.csv"), &p.split.train, users, items)?;
+        if let Some(valid) = &p.split.valid {
+            write_pairs(&tmp.join("valid.csv"), valid, users, items)?;
+        }
         write_pairs(&tmp.join("test.csv"), &p.split.test, users, items)?;
         write_negatives(&tmp.join("test.negative"), &p.candidates, users, items)?;
         std::fs::write(tmp.join("config.toml"), config.to_toml()).with_context(|| format!("writing {}", tmp.display()))?;
@@ -110,7 +116,12 @@ fn write_split(out: &Path, p: &data::Prepared, config: &RunConfig) -> Result<()>
             return std::fs::rename(&tmp, out).with_context(|| format!("renaming into {}", out.display()));
         }
         for f in SPLIT_FILES {
-            std::fs::rename(tmp.join(f), out.join(f)).with_context(|| format!("writing {}", out.join(f).display()))?;
+            let (from, to) = (tmp.join(f), out.join(f));
+            if from.exists() {
+                std::fs::rename(&from, &to).with_context(|| format!("writing {}", to.display()))?;
+            } else if to.exists() {
+                std::fs::remove_file(&to).with_context(|| format!("removing {}", to.display()))?;
+            }
         }
         std::fs::remove_dir(&tmp).with_context(|| format!("removing {}", tmp.display()))
     })();

@@ -1,6 +1,7 @@
 //! `ncf evaluate`: the training run's metrics for a checkpoint — sampled HR/NDCG (NCF protocol)
 //! and full-ranking Recall/Precision/NDCG/MAP/coverage — on the saved test split or a given test
-//! file, through the trainer's own evaluators; optionally per user.
+//! file, training and validation items masked, through the trainer's own evaluators; optionally
+//! per user.
 
 use std::path::Path;
 
@@ -24,8 +25,9 @@ fn test_split(args: &EvaluateArgs, ck: &Checkpoint) -> Result<(UserItems, String
     let (unknown, examples) = pairs.unknown();
     let known: Vec<(u32, u32)> =
         (0..pairs.data.len()).filter_map(|r| Some((pairs.user[r]?, pairs.item[r]?))).collect();
-    let in_train = known.iter().filter(|&&(u, i)| ck.train.contains(u, i)).count();
-    let kept: Vec<(u32, u32)> = known.into_iter().filter(|&(u, i)| !ck.train.contains(u, i)).collect();
+    let seen = ck.seen();
+    let in_train = known.iter().filter(|&&(u, i)| seen.contains(u, i)).count();
+    let kept: Vec<(u32, u32)> = known.into_iter().filter(|&(u, i)| !seen.contains(u, i)).collect();
     if unknown > 0 {
         eprintln!(
             "warning: {}: {unknown} of {} pairs name a user or item not in the checkpoint and are left out (e.g. {})",
@@ -35,7 +37,7 @@ fn test_split(args: &EvaluateArgs, ck: &Checkpoint) -> Result<(UserItems, String
         );
     }
     if in_train > 0 {
-        eprintln!("warning: {}: {in_train} pairs are training interactions (masked in ranking) and are left out", path.display());
+        eprintln!("warning: {}: {in_train} pairs are training or validation interactions (masked in ranking) and are left out", path.display());
     }
     if kept.is_empty() {
         bail!("{}: no test pair left to evaluate", path.display());
@@ -58,7 +60,7 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
         bail!("--k must be at least 1");
     }
     let (test, source) = test_split(args, &ck)?;
-    let split = Split { train: ck.train.clone(), test, n_items: ck.meta.n_items, method: ck.config.split.method };
+    let split = Split { train: ck.train.clone(), valid: ck.valid.clone(), test, n_items: ck.meta.n_items, method: ck.config.split.method };
     let negatives = ck.config.train.eval_negatives;
     // The same candidates training used: imported ones kept in the checkpoint, else redrawn from
     // the same split, negatives and seed.
@@ -67,7 +69,7 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
         _ => SampledCandidates::draw(&split, negatives, ck.config.seed),
     };
     let sampled = SampledEval::upload(&candidates, ck.config.model.layout().width(), device).rows(&ck.model, k);
-    let full = FullEval::upload(&split, &ck.model, k, device);
+    let full = FullEval::upload(&split.seen_before_test(), &split.test, split.n_items, &ck.model, k, device);
     let (per_user, coverage) = full.rows(&ck.model, k, device);
 
     let mean = |v: &mut dyn Iterator<Item = f32>, n: usize| v.map(f64::from).sum::<f64>() / n.max(1) as f64;
@@ -83,7 +85,7 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
     );
     println!("sampled ({} negatives per test item): HR@{k} {hr:.4}  NDCG@{k} {ndcg:.4}", candidates.negatives);
     println!(
-        "full ranking (all items, training items masked): Recall@{k} {:.4}  Precision@{k} {:.4}  NDCG@{k} {:.4}  MAP@{k} {:.4}  coverage {coverage:.4}",
+        "full ranking (all items, training and validation items masked): Recall@{k} {:.4}  Precision@{k} {:.4}  NDCG@{k} {:.4}  MAP@{k} {:.4}  coverage {coverage:.4}",
         f[0], f[1], f[2], f[3]
     );
 

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-/// Full-ranking metrics at K over all items, training items masked.
+/// Full-ranking metrics at K over all items, the user's earlier items masked (training items for
+/// validation; training and validation items for test).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct FullMetrics {
     pub recall: f64,
@@ -17,23 +18,17 @@ pub struct FullMetrics {
     pub coverage: f64,
 }
 
-/// One epoch: mean training loss, sampled HR/NDCG and optional full-ranking metrics.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochRecord {
-    pub epoch: usize,
-    pub loss: f64,
+/// One split's metrics at one epoch: sampled HR/NDCG and optional full-ranking metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
     pub hr: f64,
     pub ndcg: f64,
     pub full: Option<FullMetrics>,
-    pub seconds: f64,
 }
 
-/// The metrics a run can select its best checkpoint and stop early on.
-pub const SELECTABLE: [&str; 6] = ["hr", "ndcg", "recall", "precision", "full_ndcg", "map"];
-
-impl EpochRecord {
-    /// A metric by its short name (see [`SELECTABLE`]); `None` when the run did not compute it.
-    pub fn metric(&self, name: &str) -> Option<f64> {
+impl Metrics {
+    /// A metric by its short name (see [`SELECTABLE`], plus `coverage`); `None` when not computed.
+    pub fn get(&self, name: &str) -> Option<f64> {
         let f = self.full;
         match name {
             "hr" => Some(self.hr),
@@ -42,14 +37,92 @@ impl EpochRecord {
             "precision" => f.map(|f| f.precision),
             "full_ndcg" => f.map(|f| f.ndcg),
             "map" => f.map(|f| f.map),
-            "loss" => Some(self.loss),
+            "coverage" => f.map(|f| f.coverage),
             _ => None,
         }
     }
 
-    /// Metrics named like `hr@10`, for `checkpoint.json`.
+    /// The metrics as the per-epoch log line shows them.
+    pub fn brief(&self, k: usize) -> String {
+        let full = self.full.map_or(String::new(), |f| format!("  full: Recall@{k} {:.4}  NDCG@{k} {:.4}  cov {:.3}", f.recall, f.ndcg, f.coverage));
+        format!("HR@{k} {:.4}  NDCG@{k} {:.4}{full}", self.hr, self.ndcg)
+    }
+}
+
+/// The split that chooses `best/`, drives early stopping and that `train.best_metric` is read on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SelectOn {
+    /// The validation split (held out from training; test stays untouched by every choice).
+    #[default]
+    Valid,
+    /// The test split, as the NCF paper does; no validation split is carved.
+    Test,
+}
+
+impl SelectOn {
+    /// The name used in configs, `metrics.csv` and column prefixes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Valid => "valid",
+            Self::Test => "test",
+        }
+    }
+}
+
+/// One epoch: mean training loss and, on evaluated epochs, test and validation metrics.
+/// The test fields keep the names and layout of checkpoints written before validation existed,
+/// so their histories still load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub loss: f64,
+    /// Test sampled HR@K (`None`: the epoch was not evaluated).
+    pub hr: Option<f64>,
+    /// Test sampled NDCG@K.
+    pub ndcg: Option<f64>,
+    /// Test full-ranking metrics.
+    pub full: Option<FullMetrics>,
+    /// Validation metrics (`None`: not evaluated, or no validation split).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid: Option<Metrics>,
+    pub seconds: f64,
+}
+
+/// The metrics a run can select its best checkpoint and stop early on.
+pub const SELECTABLE: [&str; 6] = ["hr", "ndcg", "recall", "precision", "full_ndcg", "map"];
+
+impl EpochRecord {
+    /// An epoch's record; `test` is `None` on epochs not evaluated.
+    pub fn new(epoch: usize, loss: f64, valid: Option<Metrics>, test: Option<Metrics>, seconds: f64) -> Self {
+        Self { epoch, loss, hr: test.map(|t| t.hr), ndcg: test.map(|t| t.ndcg), full: test.and_then(|t| t.full), valid, seconds }
+    }
+
+    /// The test metrics, if the epoch was evaluated.
+    pub fn test(&self) -> Option<Metrics> {
+        Some(Metrics { hr: self.hr?, ndcg: self.ndcg?, full: self.full })
+    }
+
+    /// The metrics of split `on`, if computed this epoch.
+    pub fn on(&self, on: SelectOn) -> Option<Metrics> {
+        match on {
+            SelectOn::Valid => self.valid,
+            SelectOn::Test => self.test(),
+        }
+    }
+
+    /// Metrics named like `valid_hr@10` and `test_hr@10` (and `loss`), for `checkpoint.json`.
     pub fn named(&self, k: usize) -> HashMap<String, f64> {
-        ["loss"].iter().chain(SELECTABLE.iter()).filter_map(|&n| self.metric(n).map(|v| (label(n, k), v))).collect()
+        let mut out = HashMap::from([("loss".to_owned(), self.loss)]);
+        for on in [SelectOn::Valid, SelectOn::Test] {
+            let Some(m) = self.on(on) else { continue };
+            for name in SELECTABLE.iter().chain(&["coverage"]) {
+                if let Some(v) = m.get(name) {
+                    out.insert(format!("{}_{}", on.name(), label(name, k)), v);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -69,17 +142,18 @@ pub fn check_metric(name: &str, full_ranking: bool) -> Result<()> {
     Ok(())
 }
 
-/// Where the best epoch is and whether training should stop early.
+/// Where the best epoch is and its value.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Best {
     pub epoch: usize,
     pub value: f64,
 }
 
-/// The best epoch of `history` on `metric` (first of equals), if any.
-pub fn best(history: &[EpochRecord], metric: &str) -> Option<Best> {
+/// The best evaluated epoch of `history` on `metric` of split `on` (first of equals), if any;
+/// epochs not evaluated are never best.
+pub fn best(history: &[EpochRecord], metric: &str, on: SelectOn) -> Option<Best> {
     history.iter().fold(None, |best: Option<Best>, r| {
-        let v = r.metric(metric).unwrap_or(f64::NEG_INFINITY);
+        let Some(v) = r.on(on).and_then(|m| m.get(metric)) else { return best };
         match best {
             Some(b) if b.value >= v => Some(b),
             _ => Some(Best { epoch: r.epoch, value: v }),
@@ -87,33 +161,36 @@ pub fn best(history: &[EpochRecord], metric: &str) -> Option<Best> {
     })
 }
 
-/// Early stopping: true when the last `patience` epochs brought no improvement (0 = never).
-pub fn should_stop(history: &[EpochRecord], metric: &str, patience: usize) -> bool {
-    match (patience, history.last(), best(history, metric)) {
-        (0, _, _) | (_, None, _) | (_, _, None) => false,
-        (p, Some(last), Some(b)) => last.epoch >= b.epoch + p,
-    }
+/// Early stopping: true when `epoch` comes `patience` epochs (0 = never) after the best one.
+pub fn should_stop(history: &[EpochRecord], metric: &str, on: SelectOn, patience: usize, epoch: usize) -> bool {
+    patience > 0 && best(history, metric, on).is_some_and(|b| epoch >= b.epoch + patience)
 }
 
-/// `metrics.csv`: one row per epoch, metric columns named like `hr@10`, the protocol in a column.
-pub fn csv(history: &[EpochRecord], k: usize, protocol: &str) -> String {
-    let metrics = ["hr", "ndcg", "recall", "precision", "full_ndcg", "map", "coverage"].map(|m| format!("{m}@{k}"));
-    let header = ["epoch".to_owned(), "loss".into()].into_iter().chain(metrics).chain(["protocol".into(), "seconds".into()]);
+/// Whether to evaluate after `epoch`: every `every` epochs, at the last one, and wherever
+/// early stopping would stop without a better result now.
+pub fn evaluate_at(history: &[EpochRecord], epoch: usize, last: usize, every: usize, stop: (&str, SelectOn, usize)) -> bool {
+    epoch % every.max(1) == 0 || epoch >= last || should_stop(history, stop.0, stop.1, stop.2, epoch)
+}
+
+/// The metrics of both splits, in `metrics.csv`'s column order.
+const COLUMNS: [&str; 7] = ["hr", "ndcg", "recall", "precision", "full_ndcg", "map", "coverage"];
+
+/// `metrics.csv`: one row per epoch; `valid_` then `test_` metric columns named like
+/// `valid_hr@10`, empty where not computed; the protocol and the split choices were made on.
+pub fn csv(history: &[EpochRecord], k: usize, protocol: &str, selected_on: SelectOn) -> String {
+    let sides = [SelectOn::Valid, SelectOn::Test];
+    let metrics = sides.iter().flat_map(|on| COLUMNS.iter().map(move |m| format!("{}_{m}@{k}", on.name())));
+    let header = ["epoch".to_owned(), "loss".into()].into_iter().chain(metrics).chain(["protocol".into(), "selected_on".into(), "seconds".into()]);
     let rows = history.iter().map(|r| {
-        let cell = |f: fn(&FullMetrics) -> f64| r.full.as_ref().map_or(String::new(), |m| format!("{:.6}", f(m)));
-        vec![
-            r.epoch.to_string(),
-            format!("{:.6}", r.loss),
-            format!("{:.6}", r.hr),
-            format!("{:.6}", r.ndcg),
-            cell(|m| m.recall),
-            cell(|m| m.precision),
-            cell(|m| m.ndcg),
-            cell(|m| m.map),
-            cell(|m| m.coverage),
-            protocol.to_owned(),
-            format!("{:.3}", r.seconds),
-        ]
+        let cells = sides.iter().flat_map(|&on| {
+            let m = r.on(on);
+            COLUMNS.iter().map(move |name| m.and_then(|m| m.get(name)).map_or(String::new(), |v| format!("{v:.6}")))
+        });
+        [r.epoch.to_string(), format!("{:.6}", r.loss)]
+            .into_iter()
+            .chain(cells)
+            .chain([protocol.to_owned(), selected_on.name().to_owned(), format!("{:.3}", r.seconds)])
+            .collect::<Vec<String>>()
     });
     crate::export::csv_string(std::iter::once(header.collect()).chain(rows))
 }
@@ -122,24 +199,64 @@ pub fn csv(history: &[EpochRecord], k: usize, protocol: &str) -> String {
 mod tests {
     use super::*;
 
-    fn rec(epoch: usize, hr: f64) -> EpochRecord {
-        EpochRecord { epoch, loss: 0.5, hr, ndcg: hr / 2.0, full: None, seconds: 1.0 }
+    fn m(hr: f64) -> Metrics {
+        Metrics { hr, ndcg: hr / 2.0, full: None }
+    }
+
+    /// Validation HR `valid`, test HR `test`; `None` for an epoch not evaluated.
+    fn rec(epoch: usize, scores: Option<(f64, f64)>) -> EpochRecord {
+        EpochRecord::new(epoch, 0.5, scores.map(|s| m(s.0)), scores.map(|s| m(s.1)), 1.0)
     }
 
     #[test]
-    fn best_and_early_stopping() {
-        let h: Vec<_> = [0.1, 0.3, 0.3, 0.2, 0.25].iter().enumerate().map(|(i, &v)| rec(i + 1, v)).collect();
-        assert_eq!(best(&h, "hr"), Some(Best { epoch: 2, value: 0.3 }));
-        assert!(!should_stop(&h, "hr", 0));
-        assert!(should_stop(&h, "hr", 3));
-        assert!(!should_stop(&h, "hr", 4));
-        assert!(!should_stop(&h[..2], "hr", 1));
-        assert_eq!(best(&h, "recall").map(|b| b.epoch), Some(1));
+    fn best_and_early_stopping_read_the_selected_split() {
+        let h: Vec<_> = [(0.1, 0.4), (0.3, 0.1), (0.3, 0.2), (0.2, 0.5), (0.25, 0.1)].iter().enumerate().map(|(i, &v)| rec(i + 1, Some(v))).collect();
+        assert_eq!(best(&h, "hr", SelectOn::Valid), Some(Best { epoch: 2, value: 0.3 }));
+        assert_eq!(best(&h, "hr", SelectOn::Test), Some(Best { epoch: 4, value: 0.5 }));
+        let stop = |h: &[EpochRecord], p: usize| should_stop(h, "hr", SelectOn::Valid, p, h.last().unwrap().epoch);
+        assert!(!stop(&h, 0));
+        assert!(stop(&h, 3));
+        assert!(!stop(&h, 4));
+        assert!(!stop(&h[..2], 1));
+        assert_eq!(best(&h, "recall", SelectOn::Valid), None, "not computed");
         assert!(check_metric("recall", false).is_err());
         assert!(check_metric("hr@10", true).is_err());
-        let text = csv(&h, 10, "sampled");
-        assert_eq!(text.lines().count(), 6);
-        assert!(text.starts_with("epoch,loss,hr@10,"));
-        assert!(text.lines().nth(2).unwrap().starts_with("2,0.500000,0.300000,0.150000,,"));
+    }
+
+    #[test]
+    fn epochs_not_evaluated_are_never_best_and_patience_counts_epochs() {
+        let h = vec![rec(1, None), rec(2, Some((0.2, 0.2))), rec(3, None), rec(4, Some((0.1, 0.3))), rec(5, None)];
+        assert_eq!(best(&h, "hr", SelectOn::Valid), Some(Best { epoch: 2, value: 0.2 }));
+        assert_eq!(best(&h[..1], "hr", SelectOn::Valid), None);
+        // every 2 epochs, 7 in all, patience 3: epoch 5 is evaluated because it would stop there.
+        let at = |e: usize| evaluate_at(&h[..e - 1], e, 7, 2, ("hr", SelectOn::Valid, 3));
+        assert_eq!((1..=5).map(at).collect::<Vec<_>>(), [false, true, false, true, true]);
+        assert!(evaluate_at(&h, 7, 7, 5, ("hr", SelectOn::Valid, 0)), "the last epoch");
+        assert!(should_stop(&h, "hr", SelectOn::Valid, 3, 5));
+    }
+
+    #[test]
+    fn csv_names_valid_and_test_columns_apart() {
+        let h = vec![rec(1, Some((0.3, 0.4))), rec(2, None)];
+        let text = csv(&h, 10, "sampled", SelectOn::Valid);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("epoch,loss,valid_hr@10,valid_ndcg@10,valid_recall@10,"), "{}", lines[0]);
+        assert!(lines[0].contains(",valid_coverage@10,test_hr@10,") && lines[0].ends_with(",test_coverage@10,protocol,selected_on,seconds"), "{}", lines[0]);
+        assert!(lines[1].starts_with("1,0.500000,0.300000,0.150000,,,,,,0.400000,0.200000,,"), "{}", lines[1]);
+        assert!(lines[1].ends_with(",sampled,valid,1.000"));
+        assert!(lines[2].starts_with("2,0.500000,,,,,,,,,,,,,,,sampled,"), "{}", lines[2]);
+        assert_eq!(h[0].named(10)["valid_hr@10"], 0.3);
+        assert_eq!(h[0].named(10)["test_ndcg@10"], 0.2);
+    }
+
+    /// Histories of checkpoints written before validation (test metrics only) still load.
+    #[test]
+    fn old_histories_load() {
+        let old = r#"{"epoch":3,"loss":0.3,"hr":0.5,"ndcg":0.25,"full":{"recall":0.1,"precision":0.05,"ndcg":0.2,"map":0.04,"coverage":0.3},"seconds":2.0}"#;
+        let r: EpochRecord = serde_json::from_str(old).unwrap();
+        assert_eq!((r.test().unwrap().hr, r.valid, r.full.unwrap().map), (0.5, None, 0.04));
+        let back: EpochRecord = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
     }
 }

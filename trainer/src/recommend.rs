@@ -1,5 +1,5 @@
 //! `ncf recommend`: top-N items per user from a checkpoint, scored in chunks of users against the
-//! whole catalogue with the user's training items masked, written as `user,rank,item,score`
+//! whole catalogue with the user's training and validation items masked, written as `user,rank,item,score`
 //! (then `source` and joined item metadata) in CSV, Parquet or JSONL.
 
 use std::collections::HashSet;
@@ -130,7 +130,7 @@ enum Target {
 /// Scores users against the catalogue on the device, masks, and selects the top k per user.
 pub struct Scorer<'a> {
     model: &'a Ncf,
-    /// Each user's training items (masked unless `include_seen`).
+    /// Each user's items already seen: training and validation (masked unless `include_seen`).
     train: &'a UserItems,
     side: ItemSide,
     device: &'a Device,
@@ -310,7 +310,8 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
     if let Some(m) = &metadata {
         columns.extend(m.names.iter().map(|n| (n.clone(), Kind::Str)));
     }
-    let scorer = Scorer::new(&ck.model, &ck.train, device, allowed.as_deref(), args.include_seen, selected.host_memory(), k);
+    let seen = ck.seen();
+    let scorer = Scorer::new(&ck.model, &seen, device, allowed.as_deref(), args.include_seen, selected.host_memory(), k);
     let mut export = Export::create(&args.out, format, &columns, &inputs, args.force)?;
     let bar = Progress::users(targets.len());
     let mut users_out = 0usize;

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use ncf_datasets::{Batch, BatchBuilder, EpochSamples, NegativeSampler, SampledCandidates, SharedDraws, Split};
+use ncf_datasets::{Batch, BatchBuilder, EpochSamples, NegativeSampler, SampledCandidates, SharedDraws, Split, UserItems};
 use ncf_model::eval::{RankingChunk, full_ranking_rows, full_ranking_sums, sampled_rows, sampled_sums};
 use ncf_model::step::Lookahead;
 use ncf_model::{LossConfig, LossKind, Ncf, Optimizer, StepInput, train_step};
@@ -16,7 +16,7 @@ use crate::checkpoint::{self, FORMAT_VERSION, Meta, Saved};
 use crate::cli::TrainArgs;
 use crate::config::RunConfig;
 use crate::curves;
-use crate::history::{EpochRecord, FullMetrics};
+use crate::history::{self, EpochRecord, FullMetrics, Metrics, SelectOn};
 use crate::host;
 use crate::output::{self, DirKind, DirState};
 use crate::progress::Progress;
@@ -79,25 +79,27 @@ impl SampledEval {
     }
 }
 
-/// Full-ranking evaluation: every test user's chunk uploaded once.
+/// Full-ranking evaluation of one held-out split: every user with a held-out item uploaded once.
 pub(crate) struct FullEval {
     chunks: Vec<RankingChunk>,
     users: usize,
-    /// The evaluated users (those with a test item), in chunk order.
+    /// The evaluated users (those with a held-out item), in chunk order.
     pub(crate) user_ids: Vec<u32>,
 }
 
 impl FullEval {
-    pub(crate) fn upload(split: &Split, model: &Ncf, k: usize, device: &Device) -> Self {
-        let users: Vec<u32> = (0..split.test.n_users() as u32).filter(|&u| !split.test.items(u).is_empty()).collect();
-        let n = split.n_items;
+    /// Ranks `held`'s items per user among all `n_items`, the user's `masked` items left out
+    /// (training items for validation; training and validation items for test).
+    pub(crate) fn upload(masked: &UserItems, held: &UserItems, n_items: usize, model: &Ncf, k: usize, device: &Device) -> Self {
+        let users: Vec<u32> = (0..held.n_users() as u32).filter(|&u| !held.items(u).is_empty()).collect();
+        let n = n_items;
         let width = model.head.mlp.first().map_or(1, |l| l.weight.val().dims()[1]);
         let per_chunk = ((16 << 20) / (n * width).max(1)).clamp(1, 4096);
         let chunks = users
             .chunks(per_chunk)
             .map(|ids| {
-                let train: Vec<Vec<u32>> = ids.iter().map(|&u| split.train.items(u).to_vec()).collect();
-                let test: Vec<Vec<u32>> = ids.iter().map(|&u| split.test.items(u).to_vec()).collect();
+                let train: Vec<Vec<u32>> = ids.iter().map(|&u| masked.items(u).to_vec()).collect();
+                let test: Vec<Vec<u32>> = ids.iter().map(|&u| held.items(u).to_vec()).collect();
                 RankingChunk::new(ids, &train, &test, n, k, device)
             })
             .collect();
@@ -136,6 +138,25 @@ impl FullEval {
         let v = host::read_f32(Tensor::cat(vec![sum, n_covered], 0));
         let u = self.users.max(1) as f64;
         [v[0] as f64 / u, v[1] as f64 / u, v[2] as f64 / u, v[3] as f64 / u, v[4] as f64 / model.n_items() as f64]
+    }
+}
+
+/// One split's evaluators (validation or test), uploaded once: its sampled candidates and, with
+/// `train.full_ranking`, its full ranking.
+struct SplitEval {
+    sampled: SampledEval,
+    full: Option<FullEval>,
+}
+
+impl SplitEval {
+    /// The split's metrics at k.
+    fn evaluate(&self, model: &Ncf, k: usize, device: &Device) -> Metrics {
+        let (hr, ndcg) = self.sampled.evaluate(model, k);
+        let full = self.full.as_ref().map(|f| {
+            let v = f.evaluate(model, k, device);
+            FullMetrics { recall: v[0], precision: v[1], ndcg: v[2], map: v[3], coverage: v[4] }
+        });
+        Metrics { hr, ndcg, full }
     }
 }
 
@@ -317,12 +338,12 @@ fn resume_from(run: &Path, config: &RunConfig, data: &ncf_datasets::Interactions
     let saved: RunConfig = toml::from_str(&text).with_context(|| format!("{}: malformed", saved_path.display()))?;
     let comparable = |c: &RunConfig| {
         let mut c = c.clone();
-        (c.train.epochs, c.train.log_every, c.train.patience) = (0, 0, 0);
+        (c.train.epochs, c.train.log_every, c.train.patience, c.train.eval_every) = (0, 0, 0, 0);
         c.absolutize_paths();
         c
     };
     if comparable(&saved) != comparable(config) {
-        anyhow::bail!("--resume {}: only --epochs, --log-every and train.patience may change when resuming", run.display());
+        anyhow::bail!("--resume {}: only --epochs, --log-every, train.patience and train.eval_every may change when resuming", run.display());
     }
     let last = run.join("last");
     if !last.join("checkpoint.json").exists() {
@@ -330,7 +351,7 @@ fn resume_from(run: &Path, config: &RunConfig, data: &ncf_datasets::Interactions
         return Ok((initial_model(config, data, device)?, Optimizer::new(config.optim.clone()), Vec::new()));
     }
     let ck = checkpoint::load(&last, device)?;
-    if ck.train.offsets() != split.train.offsets() || ck.train.all_items() != split.train.all_items() {
+    if ck.train != split.train || ck.valid != split.valid {
         anyhow::bail!("{}: the data or split differs from the one this run was trained on", last.display());
     }
     let optim = checkpoint::load_optimizer(&last, &ck, device)?;
@@ -380,12 +401,22 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     say!("{}", selected.line());
     let device = &selected.device;
 
-    let crate::data::Prepared { data, source, split, candidates, .. } = crate::data::prepare(&config)?;
+    let crate::data::Prepared { data, source, split, candidates, valid_candidates, .. } = crate::data::prepare(&config)?;
     say!("data: {source}: {} users, {} items, {} interactions", data.n_users(), data.n_items(), data.len());
+    let select_on = config.train.select_on;
+    if let Some(valid) = &split.valid {
+        if valid.nnz() == 0 {
+            anyhow::bail!(
+                "the {} split left no validation interaction (users need 3 interactions under leave-one-out); \
+                 use more data, or choose on test as the NCF paper does with train.select_on = \"test\"",
+                split_name(&config)
+            );
+        }
+        say!("split: {} train, {} validation, {} test interactions", split.train.nnz(), valid.nnz(), split.test.nnz());
+    }
     let width = config.model.layout().width();
     selected.check_table("the user embedding table", data.n_users(), width)?;
     selected.check_table("the item embedding table", data.n_items(), width)?;
-    let eval = SampledEval::upload(&candidates, width, device);
     // Candidates read from a .test.negative file cannot be redrawn: checkpoints keep them.
     let imported_candidates = (config.split.method == ncf_datasets::SplitMethod::Given && config.split.negatives_path.is_some()).then_some(&candidates);
     // With shared negatives, an epoch's samples are its positives alone.
@@ -397,7 +428,15 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         Some(run) => resume_from(run, &config, &data, &split, device)?,
         None => (initial_model(&config, &data, device)?, Optimizer::new(config.optim.clone()), Vec::new()),
     };
-    let full = config.train.full_ranking.then(|| FullEval::upload(&split, &model, config.train.k, device));
+    let k = config.train.k;
+    // Validation ranks against the training items masked; test against training and validation.
+    let upload = |c: &SampledCandidates, masked: &UserItems, held: &UserItems| SplitEval {
+        sampled: SampledEval::upload(c, width, device),
+        full: config.train.full_ranking.then(|| FullEval::upload(masked, held, split.n_items, &model, k, device)),
+    };
+    let seen_before_test = split.seen_before_test();
+    let test_eval = upload(&candidates, &seen_before_test, &split.test);
+    let valid_eval = split.valid.as_ref().zip(valid_candidates.as_ref()).map(|(held, c)| upload(c, &split.train, held));
 
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
     for f in RUN_FILES {
@@ -405,14 +444,18 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     }
     output::write_atomic(&run_dir.join("config.toml"), config.to_toml().as_bytes())?;
     output::mark(&run_dir, DirKind::Run)?;
-    let k = config.train.k;
-    let protocol = match &full {
-        Some(_) => format!("hr/ndcg: sampled-{} + others: full ranking ({})", eval.negatives, split_name(&config)),
-        None => format!("sampled-{} ({})", eval.negatives, split_name(&config)),
+    let negatives = test_eval.sampled.negatives;
+    let protocol = match config.train.full_ranking {
+        true => format!("hr/ndcg: sampled-{negatives} + others: full ranking ({})", split_name(&config)),
+        false => format!("sampled-{negatives} ({})", split_name(&config)),
     };
     let metric = config.train.best_metric.as_str();
-    let metric_label = crate::history::label(metric, k);
-    say!("best checkpoint: chosen on test {metric_label} ({} has no validation split, as in the paper)", split_name(&config));
+    let metric_label = history::label(metric, k);
+    match select_on {
+        SelectOn::Valid => say!("best checkpoint: chosen on validation {metric_label}; test is reported, never chosen on"),
+        SelectOn::Test => say!("best checkpoint: chosen on test {metric_label} (paper protocol, train.select_on = \"test\"): no validation split"),
+    }
+    let stop_rule = (metric, select_on, config.train.patience);
 
     let pairwise = config.train.loss == LossKind::Bpr && shared.is_none();
     let group = if pairwise { 1 + config.sampler.negatives } else { 1 };
@@ -440,8 +483,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         bar.finish_and_clear();
         let t_eval = Instant::now();
         let eval_reads = host::reads();
-        let (hr, ndcg) = eval.evaluate(&model, k);
-        let fr = full.as_ref().map(|f| f.evaluate(&model, k, device));
+        let evaluated = history::evaluate_at(&history, epoch, config.train.epochs, config.train.eval_every, stop_rule);
+        let valid = valid_eval.as_ref().filter(|_| evaluated).map(|e| e.evaluate(&model, k, device));
+        let test = evaluated.then(|| test_eval.evaluate(&model, k, device));
         if args.profile {
             progress.println(&format!(
                 "profile: {} steps, {:.3} host reads/step ({} reads in the step loop, log every {}); sampling {:.2}s, waiting for batches {:.2}s, steps {:.2}s, loss reads {:.2}s, evaluation {:.2}s ({} reads)",
@@ -458,18 +502,16 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             ));
         }
         let secs = t0.elapsed().as_secs_f64();
-        let full_metrics = fr.map(|f| FullMetrics { recall: f[0], precision: f[1], ndcg: f[2], map: f[3], coverage: f[4] });
-        let full_text = full_metrics.map_or(String::new(), |f| {
-            format!("  | full: Recall@{k} {:.4}  NDCG@{k} {:.4}  cov {:.3}", f.recall, f.ndcg, f.coverage)
-        });
-        progress.println(&format!(
-            "epoch {epoch:>3}  loss {loss:.4}  HR@{k} {hr:.4}  NDCG@{k} {ndcg:.4}{full_text}  ({secs:.1}s, {:.0} samples/s)",
-            samples.len() as f64 / secs
-        ));
-        let record = EpochRecord { epoch, loss, hr, ndcg, full: full_metrics, seconds: secs };
+        let shown = match (&valid, &test) {
+            (_, None) => format!("(not evaluated: train.eval_every = {})", config.train.eval_every),
+            (Some(v), Some(t)) => format!("valid {}  | test {}", v.brief(k), t.brief(k)),
+            (None, Some(t)) => format!("test {}", t.brief(k)),
+        };
+        progress.println(&format!("epoch {epoch:>3}  loss {loss:.4}  {shown}  ({secs:.1}s, {:.0} samples/s)", samples.len() as f64 / secs));
+        let record = EpochRecord::new(epoch, loss, valid, test, secs);
         let metrics = record.named(k);
         history.push(record);
-        output::write_atomic(&run_dir.join("metrics.csv"), crate::history::csv(&history, k, &protocol).as_bytes())?;
+        output::write_atomic(&run_dir.join("metrics.csv"), history::csv(&history, k, &protocol, select_on).as_bytes())?;
         let meta = Meta {
             format_version: FORMAT_VERSION,
             model: config.model.kind.name().into(),
@@ -486,6 +528,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             config: &config,
             model: &model,
             train: &split.train,
+            valid: split.valid.as_ref(),
             test: &split.test,
             users: &data.users,
             items: &data.items,
@@ -493,31 +536,27 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             candidates: imported_candidates,
         };
         // best/ first: a run stopped at any moment that has a last/ has a best/ too.
-        if crate::history::best(&history, metric).is_some_and(|b| b.epoch == epoch) {
+        if history::best(&history, metric, select_on).is_some_and(|b| b.epoch == epoch) {
             checkpoint::save(&run_dir.join("best"), &saved(None))?;
         }
         checkpoint::save(&run_dir.join("last"), &saved(Some(&optim)))?;
         progress.epochs.inc(1);
-        if crate::history::should_stop(&history, metric, config.train.patience) {
-            progress.println(&format!("early stop: no better {metric_label} in {} epochs", config.train.patience));
+        if history::should_stop(&history, metric, select_on, config.train.patience, epoch) {
+            let on = if select_on == SelectOn::Valid { "validation" } else { "test" };
+            progress.println(&format!("early stop: no better {on} {metric_label} in {} epochs", config.train.patience));
             break;
         }
     }
     progress.epochs.finish_and_clear();
-    if let Some(b) = crate::history::best(&history, metric) {
-        say!("best: epoch {} {metric_label} {:.4}", b.epoch, b.value);
+    if let Some(b) = history::best(&history, metric, select_on) {
+        let record = history.iter().find(|r| r.epoch == b.epoch);
+        match (select_on, record.and_then(EpochRecord::test).and_then(|t| t.get(metric))) {
+            (SelectOn::Valid, Some(t)) => say!("best: epoch {} valid {metric_label} {:.4} (test {metric_label} {t:.4})", b.epoch, b.value),
+            _ => say!("best: epoch {} test {metric_label} {:.4} (chosen on test: paper protocol)", b.epoch, b.value),
+        }
     }
     if !history.is_empty() {
-        let col = |f: fn(&EpochRecord) -> f64| history.iter().map(f).collect::<Vec<f64>>();
-        let full_col = |f: fn(&FullMetrics) -> f64| history.iter().map(|r| r.full.as_ref().map_or(f64::NAN, f)).collect::<Vec<f64>>();
-        let (hr_s, nd_s, rec_s, fnd_s) = (col(|r| r.hr), col(|r| r.ndcg), full_col(|f| f.recall), full_col(|f| f.ndcg));
-        let (hr_n, nd_n, rec_n, fnd_n) = (format!("HR@{k} (sampled)"), format!("NDCG@{k} (sampled)"), format!("Recall@{k} (full)"), format!("NDCG@{k} (full)"));
-        let mut series = vec![curves::Series { name: &hr_n, values: &hr_s }, curves::Series { name: &nd_n, values: &nd_s }];
-        if full.is_some() {
-            series.push(curves::Series { name: &rec_n, values: &rec_s });
-            series.push(curves::Series { name: &fnd_n, values: &fnd_s });
-        }
-        curves::write(&run_dir.join("curves.png"), &col(|r| r.loss), &series)?;
+        write_curves(&run_dir.join("curves.png"), &history, k, config.train.full_ranking)?;
     }
     say!("run directory: {}", run_dir.display());
     say!(
@@ -526,6 +565,24 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         run_dir.join("recommendations.csv").display()
     );
     Ok(())
+}
+
+/// `curves.png`: the loss, and validation and test metrics per epoch (gaps where not evaluated).
+fn write_curves(path: &Path, history: &[EpochRecord], k: usize, full_ranking: bool) -> Result<()> {
+    let names = [("hr", "HR", "sampled"), ("ndcg", "NDCG", "sampled"), ("recall", "Recall", "full"), ("full_ndcg", "NDCG", "full")];
+    let shown = if full_ranking { &names[..] } else { &names[..2] };
+    let mut columns = Vec::new();
+    for on in [SelectOn::Valid, SelectOn::Test] {
+        if history.iter().all(|r| r.on(on).is_none()) {
+            continue;
+        }
+        for &(metric, title, protocol) in shown {
+            let values: Vec<f64> = history.iter().map(|r| r.on(on).and_then(|m| m.get(metric)).unwrap_or(f64::NAN)).collect();
+            columns.push((format!("{} {title}@{k} ({protocol})", on.name()), values));
+        }
+    }
+    let series: Vec<curves::Series> = columns.iter().map(|(name, values)| curves::Series { name, values }).collect();
+    curves::write(path, &history.iter().map(|r| r.loss).collect::<Vec<f64>>(), &series)
 }
 
 pub(crate) fn split_name(config: &RunConfig) -> &'static str {
