@@ -1,4 +1,5 @@
-//! Criterion benchmarks of the hot paths: one training step per model, the embedding-table
+//! Criterion benchmarks of the hot paths: one training step per model, a step against 10 and
+//! 1000 batch-shared negatives per loss (MF, factor 64, batch 1024), the embedding-table
 //! update (fused kernel vs composed ops, 10k and 1M rows) and its per-row catch-up factors, the
 //! negative sampler,
 //! scoring against the whole catalogue, and top-k ranking (full-ranking evaluation: score, mask,
@@ -13,7 +14,7 @@ use ncf_datasets::{BatchBuilder, NegativeSampler, SamplerConfig, UserItems};
 use ncf_model::eval::{RankingChunk, full_ranking_sums};
 use ncf_model::optim::TableSide;
 use ncf_model::rows::{CatchUp, RowStep};
-use ncf_model::{LossKind, ModelConfig, ModelKind, Ncf, OptimConfig, Optimizer, StepInput, train_step};
+use ncf_model::{LossConfig, LossKind, ModelConfig, ModelKind, Ncf, OptimConfig, Optimizer, StepInput, train_step};
 
 // The allocator tuning `ncf`'s compute commands run with, so the steps measure as they train.
 #[path = "../trainer/src/alloc.rs"]
@@ -41,6 +42,37 @@ fn steps(c: &mut Criterion) {
                     let packed = Tensor::<1, Int>::from_data(TensorData::new(b.packed.clone(), [n]), &device);
                     let input = StepInput::from_packed(packed, (b.n_users, b.n_items, b.len), None);
                     let (m, loss) = train_step(model.take().unwrap(), &mut optim, input, LossKind::Bce, 1);
+                    model = Some(m);
+                    black_box(loss.into_data());
+                })
+            });
+        }
+    }
+}
+
+/// A step of MF (factor 64, cosine) at batch 1024 against 10 and against 1000 shared negatives
+/// (plus the batch's in-batch positives), on a Gowalla-sized catalogue (30k × 41k): the cost
+/// should grow with batch + negatives, not batch × negatives.
+fn shared_steps(c: &mut Criterion) {
+    alloc::keep_heap();
+    let device = Device::flex();
+    let (users_n, items_n, batch) = (30_000usize, 41_000usize, 1024usize);
+    for loss in [LossKind::Softmax, LossKind::Ccl, LossKind::Bpr] {
+        for negatives in [10usize, 1000] {
+            let cfg = ModelConfig { kind: ModelKind::Mf, factors: 64, cosine: true, ..Default::default() };
+            let mut model = Some(Ncf::init(&cfg, users_n, items_n, 1, &device));
+            let mut optim = Optimizer::new(OptimConfig::default());
+            let mut builder = BatchBuilder::new(users_n, items_n);
+            let users: Vec<u32> = (0..batch as u32).map(|k| (k * 7919) % users_n as u32).collect();
+            let items: Vec<u32> = (0..batch as u32).map(|k| (k * 104_729) % items_n as u32).collect();
+            let negs: Vec<u32> = (0..negatives as u32).map(|k| (k * 15_485_863 + 17) % items_n as u32).collect();
+            let b = builder.build_shared(&users, &items, &vec![1.0; batch], &negs);
+            c.bench_function(&format!("shared_step/{}/negatives{negatives}/flex", loss.name()), |bench| {
+                bench.iter(|| {
+                    let n = b.packed.len();
+                    let packed = Tensor::<1, Int>::from_data(TensorData::new(b.packed.clone(), [n]), &device);
+                    let input = StepInput::from_packed(packed, (b.n_users, b.n_items, b.len), Some((LossConfig::default(), None)));
+                    let (m, loss) = train_step(model.take().unwrap(), &mut optim, input, loss, 1);
                     model = Some(m);
                     black_box(loss.into_data());
                 })
@@ -193,6 +225,6 @@ fn top_k(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10);
-    targets = steps, row_updates, catch_up_factors, sampler, sampler_on_file, scoring, top_k
+    targets = steps, shared_steps, row_updates, catch_up_factors, sampler, sampler_on_file, scoring, top_k
 }
 criterion_main!(benches);

@@ -190,11 +190,15 @@ fn same_seed_same_metrics_and_resume_continues_exactly_on_flex() {
 
 /// The step loop reads nothing back from the device except the logged loss: over ≥ 100 steps
 /// with a logging interval longer than the epoch, the profile reports zero reads in the loop.
-fn host_reads_over_100_steps(backend: &str) {
-    let dir = temp_dir(&format!("reads-{backend}"));
-    let output = ncf()
-        .args(["train", "--backend", backend, "--epochs", "1", "--profile", "--log-every", "100000"])
-        .args(["--set", "data.demo.users=150", "--set", "data.demo.items=200", "--set", "train.full_ranking=false"])
+fn host_reads_over_100_steps(backend: &str, sets: &[&str]) {
+    let dir = temp_dir(&format!("reads-{backend}-{}", sets.len()));
+    let mut cmd = ncf();
+    cmd.args(["train", "--backend", backend, "--epochs", "1", "--profile", "--log-every", "100000"])
+        .args(["--set", "data.demo.users=150", "--set", "data.demo.items=200", "--set", "train.full_ranking=false"]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let output = cmd
         .arg("--out")
         .arg(dir.join("run"))
         .output()
@@ -212,9 +216,13 @@ fn host_reads_over_100_steps(backend: &str) {
     assert_eq!(reads, 0, "{line}");
 }
 
+/// The sampled softmax over shared negatives, with in-batch negatives and logQ correction.
+const SHARED_SOFTMAX: [&str; 4] = ["train.loss=softmax", "sampler.shared_negatives=64", "model.kind=mf", "model.cosine=true"];
+
 #[test]
 fn no_host_reads_in_training_steps_on_flex() {
-    host_reads_over_100_steps("flex");
+    host_reads_over_100_steps("flex", &[]);
+    host_reads_over_100_steps("flex", &["train.batch_size=32"].into_iter().chain(SHARED_SOFTMAX).collect::<Vec<_>>());
 }
 
 #[test]
@@ -222,7 +230,48 @@ fn no_host_reads_in_training_steps_on_wgpu() {
     if !wgpu_available() {
         return;
     }
-    host_reads_over_100_steps("wgpu");
+    host_reads_over_100_steps("wgpu", &[]);
+    host_reads_over_100_steps("wgpu", &["train.batch_size=32"].into_iter().chain(SHARED_SOFTMAX).collect::<Vec<_>>());
+}
+
+/// MF trained with each loss over shared negatives recommends better than popularity on the
+/// demo data's validation split (Recall@10, training items masked, at the epoch chosen on
+/// validation); a loss that needs shared negatives and has none is refused before training.
+#[test]
+fn shared_negative_losses_beat_popularity() {
+    let seen = seen_items();
+    // Popularity's validation Recall@10: the most frequent training items the user lacks.
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    seen.values().flat_map(|(train, _)| train).for_each(|i| *counts.entry(i.as_str()).or_default() += 1);
+    let mut popular: Vec<(&str, usize)> = counts.into_iter().collect();
+    popular.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let with_valid: Vec<_> = seen.values().filter(|(_, v)| !v.is_empty()).collect();
+    let popularity = with_valid
+        .iter()
+        .map(|(train, valid)| {
+            let top: Vec<&str> = popular.iter().map(|p| p.0).filter(|i| !train.contains(*i)).take(10).collect();
+            top.iter().filter(|i| valid.contains(**i)).count() as f64 / valid.len() as f64
+        })
+        .sum::<f64>()
+        / with_valid.len() as f64;
+    let dir = temp_dir("shared-losses");
+    for (loss, extra) in [("softmax", "loss.temperature=0.2"), ("ccl", "loss.margin=0.8"), ("bpr", "loss.in_batch=true")] {
+        let run = dir.join(loss);
+        let loss_set = format!("train.loss={loss}");
+        let sets = [&loss_set, "sampler.shared_negatives=50", "model.kind=mf", "model.factors=16", "model.cosine=true", "optim.lr=0.01", "train.batch_size=64", "train.best_metric=recall", extra];
+        let (_, metrics) = train_with(&run, SEED, 12, &sets);
+        let recall = column(&metrics, "valid_recall@10");
+        let best = recall[best_epoch(&run) - 1].unwrap();
+        assert!(best > popularity * 1.1, "{loss}: validation Recall@10 {best:.4} vs popularity {popularity:.4}\n{metrics}");
+    }
+    let output = ncf()
+        .args(["train", "--set", "train.loss=ccl", "--set", "loss.in_batch=false", "--out"])
+        .arg(dir.join("refused"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("sampler.shared_negatives"), "{stderr}");
+    assert!(!dir.join("refused").exists());
 }
 
 /// An embedding table one wgpu buffer cannot bind is refused before training, naming the limit

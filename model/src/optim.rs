@@ -397,13 +397,13 @@ impl ModuleMapper for Track {
 }
 
 #[cfg(all(test, any(feature = "flex", feature = "cube")))]
-mod fused_tests {
+pub(crate) mod fused_tests {
     use super::*;
     use burn::tensor::{Device, Distribution, TensorData};
 
     /// The devices with fused kernels in this build that can run here. A missing wgpu adapter
     /// is skipped with a note (install mesa-vulkan-drivers), or fails with NCF_REQUIRE_WGPU=1.
-    fn devices() -> Vec<Device> {
+    pub(crate) fn devices() -> Vec<Device> {
         let mut out = Vec::new();
         #[cfg(feature = "flex")]
         out.push(Device::flex());

@@ -419,4 +419,62 @@ mod tests {
         }
         assert!(last < first.unwrap() * 0.5, "{first:?} → {last}");
     }
+
+    /// Every loss over shared negatives trains every model through autodiff on every backend
+    /// here (flex, and wgpu where an adapter exists), moving only the batch's rows (its users,
+    /// its positives' items and its negatives'), with the same losses on each backend.
+    #[cfg(any(feature = "flex", feature = "cube"))]
+    #[test]
+    fn shared_negative_losses_train_every_model_on_every_backend() {
+        use crate::loss::LossConfig;
+        let mut first_device: Option<Vec<Vec<f32>>> = None;
+        for d in crate::optim::fused_tests::devices() {
+            let mut all = Vec::new();
+            for kind in [ModelKind::Gmf, ModelKind::Mlp, ModelKind::Neumf, ModelKind::Mf] {
+                for loss in [LossKind::Bce, LossKind::Bpr, LossKind::Softmax, LossKind::Ccl] {
+                    let cfg = ModelConfig { kind, factors: 4, layers: vec![8, 4], init_std: 0.1, cosine: loss == LossKind::Ccl, ..Default::default() };
+                    let mut model = Ncf::init(&cfg, 6, 10, 2, &d);
+                    let (u0, i0) = (rows(model.user.val()), rows(model.item.val()));
+                    let mut optim = Optimizer::new(OptimConfig { lr: 0.05, ..Default::default() });
+                    let mut losses = Vec::new();
+                    for _ in 0..30 {
+                        // Positives (1,2) (4,5) (1,7) (4,2); shared negatives 3, 8 and 5 (item 5
+                        // is user 4's positive: masked in that row only); item 2 twice in the batch.
+                        let packed: Vec<i32> = [&[1, 4][..], &[0, 1, 0, 1], &[2, 5, 7, 3, 8], &[0, 1, 2, 0], &[1, 1, 1, 1], &[3, 4, 1]].concat();
+                        let n = packed.len();
+                        let config = LossConfig { temperature: 0.5, margin: 0.2, ..Default::default() };
+                        let logq = (Tensor::<1>::full([10], -2.0, &d), Tensor::<1>::full([10], -10f32.ln(), &d));
+                        let x = StepInput::from_packed(Tensor::from_data(TensorData::new(packed, [n]), &d), (2, 5, 4), Some((config, Some(logq))));
+                        let (m, l) = train_step(model, &mut optim, x, loss, 1);
+                        model = m;
+                        losses.push(l.into_scalar::<f32>());
+                    }
+                    assert!(losses[29] < losses[0] * 0.9, "{kind:?} {loss:?}: {losses:?}");
+                    let (u1, i1) = (rows(model.user.val()), rows(model.item.val()));
+                    // MF by cosine keeps its unused bias columns: compare the factor columns.
+                    let f = cfg.layout().width() - (kind == ModelKind::Mf) as usize;
+                    for u in 0..6 {
+                        assert_eq!(u0[u][..f] != u1[u][..f], u == 1 || u == 4, "{kind:?} {loss:?} user row {u}");
+                    }
+                    for i in 0..10 {
+                        assert_eq!(i0[i][..f] != i1[i][..f], [2, 3, 5, 7, 8].contains(&i), "{kind:?} {loss:?} item row {i}");
+                    }
+                    all.push(losses);
+                }
+            }
+            match &first_device {
+                None => first_device = Some(all),
+                Some(flex) => {
+                    // The first steps agree closely; later ones drift apart with rounding, which
+                    // Adam's normalised steps amplify and which can flip a hinge (CCL's margins,
+                    // ReLU) to the other side.
+                    for (case, (a, b)) in flex.iter().zip(&all).enumerate() {
+                        for (step, (x, y)) in a.iter().zip(b).enumerate().take(3) {
+                            assert!((x - y).abs() <= 1e-3 + 1e-3 * x.abs(), "case {case} step {step}: {x} vs {y} on {d:?}: {a:?} vs {b:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -394,11 +394,11 @@ impl<'a> TrainRun<'a> {
 }
 
 /// Evaluation passes as `ncf train` runs them each epoch, candidates uploaded once beforehand.
-fn measure_eval(plan: &Plan, v: &Variant, inputs: &Inputs, device: &Device) -> [Figure; 2] {
+fn measure_eval(plan: &Plan, v: &Variant, inputs: &Inputs, (device, host_top_k): (&Device, bool)) -> [Figure; 2] {
     let model = Ncf::init(&v.config, plan.users, plan.items, plan.seed, device);
     let reps = plan.reps.min(3);
     let sampled = SampledEval::upload(&inputs.candidates, v.config.layout().width(), device);
-    let full = FullEval::upload(&inputs.eval_split.train, &inputs.eval_split.test, inputs.eval_split.n_items, &model, plan.k, device);
+    let full = FullEval::upload(&inputs.eval_split.train, &inputs.eval_split.test, inputs.eval_split.n_items, &model, (plan.k, host_top_k), device);
     let users = inputs.candidates.rows();
     let time = |f: &dyn Fn()| {
         f(); // warm-up
@@ -655,7 +655,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 }
             }
             if v.measures.contains(&Part::Eval) {
-                let Some(fs) = guarded("eval".into(), &mut || measure_eval(&plan, v, &inputs, &selected.device).to_vec()) else { break 'variants };
+                let Some(fs) = guarded("eval".into(), &mut || measure_eval(&plan, v, &inputs, (&selected.device, selected.host_memory())).to_vec()) else { break 'variants };
                 fs.into_iter().for_each(|f| emit(f, &mut figures));
             }
             if v.measures.contains(&Part::Recommend) {

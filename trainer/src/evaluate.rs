@@ -69,7 +69,7 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
         _ => SampledCandidates::draw(&split, negatives, ck.config.seed),
     };
     let sampled = SampledEval::upload(&candidates, ck.config.model.layout().width(), device).rows(&ck.model, k);
-    let full = FullEval::upload(&split.seen_before_test(), &split.test, split.n_items, &ck.model, k, device);
+    let full = FullEval::upload(&split.seen_before_test(), &split.test, split.n_items, &ck.model, (k, selected.host_memory()), device);
     let (per_user, coverage) = full.rows(&ck.model, k, device);
 
     let mean = |v: &mut dyn Iterator<Item = f32>, n: usize| v.map(f64::from).sum::<f64>() / n.max(1) as f64;

@@ -79,9 +79,15 @@ impl SampledEval {
     }
 }
 
-/// Full-ranking evaluation of one held-out split: every user with a held-out item uploaded once.
+/// Full-ranking evaluation of one held-out split. On a GPU every user's chunk is uploaded once
+/// and ranked, masked and scored on the device; on CPU backends the scores are already in host
+/// memory, so `ncf recommend`'s scorer ranks them with a partial selection and the metrics are
+/// the pure functions of `ncf_model::metrics`.
 pub(crate) struct FullEval {
+    /// Device path: the users' chunks (empty on the host path).
     chunks: Vec<RankingChunk>,
+    /// Host path: each user's masked and held-out items.
+    host: Option<(UserItems, UserItems)>,
     users: usize,
     /// The evaluated users (those with a held-out item), in chunk order.
     pub(crate) user_ids: Vec<u32>,
@@ -89,9 +95,13 @@ pub(crate) struct FullEval {
 
 impl FullEval {
     /// Ranks `held`'s items per user among all `n_items`, the user's `masked` items left out
-    /// (training items for validation; training and validation items for test).
-    pub(crate) fn upload(masked: &UserItems, held: &UserItems, n_items: usize, model: &Ncf, k: usize, device: &Device) -> Self {
+    /// (training items for validation; training and validation items for test); `host_top_k`
+    /// for backends whose tensors live in host memory.
+    pub(crate) fn upload(masked: &UserItems, held: &UserItems, n_items: usize, model: &Ncf, (k, host_top_k): (usize, bool), device: &Device) -> Self {
         let users: Vec<u32> = (0..held.n_users() as u32).filter(|&u| !held.items(u).is_empty()).collect();
+        if host_top_k {
+            return Self { chunks: Vec::new(), host: Some((masked.clone(), held.clone())), users: users.len(), user_ids: users };
+        }
         let n = n_items;
         let width = model.head.mlp.first().map_or(1, |l| l.weight.val().dims()[1]);
         let per_chunk = ((16 << 20) / (n * width).max(1)).clamp(1, 4096);
@@ -103,12 +113,15 @@ impl FullEval {
                 RankingChunk::new(ids, &train, &test, n, k, device)
             })
             .collect();
-        Self { chunks, users: users.len(), user_ids: users }
+        Self { chunks, host: None, users: users.len(), user_ids: users }
     }
 
     /// `[recall, precision, ndcg, map]` at k of every user in `user_ids`, and the catalogue
-    /// coverage, with one device→host read.
+    /// coverage, with one device→host read (one per chunk of users on the host path).
     pub(crate) fn rows(&self, model: &Ncf, k: usize, device: &Device) -> (Vec<[f32; 4]>, f64) {
+        if let Some((masked, held)) = &self.host {
+            return self.host_rows(model, (masked, held), k, device);
+        }
         let side = model.item_side();
         let mut covered = Tensor::<1>::zeros([model.n_items()], device);
         let rows: Vec<Tensor<2>> = self.chunks.iter().map(|c| full_ranking_rows(model, &side, c, k, &mut covered)).collect();
@@ -121,8 +134,32 @@ impl FullEval {
         (per_user, v[self.users * 4] as f64 / model.n_items() as f64)
     }
 
-    /// Mean (recall, precision, ndcg, map) at k and catalogue coverage, with one read.
+    /// [`rows`](Self::rows) through `ncf recommend`'s scorer and a host top-k.
+    fn host_rows(&self, model: &Ncf, (masked, held): (&UserItems, &UserItems), k: usize, device: &Device) -> (Vec<[f32; 4]>, f64) {
+        let scorer = crate::recommend::Scorer::new(model, masked, device, None, false, true, k);
+        let mut covered = vec![false; model.n_items()];
+        let mut per_user = Vec::with_capacity(self.users);
+        for ids in self.user_ids.chunks(scorer.chunk) {
+            let Some(scores) = scorer.scores(ids) else { continue };
+            for (&user, top) in ids.iter().zip(scorer.select(scores, true)) {
+                let ranked: Vec<u32> = top.iter().map(|&(item, _)| item).collect();
+                ranked.iter().for_each(|&i| covered[i as usize] = true);
+                let m = ncf_model::metrics::ranking_at(&ranked, held.items(user), k).expect("evaluated users have held-out items");
+                per_user.push([m.recall, m.precision, m.ndcg, m.map].map(|x| x as f32));
+            }
+        }
+        let n_covered = covered.iter().filter(|&&c| c).count();
+        (per_user, n_covered as f64 / model.n_items().max(1) as f64)
+    }
+
+    /// Mean (recall, precision, ndcg, map) at k and catalogue coverage, with one read on a GPU.
     pub(crate) fn evaluate(&self, model: &Ncf, k: usize, device: &Device) -> [f64; 5] {
+        if self.host.is_some() {
+            let (rows, coverage) = self.rows(model, k, device);
+            let u = rows.len().max(1) as f64;
+            let mean = |j: usize| rows.iter().map(|r| r[j] as f64).sum::<f64>() / u;
+            return [mean(0), mean(1), mean(2), mean(3), coverage];
+        }
         let side = model.item_side();
         let mut covered = Tensor::<1>::zeros([model.n_items()], device);
         let mut sum: Option<Tensor<1>> = None;
@@ -432,7 +469,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     // Validation ranks against the training items masked; test against training and validation.
     let upload = |c: &SampledCandidates, masked: &UserItems, held: &UserItems| SplitEval {
         sampled: SampledEval::upload(c, width, device),
-        full: config.train.full_ranking.then(|| FullEval::upload(masked, held, split.n_items, &model, k, device)),
+        full: config.train.full_ranking.then(|| FullEval::upload(masked, held, split.n_items, &model, (k, selected.host_memory()), device)),
     };
     let seen_before_test = split.seen_before_test();
     let test_eval = upload(&candidates, &seen_before_test, &split.test);
