@@ -175,9 +175,13 @@ impl RunConfig {
             bail!("split.valid_ratio = {} must be at least 0 and below 1", s.valid_ratio);
         }
         match self.train.select_on {
-            SelectOn::Test if s.valid_path.is_some() => bail!(
-                "split.valid_path is set but train.select_on = \"test\" holds out no validation split; \
-                 unset one of them"
+            SelectOn::Test | SelectOn::Last if s.valid_path.is_some() => bail!(
+                "split.valid_path is set but train.select_on = \"{}\" holds out no validation split; \
+                 unset one of them",
+                self.train.select_on.name()
+            ),
+            SelectOn::Last if self.train.patience > 0 => bail!(
+                "train.select_on = \"last\" keeps the last epoch: train.patience (early stopping) needs a split to choose on"
             ),
             SelectOn::Valid if s.valid_ratio <= 0.0 && needs_valid_ratio(s) => bail!(
                 "train.select_on = \"valid\" needs a validation split, but split.valid_ratio = {} holds none out of the {} split; \

@@ -58,6 +58,10 @@ pub enum SelectOn {
     Valid,
     /// The test split, as the NCF paper does; no validation split is carved.
     Test,
+    /// No choice: no validation split is carved and `best/` is the last epoch, so the number of
+    /// epochs, fixed in advance (e.g. read off a validation run), is the only choice; for
+    /// retraining on all the training data once it is made.
+    Last,
 }
 
 impl SelectOn {
@@ -66,6 +70,7 @@ impl SelectOn {
         match self {
             Self::Valid => "valid",
             Self::Test => "test",
+            Self::Last => "last",
         }
     }
 }
@@ -107,7 +112,8 @@ impl EpochRecord {
     pub fn on(&self, on: SelectOn) -> Option<Metrics> {
         match on {
             SelectOn::Valid => self.valid,
-            SelectOn::Test => self.test(),
+            // Last reads test only to report it: nothing is chosen on it.
+            SelectOn::Test | SelectOn::Last => self.test(),
         }
     }
 
@@ -152,6 +158,10 @@ pub struct Best {
 /// The best evaluated epoch of `history` on `metric` of split `on` (first of equals), if any;
 /// epochs not evaluated are never best.
 pub fn best(history: &[EpochRecord], metric: &str, on: SelectOn) -> Option<Best> {
+    if on == SelectOn::Last {
+        // The last evaluated epoch, whatever its value.
+        return history.iter().rev().find_map(|r| r.on(on).and_then(|m| m.get(metric)).map(|value| Best { epoch: r.epoch, value }));
+    }
     history.iter().fold(None, |best: Option<Best>, r| {
         let Some(v) = r.on(on).and_then(|m| m.get(metric)) else { return best };
         match best {
@@ -163,7 +173,7 @@ pub fn best(history: &[EpochRecord], metric: &str, on: SelectOn) -> Option<Best>
 
 /// Early stopping: true when `epoch` comes `patience` epochs (0 = never) after the best one.
 pub fn should_stop(history: &[EpochRecord], metric: &str, on: SelectOn, patience: usize, epoch: usize) -> bool {
-    patience > 0 && best(history, metric, on).is_some_and(|b| epoch >= b.epoch + patience)
+    patience > 0 && on != SelectOn::Last && best(history, metric, on).is_some_and(|b| epoch >= b.epoch + patience)
 }
 
 /// Whether to evaluate after `epoch`: every `every` epochs, at the last one, and wherever
@@ -213,6 +223,8 @@ mod tests {
         let h: Vec<_> = [(0.1, 0.4), (0.3, 0.1), (0.3, 0.2), (0.2, 0.5), (0.25, 0.1)].iter().enumerate().map(|(i, &v)| rec(i + 1, Some(v))).collect();
         assert_eq!(best(&h, "hr", SelectOn::Valid), Some(Best { epoch: 2, value: 0.3 }));
         assert_eq!(best(&h, "hr", SelectOn::Test), Some(Best { epoch: 4, value: 0.5 }));
+        assert_eq!(best(&h, "hr", SelectOn::Last).map(|b| b.epoch), h.iter().rev().find(|r| r.hr.is_some()).map(|r| r.epoch));
+        assert!(!should_stop(&h, "hr", SelectOn::Last, 1, 100));
         let stop = |h: &[EpochRecord], p: usize| should_stop(h, "hr", SelectOn::Valid, p, h.last().unwrap().epoch);
         assert!(!stop(&h, 0));
         assert!(stop(&h, 3));

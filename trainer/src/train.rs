@@ -491,6 +491,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     match select_on {
         SelectOn::Valid => say!("best checkpoint: chosen on validation {metric_label}; test is reported, never chosen on"),
         SelectOn::Test => say!("best checkpoint: chosen on test {metric_label} (paper protocol, train.select_on = \"test\"): no validation split"),
+        SelectOn::Last => say!("best checkpoint: the last epoch (train.select_on = \"last\": epochs fixed in advance, nothing chosen; no validation split)"),
     }
     let stop_rule = (metric, select_on, config.train.patience);
 
@@ -589,6 +590,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         let record = history.iter().find(|r| r.epoch == b.epoch);
         match (select_on, record.and_then(EpochRecord::test).and_then(|t| t.get(metric))) {
             (SelectOn::Valid, Some(t)) => say!("best: epoch {} valid {metric_label} {:.4} (test {metric_label} {t:.4})", b.epoch, b.value),
+            (SelectOn::Last, _) => say!("best: the last epoch, {}: test {metric_label} {:.4}", b.epoch, b.value),
             _ => say!("best: epoch {} test {metric_label} {:.4} (chosen on test: paper protocol)", b.epoch, b.value),
         }
     }
