@@ -52,22 +52,24 @@ fn steps(c: &mut Criterion) {
 
 /// A step of MF (factor 64, cosine) at batch 1024 against 10 and against 1000 shared negatives
 /// (plus the batch's in-batch positives), on a Gowalla-sized catalogue (30k × 41k): the cost
-/// should grow with batch + negatives, not batch × negatives.
+/// should grow with batch + negatives, not batch × negatives. NeuMF (factor 8, tower
+/// [64, 32, 16, 8]) runs its tower per (user, candidate) pair: batch × (batch + negatives).
 fn shared_steps(c: &mut Criterion) {
     alloc::keep_heap();
     let device = Device::flex();
     let (users_n, items_n, batch) = (30_000usize, 41_000usize, 1024usize);
-    for loss in [LossKind::Softmax, LossKind::Ccl, LossKind::Bpr] {
+    let mf = ModelConfig { kind: ModelKind::Mf, factors: 64, cosine: true, ..Default::default() };
+    let neumf = ModelConfig::default();
+    for (cfg, loss) in [(&mf, LossKind::Softmax), (&mf, LossKind::Ccl), (&mf, LossKind::Bpr), (&neumf, LossKind::Softmax)] {
         for negatives in [10usize, 1000] {
-            let cfg = ModelConfig { kind: ModelKind::Mf, factors: 64, cosine: true, ..Default::default() };
-            let mut model = Some(Ncf::init(&cfg, users_n, items_n, 1, &device));
+            let mut model = Some(Ncf::init(cfg, users_n, items_n, 1, &device));
             let mut optim = Optimizer::new(OptimConfig::default());
             let mut builder = BatchBuilder::new(users_n, items_n);
             let users: Vec<u32> = (0..batch as u32).map(|k| (k * 7919) % users_n as u32).collect();
             let items: Vec<u32> = (0..batch as u32).map(|k| (k * 104_729) % items_n as u32).collect();
             let negs: Vec<u32> = (0..negatives as u32).map(|k| (k * 15_485_863 + 17) % items_n as u32).collect();
             let b = builder.build_shared(&users, &items, &vec![1.0; batch], &negs);
-            c.bench_function(&format!("shared_step/{}/negatives{negatives}/flex", loss.name()), |bench| {
+            c.bench_function(&format!("shared_step/{}/{}/negatives{negatives}/flex", cfg.kind.name(), loss.name()), |bench| {
                 bench.iter(|| {
                     let n = b.packed.len();
                     let packed = Tensor::<1, Int>::from_data(TensorData::new(b.packed.clone(), [n]), &device);

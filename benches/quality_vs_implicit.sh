@@ -40,7 +40,8 @@ ncf_run() { # name preset K [args...]
     "$NCF" train --backend flex --config "$preset" --out "$out/$name" --force --set train.k="$k" "$@" \
         > "$out/$name.log" 2>&1 || { cat "$out/$name.log" >&2; exit 1; }
     local t1; t1=$(date +%s.%N)
-    local epoch; epoch=$(grep -o '"epoch": *[0-9]*' "$out/$name/best/checkpoint.json" | grep -o '[0-9]*$')
+    # The epoch in best/, from the run's last line ("best: epoch N ..." or "best: the last epoch, N: ...").
+    local epoch; epoch=$(grep -oE '^best: (epoch|the last epoch,) [0-9]+' "$out/$name.log" | grep -oE '[0-9]+$')
     awk -F, -v e="$epoch" -v k="$k" -v n="$name" -v s="$(echo "$t1 - $t0" | bc)" 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
         $1 == e { printf "%s: Recall@%s %.4f NDCG@%s %.4f (epoch %s, selected on %s) wall %.0fs\n", n, k, $c["test_recall@" k], k, $c["test_full_ndcg@" k], e, $c["selected_on"], s }' \
         "$out/$name/metrics.csv"
