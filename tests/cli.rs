@@ -353,6 +353,27 @@ fn ml_100k_neumf_quality_floor() {
     assert!(hr >= FLOOR, "NeuMF test HR@10 after 5 epochs: {hr}\n{metrics}");
 }
 
+/// `train.select_on = "last"` carves no validation split, chooses nothing (best/ is the last
+/// epoch, whatever its test metrics) and says so; it refuses early stopping, which needs a split
+/// to choose on.
+#[test]
+fn select_on_last_keeps_the_last_epoch() {
+    let dir = temp_dir("select-last");
+    let (stdout, metrics) = train_with(&dir.join("run"), SEED, 4, &["train.select_on=last"]);
+    assert!(stdout.contains("nothing chosen") && stdout.contains("best: the last epoch, 4"), "{stdout}");
+    assert_eq!(best_epoch(&dir.join("run")), 4);
+    assert!(column(&metrics, "valid_hr@10").iter().all(Option::is_none), "{metrics}");
+    assert!(column(&metrics, "test_hr@10").iter().all(Option::is_some), "{metrics}");
+    assert!(metrics.lines().skip(1).all(|l| l.contains(",last,")), "{metrics}");
+    let output = ncf()
+        .args(["train", "--set", "train.select_on=last", "--set", "train.patience=2", "--out"])
+        .arg(dir.join("refused"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("train.patience"), "{stderr}");
+}
+
 /// Trains the demo set with `sets` and returns (stdout, metrics.csv).
 fn train_with(out: &Path, seed: u64, epochs: usize, sets: &[&str]) -> (String, String) {
     let mut cmd = ncf();

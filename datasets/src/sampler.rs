@@ -366,6 +366,27 @@ mod tests {
     }
 
     #[test]
+    fn shared_draws_follow_the_seed_epoch_and_batch_and_their_distribution() {
+        let t = train();
+        for dist in [NegativeDistribution::Uniform, NegativeDistribution::Popularity] {
+            let cfg = SamplerConfig { shared_negatives: 4000, distribution: dist, ..Default::default() };
+            let d = NegativeSampler::new(&t, 6, cfg, 9).shared();
+            let a = d.draw(1, 2);
+            assert_eq!(a.len(), 4000);
+            assert_eq!(a, d.draw(1, 2));
+            assert_ne!(a, d.draw(1, 3));
+            assert_ne!(a, d.draw(2, 2));
+            // Each item's share of the draws matches the probability the logQ correction uses.
+            let p: Vec<f64> = d.log_probs().iter().map(|&l| (l as f64).exp()).collect();
+            assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-5, "{p:?}");
+            for (item, &q) in p.iter().enumerate() {
+                let share = a.iter().filter(|&&j| j as usize == item).count() as f64 / a.len() as f64;
+                assert!((share - q).abs() < 0.03, "{dist:?} item {item}: drawn {share}, p {q}");
+            }
+        }
+    }
+
+    #[test]
     fn negatives_are_unseen_and_counts_match() {
         let t = train();
         for dist in [NegativeDistribution::Uniform, NegativeDistribution::Popularity] {
