@@ -217,10 +217,7 @@ impl Split {
     /// Each user's items the model must not be credited for recommending at test time:
     /// training and validation items.
     pub fn seen_before_test(&self) -> UserItems {
-        match &self.valid {
-            Some(v) => self.train.union(v),
-            None => self.train.clone(),
-        }
+        self.train.union_with(self.valid.as_ref())
     }
 }
 

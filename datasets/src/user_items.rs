@@ -113,6 +113,12 @@ impl UserItems {
         Self { offsets, items }
     }
 
+    /// [`union`](Self::union) with `other` when there is one, else a copy: e.g. training items
+    /// plus an optional validation split.
+    pub fn union_with(&self, other: Option<&UserItems>) -> UserItems {
+        other.map_or_else(|| self.clone(), |o| self.union(o))
+    }
+
     /// How many users hold each item.
     pub fn item_counts(&self, n_items: usize) -> Vec<u32> {
         let mut c = vec![0u32; n_items];

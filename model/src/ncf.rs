@@ -42,7 +42,8 @@ pub struct ItemSide {
     /// `[n_items, width]`
     table: Tensor<2>,
     /// Item half of the factor dot product, transposed, with a row of ones (and MF's item-bias
-    /// row) so user-side biases fold into the same matmul: `[gmf + 1 (+1 for MF), n_items]`.
+    /// row) so user-side biases fold into the same matmul: `[gmf + 1 (+1 for MF), n_items]`;
+    /// MF by cosine has no biases: `[gmf, n_items]`.
     dot_t: Option<Tensor<2>>,
     /// First MLP layer applied to the item half, bias included: `[n_items, layers[1]]`.
     mlp_in: Option<Tensor<2>>,
@@ -223,12 +224,13 @@ impl Head {
         let dot_t = (l.gmf > 0).then(|| {
             let device = table.device();
             let mut parts = vec![self.factors(table.clone())];
-            // MF by cosine has no biases: the score is the cosine alone.
-            if !(l.kind == ModelKind::Mf && self.cosine) {
-                parts.push(Tensor::ones([n, 1], &device));
-            }
-            if l.kind == ModelKind::Mf && !self.cosine {
-                parts.push(table.clone().slice([0..n, l.gmf..l.gmf + 1]));
+            match (l.kind, self.cosine) {
+                // MF by cosine has no biases: the score is the cosine alone.
+                (ModelKind::Mf, true) => {}
+                // [i, 1, b_i]: the ones meet the user bias, the item bias the user's ones.
+                (ModelKind::Mf, false) => parts.extend([Tensor::ones([n, 1], &device), table.clone().slice([0..n, l.gmf..l.gmf + 1])]),
+                // [i, 1]: the ones meet the output bias.
+                _ => parts.push(Tensor::ones([n, 1], &device)),
             }
             Tensor::cat(parts, 1).transpose()
         });

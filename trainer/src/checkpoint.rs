@@ -92,10 +92,7 @@ impl Checkpoint {
     /// Each user's items known before test: training and validation items, which `recommend`
     /// leaves out by default and test ranking masks.
     pub fn seen(&self) -> UserItems {
-        match &self.valid {
-            Some(v) => self.train.union(v),
-            None => self.train.clone(),
-        }
+        self.train.union_with(self.valid.as_ref())
     }
 }
 

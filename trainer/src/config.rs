@@ -194,6 +194,12 @@ impl RunConfig {
         }
     }
 
+    /// Whether the run trains against negatives shared per batch: its loss needs them (softmax,
+    /// ccl) or `sampler.shared_negatives` is set; an epoch's samples are then its positives.
+    pub fn shared_negatives(&self) -> bool {
+        self.train.loss.shared_only() || self.sampler.shared_negatives > 0
+    }
+
     /// Every file or directory the run reads (the data, a given split's files, pretrained runs).
     pub fn input_paths(&self) -> Vec<&Path> {
         let (d, s, p) = (&self.data, &self.split, &self.pretrain);

@@ -225,7 +225,7 @@ impl SharedSetup {
     /// The run's shared negatives when its loss trains on them (softmax, ccl, or
     /// `sampler.shared_negatives` > 0); `None` for per-positive negatives.
     pub(crate) fn new(config: &RunConfig, sampler: &NegativeSampler, split: &Split, device: &Device) -> Option<Self> {
-        if !config.train.loss.shared_only() && config.sampler.shared_negatives == 0 {
+        if !config.shared_negatives() {
             return None;
         }
         let draws = sampler.shared();
@@ -457,8 +457,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     // Candidates read from a .test.negative file cannot be redrawn: checkpoints keep them.
     let imported_candidates = (config.split.method == ncf_datasets::SplitMethod::Given && config.split.negatives_path.is_some()).then_some(&candidates);
     // With shared negatives, an epoch's samples are its positives alone.
-    let shared_mode = config.train.loss.shared_only() || config.sampler.shared_negatives > 0;
-    let sampler_config = ncf_datasets::SamplerConfig { negatives: if shared_mode { 0 } else { config.sampler.negatives }, ..config.sampler.clone() };
+    let per_positive = if config.shared_negatives() { 0 } else { config.sampler.negatives };
+    let sampler_config = ncf_datasets::SamplerConfig { negatives: per_positive, ..config.sampler.clone() };
     let sampler = NegativeSampler::new(&split.train, data.n_items(), sampler_config, config.seed);
     let shared = SharedSetup::new(&config, &sampler, &split, device);
     let (mut model, mut optim, mut history) = match &args.resume {
