@@ -40,7 +40,7 @@ fn steps(c: &mut Criterion) {
                 bench.iter(|| {
                     let n = b.packed.len();
                     let packed = Tensor::<1, Int>::from_data(TensorData::new(b.packed.clone(), [n]), &device);
-                    let input = StepInput::from_packed(packed, (b.n_users, b.n_items, b.len), None);
+                    let input = StepInput::from_packed(packed, (b.n_users, b.n_items, b.len), None, None);
                     let (m, loss) = train_step(model.take().unwrap(), &mut optim, input, LossKind::Bce, 1);
                     model = Some(m);
                     black_box(loss.into_data());
@@ -68,12 +68,12 @@ fn shared_steps(c: &mut Criterion) {
             let users: Vec<u32> = (0..batch as u32).map(|k| (k * 7919) % users_n as u32).collect();
             let items: Vec<u32> = (0..batch as u32).map(|k| (k * 104_729) % items_n as u32).collect();
             let negs: Vec<u32> = (0..negatives as u32).map(|k| (k * 15_485_863 + 17) % items_n as u32).collect();
-            let b = builder.build_shared(&users, &items, &vec![1.0; batch], &negs);
+            let b = builder.build_shared(&users, &items, &vec![1.0; batch], &negs, None);
             c.bench_function(&format!("shared_step/{}/{}/negatives{negatives}/flex", cfg.kind.name(), loss.name()), |bench| {
                 bench.iter(|| {
                     let n = b.packed.len();
                     let packed = Tensor::<1, Int>::from_data(TensorData::new(b.packed.clone(), [n]), &device);
-                    let input = StepInput::from_packed(packed, (b.n_users, b.n_items, b.len), Some((LossConfig::default(), None)));
+                    let input = StepInput::from_packed(packed, (b.n_users, b.n_items, b.len), Some((LossConfig::default(), None)), None);
                     let (m, loss) = train_step(model.take().unwrap(), &mut optim, input, loss, 1);
                     model = Some(m);
                     black_box(loss.into_data());

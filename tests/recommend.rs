@@ -359,6 +359,27 @@ fn metric(stdout: &str, line_start: &str, name: &str) -> f64 {
     rest.split_whitespace().next().unwrap().parse().unwrap()
 }
 
+/// A model that mixes users' histories into their rows (`model.history`) is scored by
+/// `evaluate` as training evaluated it (histories folded in, `Checkpoint::scoring_model`): the
+/// same metrics from the checkpoint. Trained with a cosine learning-rate schedule.
+#[test]
+fn histories_folded_in_score_as_training_evaluated() {
+    let dir = temp_dir("history");
+    let run_dir = dir.join("run");
+    let sets = ["model.history=0.5", "model.cosine=true", "train.loss=softmax", "sampler.shared_negatives=20", "train.batch_size=64", "optim.schedule=cosine"];
+    train(&run_dir, "mf", 3, &sets);
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.csv")).unwrap();
+    let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
+    let best_epoch = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(run_dir.join("best/checkpoint.json")).unwrap()).unwrap()["epoch"].as_u64().unwrap() as usize;
+    let row: Vec<&str> = metrics.lines().nth(best_epoch).unwrap().split(',').collect();
+    let logged = |name: &str| row[header.iter().position(|h| *h == name).unwrap()].parse::<f64>().unwrap();
+    let stdout = ok(run(ncf().args(["evaluate", "--backend", "flex", "--checkpoint"]).arg(&run_dir)));
+    for (start, name, column) in [("sampled", "HR@10", "test_hr@10"), ("full", "Recall@10", "test_recall@10"), ("full", "NDCG@10", "test_full_ndcg@10")] {
+        let (a, b) = (metric(&stdout, start, name), logged(column));
+        assert!((a - b).abs() < 6e-5, "{name}: {a} vs {b}\n{stdout}");
+    }
+}
+
 #[test]
 fn evaluate_reproduces_training_metrics_and_scores_are_probabilities() {
     let dir = temp_dir("evaluate");

@@ -30,11 +30,15 @@ pub struct SamplerConfig {
     /// is scored against all of them in one `[batch × negatives]` matmul. Drawn from
     /// `distribution` over the whole catalogue; a user's own item among them is masked.
     pub shared_negatives: usize,
+    /// History items drawn per user and batch for a model with `model.history` (0 = all of
+    /// them): bounds a step's cost on catalogues with very long histories; scoring always
+    /// uses whole histories.
+    pub history_max: usize,
 }
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        Self { negatives: 4, distribution: NegativeDistribution::Uniform, shared_negatives: 0 }
+        Self { negatives: 4, distribution: NegativeDistribution::Uniform, shared_negatives: 0, history_max: 0 }
     }
 }
 

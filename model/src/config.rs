@@ -59,11 +59,15 @@ pub struct ModelConfig {
     /// Score GMF/MF factors by cosine: user and item factor vectors are L2-normalised before
     /// their (weighted) dot product, as SimpleX's CCL expects; MF then drops its biases.
     pub cosine: bool,
+    /// Weight of the user's training history in its user vector (0 = none, the paper's models):
+    /// the user row becomes `(1 - w)·own row + w·mean of its training items' rows`, SimpleX's
+    /// history aggregation (mean pooling, no projection). Users without history keep their row.
+    pub history: f64,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { kind: ModelKind::Neumf, factors: 8, layers: vec![64, 32, 16, 8], init_std: 0.01, dropout: 0.0, cosine: false }
+        Self { kind: ModelKind::Neumf, factors: 8, layers: vec![64, 32, 16, 8], init_std: 0.01, dropout: 0.0, cosine: false, history: 0.0 }
     }
 }
 
@@ -89,6 +93,9 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(format!("model.dropout = {}: must be in [0, 1)", self.dropout));
+        }
+        if !(0.0..=1.0).contains(&self.history) {
+            return Err(format!("model.history = {}: must be in [0, 1] (0 = no history)", self.history));
         }
         if self.factors == 0 && self.kind != ModelKind::Mlp {
             return Err("model.factors must be at least 1".into());

@@ -4,7 +4,7 @@
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::relu;
-use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, IndexingUpdateOp, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 use rand_distr::{Distribution as _, Normal, Uniform};
@@ -35,7 +35,25 @@ pub struct Head {
     /// GMF/MF factors compared by cosine (see `ModelConfig::cosine`).
     #[module(skip)]
     pub cosine: bool,
+    /// Weight of the mean of a user's history rows in its user row (see `ModelConfig::history`).
+    #[module(skip)]
+    pub history: f64,
 }
+
+/// Rows of users' histories: per history entry, the index of its item row and of its user row,
+/// and per user row its number of entries.
+#[derive(Debug, Clone)]
+pub struct HistoryRows {
+    /// `[h]`
+    pub item_pos: Tensor<1, Int>,
+    /// `[h]`
+    pub user_pos: Tensor<1, Int>,
+    /// `[u]`
+    pub count: Tensor<1, Int>,
+}
+
+/// Entries of histories folded into the user table per device call (16 MiB of f32 at width 64).
+const FOLD_ENTRIES: usize = 1 << 16;
 
 /// Item-side work shared by every user chunk when scoring against the whole catalogue.
 pub struct ItemSide {
@@ -108,7 +126,7 @@ impl Ncf {
             ModelKind::Mf => 0,
         };
         let output = (out_width > 0).then(|| linear(out_width, 1, &mut rng, device));
-        Self { user, item, head: Head { mlp, output, layout, dropout: config.dropout, cosine: config.cosine } }
+        Self { user, item, head: Head { mlp, output, layout, dropout: config.dropout, cosine: config.cosine, history: config.history } }
     }
 
     /// NeuMF initialised from trained GMF and MLP models (paper §3.4.1): the tables side by side,
@@ -158,7 +176,7 @@ impl Ncf {
         Ok(Self {
             user: join(&gmf.user, &mlp.user),
             item: join(&gmf.item, &mlp.item),
-            head: Head { mlp: mlp_layers, output: Some(output), layout, dropout: config.dropout, cosine: config.cosine },
+            head: Head { mlp: mlp_layers, output: Some(output), layout, dropout: config.dropout, cosine: config.cosine, history: config.history },
         })
     }
 
@@ -178,6 +196,45 @@ impl Ncf {
         self.head.forward(self.user.val().select(0, users), self.item.val().select(0, items))
     }
 
+    /// The model as scoring sees it: with `history` > 0, each user's row is replaced by its
+    /// mix with the mean of its history items' rows ([`Head::with_history`], the step's formula),
+    /// the histories given as CSR (`offsets[u]..offsets[u + 1]` of `items`). Without history,
+    /// the model itself.
+    pub fn fold_history(&self, offsets: &[usize], items: &[u32]) -> Ncf {
+        if self.head.history == 0.0 {
+            return self.clone();
+        }
+        let (n_users, device) = (self.n_users(), self.user.val().device());
+        assert_eq!(offsets.len(), n_users + 1, "one history per user");
+        let (table, item_table) = (self.user.val(), self.item.val());
+        let ints = |v: Vec<i32>| {
+            let n = v.len();
+            Tensor::<1, Int>::from_data(TensorData::new(v, [n]), &device)
+        };
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < n_users {
+            // Users until the chunk holds FOLD_ENTRIES entries (at least one user).
+            let mut end = start + 1;
+            while end < n_users && offsets[end + 1] - offsets[start] <= FOLD_ENTRIES {
+                end += 1;
+            }
+            let entries = &items[offsets[start]..offsets[end]];
+            let owners = (start..end).flat_map(|u| std::iter::repeat_n((u - start) as i32, offsets[u + 1] - offsets[u])).collect();
+            let rows = HistoryRows {
+                item_pos: ints(entries.iter().map(|&i| i as i32).collect()),
+                user_pos: ints(owners),
+                count: ints((start..end).map(|u| (offsets[u + 1] - offsets[u]) as i32).collect()),
+            };
+            let [_, w] = table.dims();
+            parts.push(self.head.with_history(table.clone().slice([start..end, 0..w]), item_table.clone(), &rows));
+            start = end;
+        }
+        let mut folded = self.clone();
+        folded.user = Param::from_tensor(Tensor::cat(parts, 0));
+        folded
+    }
+
     /// The item-side part of whole-catalogue scoring, computed once per pass.
     pub fn item_side(&self) -> ItemSide {
         self.head.item_side(self.item.val())
@@ -195,6 +252,22 @@ impl Ncf {
 }
 
 impl Head {
+    /// User rows with their histories mixed in: `(1 - w)·row + w·mean(history item rows)` with
+    /// w = `history`, for users with a history; the others keep their row. Differentiable in
+    /// both the user and the item rows.
+    ///
+    /// # Shapes
+    /// - user_rows: `[u, width]`, item_rows: `[i, width]`, history: `[h]`, `[h]`, `[u]` → `[u, width]`
+    pub fn with_history(&self, user_rows: Tensor<2>, item_rows: Tensor<2>, history: &HistoryRows) -> Tensor<2> {
+        let [u, width] = user_rows.dims();
+        let entries = item_rows.select(0, history.item_pos.clone());
+        let sum = Tensor::<2>::zeros([u, width], &user_rows.device()).select_assign(0, history.user_pos.clone(), entries, IndexingUpdateOp::Add);
+        let count = history.count.clone().float().reshape([u, 1]);
+        // w for users with a history, 0 for the rest (whose sum is zero).
+        let w = count.clone().greater_elem(0.0).float().mul_scalar(self.history);
+        user_rows * (w.clone().neg().add_scalar(1.0)) + sum / count.clamp_min(1.0) * w
+    }
+
     /// The GMF/MF factor part of table rows, L2-normalised when the head compares by cosine.
     ///
     /// # Shapes
@@ -544,6 +617,34 @@ mod tests {
                 assert!((a - b).abs() < 1e-5, "{kind:?}: {a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn folded_history_mixes_each_users_mean_item_row_in_every_chunk() {
+        let d = Device::flex();
+        let cfg = ModelConfig { kind: ModelKind::Mf, factors: 3, init_std: 0.1, history: 0.25, ..Default::default() };
+        let (n_users, n_items) = (4, 7);
+        let model = Ncf::init(&cfg, n_users, n_items, 5, &d);
+        // User 0 has a history longer than a fold chunk (so user 1 starts the next one), user 2
+        // none, user 3 two items.
+        let mut histories: Vec<Vec<u32>> = vec![(0..FOLD_ENTRIES as u32 + 3).map(|k| k % 7).collect(), vec![2], vec![], vec![6, 1]];
+        histories[0].sort();
+        let offsets: Vec<usize> = std::iter::once(0).chain(histories.iter().scan(0, |n, h| { *n += h.len(); Some(*n) })).collect();
+        let items: Vec<u32> = histories.concat();
+        let folded = model.fold_history(&offsets, &items);
+        let (own, item_rows, got) = (vecf(model.user.val()), vecf(model.item.val()), vecf(folded.user.val()));
+        let w = cfg.layout().width();
+        for (u, h) in histories.iter().enumerate() {
+            for c in 0..w {
+                let mean = h.iter().map(|&i| item_rows[i as usize * w + c] as f64).sum::<f64>() / h.len().max(1) as f64;
+                let wu = if h.is_empty() { 0.0 } else { 0.25 };
+                let want = (1.0 - wu) * own[u * w + c] as f64 + wu * mean;
+                assert!((got[u * w + c] as f64 - want).abs() < 1e-5, "user {u} column {c}: {} vs {want}", got[u * w + c]);
+            }
+        }
+        assert_eq!(vecf(folded.item.val()), item_rows, "items untouched");
+        let plain = Ncf::init(&ModelConfig { history: 0.0, ..cfg }, n_users, n_items, 5, &d);
+        assert_eq!(vecf(plain.fold_history(&offsets, &items).user.val()), vecf(plain.user.val()), "no history, no change");
     }
 
     #[test]

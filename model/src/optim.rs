@@ -33,8 +33,20 @@ pub enum OptimKind {
     Sgd,
 }
 
-/// Optimizer settings. Defaults: Adam, lr 0.001, β = (0.9, 0.999), ε = 1e-8, no L2, sparse rows
-/// through fused kernels.
+/// How the learning rate changes over a run's epochs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// `lr` every epoch.
+    #[default]
+    Constant,
+    /// Cosine annealing per epoch: epoch e of E trains at `lr · (1 + cos(π (e-1) / E)) / 2`,
+    /// from `lr` down towards 0 in the last epoch.
+    Cosine,
+}
+
+/// Optimizer settings. Defaults: Adam, lr 0.001 every epoch, β = (0.9, 0.999), ε = 1e-8, no L2,
+/// sparse rows through fused kernels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OptimConfig {
@@ -52,11 +64,27 @@ pub struct OptimConfig {
     /// [`crate::head_grad`]). `false` runs the same step as composed tensor ops and autodiff:
     /// slower, kept for comparison and as a fallback.
     pub fused: bool,
+    /// The learning rate over epochs. A row that comes back after skipped steps catches up at
+    /// the current epoch's rate.
+    pub schedule: LrSchedule,
 }
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        Self { kind: OptimKind::Adam, lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, l2: 0.0, sparse: true, fused: true }
+        Self { kind: OptimKind::Adam, lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, l2: 0.0, sparse: true, fused: true, schedule: LrSchedule::Constant }
+    }
+}
+
+impl OptimConfig {
+    /// The learning rate of epoch `epoch` (1-based) of `epochs` under `schedule`.
+    pub fn lr_at(&self, epoch: usize, epochs: usize) -> f64 {
+        match self.schedule {
+            LrSchedule::Constant => self.lr,
+            LrSchedule::Cosine => {
+                let t = (epoch.max(1) - 1) as f64 / epochs.max(1) as f64;
+                self.lr * (1.0 + (std::f64::consts::PI * t).cos()) / 2.0
+            }
+        }
     }
 }
 
@@ -488,5 +516,20 @@ pub(crate) mod fused_tests {
             let step = RowStep { t: 1.0, lr: 0.5, beta1: 0.9, beta2: 0.999, eps: 1e-8, l2: 0.1 };
             assert_close(&values(rows::sgd_rows(table, rows_t, grad, step)), &values(want), &format!("{d:?} table"));
         }
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+
+    #[test]
+    fn cosine_schedule_starts_at_lr_and_falls_every_epoch() {
+        let c = OptimConfig { lr: 0.01, schedule: LrSchedule::Cosine, ..Default::default() };
+        let lrs: Vec<f64> = (1..=10).map(|e| c.lr_at(e, 10)).collect();
+        assert_eq!(lrs[0], 0.01);
+        assert!((lrs[5] - 0.005).abs() < 1e-12, "halfway: {}", lrs[5]);
+        assert!(lrs.windows(2).all(|w| w[1] < w[0]) && lrs[9] > 0.0, "{lrs:?}");
+        assert_eq!(OptimConfig { lr: 0.01, ..Default::default() }.lr_at(7, 10), 0.01);
     }
 }

@@ -7,7 +7,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{Int, Tensor};
 
 use crate::loss::{LossConfig, LossKind, SharedScores, batch_loss, shared_loss};
-use crate::ncf::Ncf;
+use crate::ncf::{HistoryRows, Ncf};
 use crate::head_grad;
 use crate::optim::{HeadGradients, HeadUpdate, Optimizer, TableSide, Track};
 use crate::rows;
@@ -26,6 +26,9 @@ pub struct StepInput {
     /// Negatives shared by every positive of the batch; `None`: each sample is labelled
     /// and scored on its own (BCE, or BPR groups).
     pub shared: Option<SharedNegatives>,
+    /// The batch users' history rows, for a model that mixes them into its user rows
+    /// (`ModelConfig::history`); their items are among the batch's unique items.
+    pub history: Option<HistoryRows>,
     /// The next batch's unique items, when the caller knows them: a large item table's rows for
     /// it are then fetched during this step (see [`Lookahead`]).
     pub ahead: Option<Lookahead>,
@@ -56,15 +59,27 @@ pub struct Lookahead {
 }
 
 impl StepInput {
-    /// Slices `[users | user_pos | items | item_pos | labels | neg_pos]` (see
+    /// Slices `[users | user_pos | items | item_pos | labels | neg_pos | history]` (see
     /// `ncf_datasets::Batch`); `shared` (the loss settings and log-probabilities) is given
-    /// when the batch has shared negatives, whose positions are the buffer's tail.
-    pub fn from_packed(packed: Tensor<1, Int>, (n_users, n_items, len): (usize, usize, usize), shared: Option<(LossConfig, Option<(Tensor<1>, Tensor<1>)>)>) -> Self {
+    /// when the batch has shared negatives, whose positions follow the labels; `n_hist`, the
+    /// number of history entries when the batch has history rows, which end the buffer.
+    pub fn from_packed(
+        packed: Tensor<1, Int>,
+        (n_users, n_items, len): (usize, usize, usize),
+        shared: Option<(LossConfig, Option<(Tensor<1>, Tensor<1>)>)>,
+        n_hist: Option<usize>,
+    ) -> Self {
         let a = n_users;
         let b = a + len;
         let c = b + n_items;
         let d = c + len;
-        let e = packed.dims()[0];
+        let end = packed.dims()[0];
+        let e = end - n_hist.map_or(0, |h| 2 * h + n_users);
+        let history = n_hist.map(|h| HistoryRows {
+            item_pos: packed.clone().slice([e..e + h]),
+            user_pos: packed.clone().slice([e + h..e + 2 * h]),
+            count: packed.clone().slice([e + 2 * h..end]),
+        });
         Self {
             users: packed.clone().slice([0..a]),
             user_pos: packed.clone().slice([a..b]),
@@ -72,6 +87,7 @@ impl StepInput {
             item_pos: packed.clone().slice([c..d]),
             labels: packed.clone().slice([d..d + len]).float(),
             shared: shared.map(|(config, log_probs)| SharedNegatives { neg_pos: packed.slice([d + len..e]), config, log_probs }),
+            history,
             ahead: None,
         }
     }
@@ -109,8 +125,9 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
         let into = pipeline.cloned().unwrap_or_default();
         rows::gather_ahead(&model.item.val(), &input.items, next_items.unwrap_or_default(), &into, state)
     });
+    assert_eq!(model.head.history > 0.0, input.history.is_some(), "a model with history trains on batches with history rows, and only it");
     // Forward and backward: one fused pass where the backend has it (flex), else autodiff.
-    let fused = if optim.config.fused && input.shared.is_none() {
+    let fused = if optim.config.fused && input.shared.is_none() && input.history.is_none() {
         head_grad::head_grads(&model.head, (&user_rows, &input.user_pos), (&item_rows, &input.item_pos), &input.labels, loss, group)
     } else {
         None
@@ -121,9 +138,13 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
         None => {
             let (user_rows, item_rows) = (user_rows.autodiff().require_grad(), item_rows.autodiff().require_grad());
             let head = model.head.clone().map(&mut Track);
+            let users = match &input.history {
+                Some(h) => head.with_history(user_rows.clone(), item_rows.clone(), h),
+                None => user_rows.clone(),
+            };
             let loss = match &input.shared {
-                Some(shared) => shared_batch_loss(&head, (user_rows.clone(), &input.user_pos), (item_rows.clone(), &input.items, &input.item_pos), shared, loss),
-                None => batch_loss(loss, head.forward_rows(user_rows.clone(), input.user_pos, item_rows.clone(), input.item_pos), input.labels, group),
+                Some(shared) => shared_batch_loss(&head, (users, &input.user_pos), (item_rows.clone(), &input.items, &input.item_pos), shared, loss),
+                None => batch_loss(loss, head.forward_rows(users, input.user_pos, item_rows.clone(), input.item_pos), input.labels, group),
             };
             let grads = loss.backward();
             let gu = user_rows.grad(&grads).expect("user rows are tracked");
@@ -220,7 +241,7 @@ mod tests {
     fn input(users: &[i32], upos: &[i32], items: &[i32], ipos: &[i32], labels: &[i32], d: &Device) -> StepInput {
         let packed: Vec<i32> = [users, upos, items, ipos, labels].concat();
         let n = packed.len();
-        StepInput::from_packed(Tensor::from_data(TensorData::new(packed, [n]), d), (users.len(), items.len(), labels.len()), None)
+        StepInput::from_packed(Tensor::from_data(TensorData::new(packed, [n]), d), (users.len(), items.len(), labels.len()), None, None)
     }
 
     fn rows(t: Tensor<2>) -> Vec<Vec<f32>> {
@@ -420,6 +441,45 @@ mod tests {
         assert!(last < first.unwrap() * 0.5, "{first:?} → {last}");
     }
 
+    /// With `model.history`, a step moves the rows of the users' history items as well, and
+    /// trains the same on every backend.
+    #[cfg(any(feature = "flex", feature = "cube"))]
+    #[test]
+    fn history_rows_move_with_the_batch_and_agree_across_backends() {
+        use crate::loss::LossConfig;
+        let mut first: Option<Vec<f32>> = None;
+        for d in crate::optim::fused_tests::devices() {
+            let cfg = ModelConfig { kind: ModelKind::Mf, factors: 4, init_std: 0.1, cosine: true, history: 0.5, ..Default::default() };
+            let mut model = Ncf::init(&cfg, 6, 10, 2, &d);
+            let i0 = rows(model.item.val());
+            let mut optim = Optimizer::new(OptimConfig { lr: 0.05, ..Default::default() });
+            let mut losses = Vec::new();
+            for _ in 0..30 {
+                // Positives (1,2) (4,5); shared negative 3; user 1's history {2, 9}, user 4's {0}:
+                // unique items [2, 5, 3, 9, 0].
+                let packed: Vec<i32> = [&[1, 4][..], &[0, 1], &[2, 5, 3, 9, 0], &[0, 1], &[1, 1], &[2], &[0, 3, 4], &[0, 0, 1], &[2, 1]].concat();
+                let n = packed.len();
+                let x = StepInput::from_packed(Tensor::from_data(TensorData::new(packed, [n]), &d), (2, 5, 2), Some((LossConfig::default(), None)), Some(3));
+                let (m, l) = train_step(model, &mut optim, x, LossKind::Softmax, 1);
+                model = m;
+                losses.push(l.into_scalar::<f32>());
+            }
+            assert!(losses[29] < losses[0] * 0.9, "{losses:?}");
+            let i1 = rows(model.item.val());
+            for i in 0..10 {
+                assert_eq!(i0[i][..4] != i1[i][..4], [0, 2, 3, 5, 9].contains(&i), "item row {i}");
+            }
+            match &first {
+                None => first = Some(losses),
+                Some(flex) => {
+                    for (step, (x, y)) in flex.iter().zip(&losses).enumerate().take(3) {
+                        assert!((x - y).abs() <= 1e-3 + 1e-3 * x.abs(), "step {step}: {x} vs {y} on {d:?}");
+                    }
+                }
+            }
+        }
+    }
+
     /// Every loss over shared negatives trains every model through autodiff on every backend
     /// here (flex, and wgpu where an adapter exists), moving only the batch's rows (its users,
     /// its positives' items and its negatives'), with the same losses on each backend.
@@ -444,7 +504,7 @@ mod tests {
                         let n = packed.len();
                         let config = LossConfig { temperature: 0.5, margin: 0.2, ..Default::default() };
                         let logq = (Tensor::<1>::full([10], -2.0, &d), Tensor::<1>::full([10], -10f32.ln(), &d));
-                        let x = StepInput::from_packed(Tensor::from_data(TensorData::new(packed, [n]), &d), (2, 5, 4), Some((config, Some(logq))));
+                        let x = StepInput::from_packed(Tensor::from_data(TensorData::new(packed, [n]), &d), (2, 5, 4), Some((config, Some(logq))), None);
                         let (m, l) = train_step(model, &mut optim, x, loss, 1);
                         model = m;
                         losses.push(l.into_scalar::<f32>());

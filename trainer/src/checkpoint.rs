@@ -94,6 +94,12 @@ impl Checkpoint {
     pub fn seen(&self) -> UserItems {
         self.train.union_with(self.valid.as_ref())
     }
+
+    /// The model as `recommend`, `score` and `evaluate` score with it: the users' training
+    /// histories folded into their rows when the model mixes them in (`model.history`).
+    pub fn scoring_model(&self) -> Ncf {
+        self.model.fold_history(self.train.offsets(), self.train.all_items())
+    }
 }
 
 /// What a run saves besides the model.

@@ -68,9 +68,10 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
         (Some(c), None) => c.clone(),
         _ => SampledCandidates::draw(&split, negatives, ck.config.seed),
     };
-    let sampled = SampledEval::upload(&candidates, ck.config.model.layout().width(), device).rows(&ck.model, k);
-    let full = FullEval::upload(&split.seen_before_test(), &split.test, split.n_items, &ck.model, (k, selected.host_memory()), device);
-    let (per_user, coverage) = full.rows(&ck.model, k, device);
+    let model = ck.scoring_model();
+    let sampled = SampledEval::upload(&candidates, ck.config.model.layout().width(), device).rows(&model, k);
+    let full = FullEval::upload(&split.seen_before_test(), &split.test, split.n_items, &model, (k, selected.host_memory()), device);
+    let (per_user, coverage) = full.rows(&model, k, device);
 
     let mean = |v: &mut dyn Iterator<Item = f32>, n: usize| v.map(f64::from).sum::<f64>() / n.max(1) as f64;
     let hr = mean(&mut sampled.iter().map(|r| r[0]), sampled.len());

@@ -311,7 +311,8 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
         columns.extend(m.names.iter().map(|n| (n.clone(), Kind::Str)));
     }
     let seen = ck.seen();
-    let scorer = Scorer::new(&ck.model, &seen, device, allowed.as_deref(), args.include_seen, selected.host_memory(), k);
+    let model = ck.scoring_model();
+    let scorer = Scorer::new(&model, &seen, device, allowed.as_deref(), args.include_seen, selected.host_memory(), k);
     let mut export = Export::create(&args.out, format, &columns, &inputs, args.force)?;
     let bar = Progress::users(targets.len());
     let mut users_out = 0usize;

@@ -49,12 +49,13 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     let rows: Vec<usize> = (0..pairs.data.len()).filter(|&r| pairs.user[r].is_some() && pairs.item[r].is_some()).collect();
     let columns = [("user".to_owned(), Kind::Str), ("item".into(), Kind::Str), (column.into(), Kind::F32)];
     let mut export = Export::create(&args.out, format, &columns, &[args.pairs.as_path()], args.force)?;
+    let model = ck.scoring_model();
     for block in rows.chunks(BATCH) {
         let n = block.len();
         let ints = |v: Vec<i32>| Tensor::<1, Int>::from_data(TensorData::new(v, [n]), device);
         let u = ints(block.iter().map(|&r| pairs.user[r].unwrap() as i32).collect());
         let i = ints(block.iter().map(|&r| pairs.item[r].unwrap() as i32).collect());
-        let logits = ck.model.score_pairs(u, i);
+        let logits = model.score_pairs(u, i);
         let values = host::read_f32(if probability { sigmoid(logits) } else { logits });
         export.write(&[
             Values::Str(block.iter().map(|&r| Some(pairs.raw_user(r).to_owned())).collect()),

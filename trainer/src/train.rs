@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use ncf_datasets::{Batch, BatchBuilder, EpochSamples, NegativeSampler, SampledCandidates, SharedDraws, Split, UserItems};
+use ncf_datasets::{Batch, BatchBuilder, EpochSamples, HistoryDraws, NegativeSampler, SampledCandidates, SharedDraws, Split, UserItems};
 use ncf_model::eval::{RankingChunk, full_ranking_rows, full_ranking_sums, sampled_rows, sampled_sums};
 use ncf_model::step::Lookahead;
 use ncf_model::{LossConfig, LossKind, Ncf, Optimizer, StepInput, train_step};
@@ -251,7 +251,7 @@ pub(crate) fn run_epoch(
     optim: &mut Optimizer,
     samples: &EpochSamples,
     (batch_size, group, loss_kind): (usize, usize, LossKind),
-    (shared, epoch): (Option<&SharedSetup>, u64),
+    (shared, history, epoch): (Option<&SharedSetup>, Option<&HistoryDraws>, u64),
     log_every: usize,
     device: &Device,
     bar: &indicatif::ProgressBar,
@@ -267,10 +267,11 @@ pub(crate) fn run_epoch(
             let (start, end) = (k * batch_size, ((k + 1) * batch_size).min(samples.len()));
             let (user, item, label) = (samples.user[start..end].to_vec(), samples.item[start..end].to_vec(), samples.label[start..end].to_vec());
             let draws = shared.map(|s| s.draws.clone());
+            let history = history.cloned();
             ncf_model::rows::later(move || {
                 let mut builder = builder;
                 let negatives = draws.map_or_else(Vec::new, |d| d.draw(epoch, k as u64));
-                let batch = builder.build_shared(&user, &item, &label, &negatives);
+                let batch = builder.build_shared(&user, &item, &label, &negatives, history.as_ref().map(|h| (h, epoch, k as u64)));
                 (builder, batch)
             })
         };
@@ -304,7 +305,7 @@ pub(crate) fn run_epoch(
             let t_step = Instant::now();
             let n = batch.packed.len();
             let packed = Tensor::<1, Int>::from_data(TensorData::new(batch.packed, [n]), device);
-            let mut input = StepInput::from_packed(packed, (batch.n_users, batch.n_items, batch.len), shared.map(|s| (s.config.clone(), s.log_probs.clone())));
+            let mut input = StepInput::from_packed(packed, (batch.n_users, batch.n_items, batch.len), shared.map(|s| (s.config.clone(), s.log_probs.clone())), batch.n_hist);
             input.ahead = Some(Lookahead { next_items: next.as_ref().map(|b| b.uniq_items().to_vec()), pipeline: pipeline.clone() });
             let (m, loss) = train_step(model, optim, input, loss_kind, group);
             model = m;
@@ -461,6 +462,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let sampler_config = ncf_datasets::SamplerConfig { negatives: per_positive, ..config.sampler.clone() };
     let sampler = NegativeSampler::new(&split.train, data.n_items(), sampler_config, config.seed);
     let shared = SharedSetup::new(&config, &sampler, &split, device);
+    let history_draws = (config.model.history > 0.0).then(|| HistoryDraws::new(std::sync::Arc::new(split.train.clone()), config.sampler.history_max, config.seed));
     let (mut model, mut optim, mut history) = match &args.resume {
         Some(run) => resume_from(run, &config, &data, &split, device)?,
         None => (initial_model(&config, &data, device)?, Optimizer::new(config.optim.clone()), Vec::new()),
@@ -513,17 +515,20 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         // Dropout masks come from the device's generator: seeded per epoch, so a resumed run
         // draws the same ones.
         device.seed(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch as u64);
+        optim.config.lr = config.optim.lr_at(epoch, config.train.epochs);
         let samples = sampler.epoch_grouped(epoch as u64, pairwise);
         let bar = progress.batches(samples.len());
         let t_sample = t0.elapsed().as_secs_f64();
-        let (m, loss, prof) = run_epoch(model, &mut optim, &samples, (batch_size, group, config.train.loss), (shared.as_ref(), epoch as u64), config.train.log_every, device, &bar);
+        let (m, loss, prof) = run_epoch(model, &mut optim, &samples, (batch_size, group, config.train.loss), (shared.as_ref(), history_draws.as_ref(), epoch as u64), config.train.log_every, device, &bar);
         model = m;
         bar.finish_and_clear();
         let t_eval = Instant::now();
         let eval_reads = host::reads();
         let evaluated = history::evaluate_at(&history, epoch, config.train.epochs, config.train.eval_every, stop_rule);
-        let valid = valid_eval.as_ref().filter(|_| evaluated).map(|e| e.evaluate(&model, k, device));
-        let test = evaluated.then(|| test_eval.evaluate(&model, k, device));
+        // Scored as `ncf recommend` will: with the users' training histories folded in.
+        let scoring = evaluated.then(|| model.fold_history(split.train.offsets(), split.train.all_items()));
+        let valid = valid_eval.as_ref().zip(scoring.as_ref()).map(|(e, m)| e.evaluate(m, k, device));
+        let test = scoring.as_ref().map(|m| test_eval.evaluate(m, k, device));
         if args.profile {
             progress.println(&format!(
                 "profile: {} steps, {:.3} host reads/step ({} reads in the step loop, log every {}); sampling {:.2}s, waiting for batches {:.2}s, steps {:.2}s, loss reads {:.2}s, evaluation {:.2}s ({} reads)",
