@@ -92,7 +92,7 @@ pub fn full_ranking_rows(model: &Ncf, items: &crate::ncf::ItemSide, chunk: &Rank
     let m = chunk.train_flat.dims()[0];
     if m > 0 {
         let mask = Tensor::<1>::full([m], f32::NEG_INFINITY, &device);
-        scores = scores.select_assign(0, chunk.train_flat.clone(), mask, IndexingUpdateOp::Add);
+        scores = crate::scatter::select_assign(scores, 0, chunk.train_flat.clone(), mask, IndexingUpdateOp::Add);
     }
     // A catalogue smaller than k ranks all its items (precision still divides by k).
     let (k_all, k) = (k, k.min(n));
@@ -100,11 +100,9 @@ pub fn full_ranking_rows(model: &Ncf, items: &crate::ncf::ItemSide, chunk: &Rank
     let scores = scores.reshape([c, n]);
     let top = if k < n { scores.argtopk(k, 1) } else { scores.argsort_descending(1) }; // [c, k]
     let t = chunk.test_flat.dims()[0];
-    let relevant = Tensor::<1>::zeros([c * n], &device)
-        .select_assign(0, chunk.test_flat.clone(), Tensor::ones([t], &device), IndexingUpdateOp::Add)
-        .reshape([c, n]);
+    let relevant = crate::scatter::select_assign(Tensor::<1>::zeros([c * n], &device), 0, chunk.test_flat.clone(), Tensor::ones([t], &device), IndexingUpdateOp::Add).reshape([c, n]);
     let hits = relevant.gather(1, top.clone()); // [c, k] of 0/1
-    *covered = covered.clone().select_assign(0, top.reshape([c * k]), Tensor::ones([c * k], &device), IndexingUpdateOp::Add);
+    *covered = crate::scatter::select_assign(covered.clone(), 0, top.reshape([c * k]), Tensor::ones([c * k], &device), IndexingUpdateOp::Add);
 
     let positions: Vec<f32> = (0..k).map(|p| p as f32).collect();
     let pos = Tensor::<1>::from_data(burn::tensor::TensorData::new(positions, [k]), &device);

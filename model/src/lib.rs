@@ -12,6 +12,7 @@ pub mod optim;
 // Built with neither kernel backend, burn's generated routing never reads the kernels' scalars.
 #[cfg_attr(not(any(feature = "flex", feature = "cube")), allow(unused_variables))]
 pub mod rows;
+pub mod scatter;
 #[cfg(feature = "flex")]
 mod second_core;
 pub mod step;

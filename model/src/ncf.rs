@@ -261,7 +261,7 @@ impl Head {
     pub fn with_history(&self, user_rows: Tensor<2>, item_rows: Tensor<2>, history: &HistoryRows) -> Tensor<2> {
         let [u, width] = user_rows.dims();
         let entries = item_rows.select(0, history.item_pos.clone());
-        let sum = Tensor::<2>::zeros([u, width], &user_rows.device()).select_assign(0, history.user_pos.clone(), entries, IndexingUpdateOp::Add);
+        let sum = crate::scatter::select_assign(Tensor::<2>::zeros([u, width], &user_rows.device()), 0, history.user_pos.clone(), entries, IndexingUpdateOp::Add);
         let count = history.count.clone().float().reshape([u, 1]);
         // w for users with a history, 0 for the rest (whose sum is zero).
         let w = count.clone().greater_elem(0.0).float().mul_scalar(self.history);

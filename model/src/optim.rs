@@ -20,6 +20,7 @@ use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
 use crate::ncf::Ncf;
 use crate::rows::{self, AdamRows, RowStep};
+use crate::scatter;
 use serde::{Deserialize, Serialize};
 
 /// Which update rule.
@@ -173,7 +174,7 @@ impl Optimizer {
         }
         let g = if c.l2 > 0.0 { grad + table.clone().select(0, rows.clone()).mul_scalar(c.l2) } else { grad };
         match c.kind {
-            OptimKind::Sgd => table.select_assign(0, rows, g.mul_scalar(-c.lr), IndexingUpdateOp::Add),
+            OptimKind::Sgd => scatter::select_assign(table, 0, rows, g.mul_scalar(-c.lr), IndexingUpdateOp::Add),
             OptimKind::Adam => {
                 let slot = match side {
                     TableSide::User => &mut self.user,
@@ -185,7 +186,7 @@ impl Optimizer {
                     *self.slot(side) = Some(state);
                     table
                 } else {
-                    let dense = table.zeros_like().select_assign(0, rows, g, IndexingUpdateOp::Add);
+                    let dense = scatter::select_assign(table.zeros_like(), 0, rows, g, IndexingUpdateOp::Add);
                     let (update, m, v) = self.adam(dense, state.m, state.v);
                     let last = state.last.zeros_like().add_scalar(self.step as f64);
                     *self.slot(side) = Some(RowMoments { m, v, last });
@@ -269,11 +270,11 @@ impl Optimizer {
         let update = m_new.clone().mul_scalar(step) / v_new.clone().sqrt().mul_scalar(inv_sqrt_c2).add_scalar(c.eps);
         let now = Tensor::<1>::full([r_count], t, &table.device());
         let state = RowMoments {
-            m: state.m.select_assign(0, rows.clone(), m_new, IndexingUpdateOp::Assign),
-            v: state.v.select_assign(0, rows.clone(), v_new, IndexingUpdateOp::Assign),
-            last: state.last.select_assign(0, rows.clone(), now, IndexingUpdateOp::Assign),
+            m: scatter::select_assign(state.m, 0, rows.clone(), m_new, IndexingUpdateOp::Assign),
+            v: scatter::select_assign(state.v, 0, rows.clone(), v_new, IndexingUpdateOp::Assign),
+            last: scatter::select_assign(state.last, 0, rows.clone(), now, IndexingUpdateOp::Assign),
         };
-        (table.select_assign(0, rows, (update + catch_up).neg(), IndexingUpdateOp::Add), state)
+        (scatter::select_assign(table, 0, rows, (update + catch_up).neg(), IndexingUpdateOp::Add), state)
     }
 
     fn slot(&mut self, side: TableSide) -> &mut Option<RowMoments> {

@@ -180,7 +180,7 @@ impl<'a> Scorer<'a> {
                 let m = flat.len();
                 let idx = Tensor::<1, Int>::from_data(TensorData::new(flat, [m]), device);
                 let mask = Tensor::<1>::full([m], f32::NEG_INFINITY, device);
-                scores = scores.reshape([c * n]).select_assign(0, idx, mask, IndexingUpdateOp::Add).reshape([c, n]);
+                scores = ncf_model::scatter::select_assign(scores.reshape([c * n]), 0, idx, mask, IndexingUpdateOp::Add).reshape([c, n]);
             }
         }
         Some(scores)
