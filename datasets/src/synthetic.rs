@@ -26,15 +26,7 @@ pub struct DemoConfig {
 
 impl Default for DemoConfig {
     fn default() -> Self {
-        Self {
-            users: 3000,
-            items: 2000,
-            factors: 8,
-            min_per_user: 20,
-            max_per_user: 80,
-            popularity_skew: 1.0,
-            preference_strength: 2.0,
-        }
+        Self { users: 3000, items: 2000, factors: 8, min_per_user: 20, max_per_user: 80, popularity_skew: 1.0, preference_strength: 2.0 }
     }
 }
 
