@@ -53,10 +53,10 @@ fn column(metrics: &str, name: &str) -> Vec<Option<f64>> {
 fn argmax(values: &[Option<f64>]) -> usize {
     let mut best: Option<(usize, f64)> = None;
     for (e, v) in values.iter().enumerate() {
-        if let Some(v) = *v {
-            if best.is_none_or(|b| v > b.1) {
-                best = Some((e + 1, v));
-            }
+        if let Some(v) = *v
+            && best.is_none_or(|b| v > b.1)
+        {
+            best = Some((e + 1, v));
         }
     }
     best.expect("an evaluated epoch").0

@@ -180,11 +180,11 @@ impl Split {
         let valid = validation.then(|| UserItems::from_pairs(data.n_users(), pairs(Role::Valid).filter(|&(u, i)| !train.contains(u, i))));
         let seen_before = |u: u32, i: u32| valid.as_ref().is_some_and(|v| v.contains(u, i)) || (config.method == SplitMethod::Temporal && train.contains(u, i));
         let test = UserItems::from_pairs(data.n_users(), pairs(Role::Test).filter(|&(u, i)| !seen_before(u, i)));
-        if config.method != SplitMethod::Temporal {
-            if let Some(u) = (0..data.n_users() as u32).find(|&u| train.items(u).is_empty()) {
-                let split = config.method.label();
-                return Err(DataError::EmptyTrainUser { user: data.users.raw(u).to_owned(), split, need: 2 });
-            }
+        if config.method != SplitMethod::Temporal
+            && let Some(u) = (0..data.n_users() as u32).find(|&u| train.items(u).is_empty())
+        {
+            let split = config.method.label();
+            return Err(DataError::EmptyTrainUser { user: data.users.raw(u).to_owned(), split, need: 2 });
         }
         Ok(Self { train, valid, test, n_items: data.n_items(), method: config.method })
     }
@@ -435,7 +435,7 @@ mod tests {
         assert_disjoint(&s);
         let v = s.valid.as_ref().unwrap();
         // Times 8 and 9 (20% of rows) are test, time 7 (10%) validation, for every user.
-        let t = |u: u32, tt: u32| ((u * 10 + tt) % 10 + u % 7) as u32;
+        let t = |u: u32, tt: u32| (u * 10 + tt) % 10 + u % 7;
         for u in 0..40u32 {
             assert_eq!(
                 s.test.items(u),

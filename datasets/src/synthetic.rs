@@ -169,7 +169,7 @@ mod tests {
         for u in 0..500u32 {
             let t = split.test.items(u)[0];
             assert!(!split.train.contains(u, t), "user {u}: test item {t} also in train");
-            assert!(split.train.items(u).len() >= 1);
+            assert!(!split.train.items(u).is_empty());
         }
         assert_eq!(split.train, shaped_split(500, 1000, 40, 3).train);
         assert_ne!(split.train, shaped_split(500, 1000, 40, 4).train);

@@ -164,7 +164,7 @@ mod tests {
         let (nu, ni, k) = (5usize, 30usize, 4usize);
         let cfg = ModelConfig { kind: ModelKind::Mf, init_std: 1.0, ..Default::default() };
         let model = Ncf::init(&cfg, nu, ni, 9, &d);
-        let train: Vec<Vec<u32>> = (0..nu).map(|u| (0..ni as u32).filter(|i| (i + u as u32) % 4 == 0).collect()).collect();
+        let train: Vec<Vec<u32>> = (0..nu).map(|u| (0..ni as u32).filter(|i| (i + u as u32).is_multiple_of(4)).collect()).collect();
         let test: Vec<Vec<u32>> = (0..nu).map(|u| (0..ni as u32).filter(|i| (i + 2 * u as u32) % 5 == 1 && !train[u].contains(i)).collect()).collect();
         let users: Vec<u32> = (0..nu as u32).collect();
         let chunk = RankingChunk::new(&users, &train, &test, ni, k, &d);

@@ -309,7 +309,7 @@ mod tests {
                     (rows, pos)
                 };
                 let ((ur, up), (ir, ip)) = (uniq(&u), uniq(&i));
-                let labels: Vec<i32> = (0..batch as i32).map(|k| (k % 5 == 0) as i32).collect();
+                let labels: Vec<i32> = (0..batch).map(|k| (k % 5 == 0) as i32).collect();
                 input(&ur, &up, &ir, &ip, &labels, &d)
             })
             .collect();

@@ -320,7 +320,7 @@ pub(crate) fn run_epoch(
             step += 1;
             prof.steps_secs += t_step.elapsed().as_secs_f64();
             bar.inc(batch.len as u64);
-            if step % log_every == 0 {
+            if step.is_multiple_of(log_every) {
                 let t_read = Instant::now();
                 let total = host::read_f32(acc.clone().unwrap())[0] as f64;
                 prof.read_secs += t_read.elapsed().as_secs_f64();
