@@ -190,9 +190,7 @@ fn scoring(c: &mut Criterion) {
         let model = Ncf::init(&cfg, 1024, ITEMS, 1, &device);
         let side = model.item_side();
         let users = Tensor::<1, Int>::from_data(TensorData::new((0..256).collect::<Vec<i32>>(), [256]), &device);
-        c.bench_function(&format!("score_all/{}/256-users/flex", kind.name()), |b| {
-            b.iter(|| black_box(model.score_all(users.clone(), &side).into_data()))
-        });
+        c.bench_function(&format!("score_all/{}/256-users/flex", kind.name()), |b| b.iter(|| black_box(model.score_all(users.clone(), &side).into_data())));
     }
 }
 

@@ -267,10 +267,7 @@ fn binary_garbage() {
 #[test]
 fn gzip_file() {
     // `user,item\n1,2\n`, gzip-compressed.
-    let gz: [u8; 34] = [
-        31, 139, 8, 0, 0, 0, 0, 0, 2, 255, 43, 45, 78, 45, 210, 201, 44, 73, 205, 229, 50, 212, 49, 226, 2, 0, 12, 245, 124, 112, 14, 0,
-        0, 0,
-    ];
+    let gz: [u8; 34] = [31, 139, 8, 0, 0, 0, 0, 0, 2, 255, 43, 45, 78, 45, 210, 201, 44, 73, 205, 229, 50, 212, 49, 226, 2, 0, 12, 245, 124, 112, 14, 0, 0, 0];
     refuses_file("gzip", "ratings.csv.gz", gz, &["gzip-compressed data; decompress it first"]);
     refuses_file("gzip", "ratings.csv", gz, &["gzip-compressed data"]);
 }
@@ -317,9 +314,19 @@ fn parquet_with_wrong_column_types() {
     let f = parquet(&d, "float-ids.parquet", &[("user", Kind::F32), ("item", Kind::U32)], &[Values::F32(vec![1.0]), Values::U32(vec![7])]);
     refuses_data(&d, &f, &["column \"user\" holds f32 values; expected integer or string ids"]);
     let words = Values::Str(vec![Some("five".into())]);
-    let f = parquet(&d, "text-ratings.parquet", &[("user", Kind::U32), ("item", Kind::U32), ("rating", Kind::Str)], &[Values::U32(vec![1]), Values::U32(vec![7]), words]);
+    let f = parquet(
+        &d,
+        "text-ratings.parquet",
+        &[("user", Kind::U32), ("item", Kind::U32), ("rating", Kind::Str)],
+        &[Values::U32(vec![1]), Values::U32(vec![7]), words],
+    );
     refuses_data(&d, &f, &["column \"rating\" holds str values; expected numbers (ratings)"]);
-    let f = parquet(&d, "ok.parquet", &[("user", Kind::Str), ("item", Kind::U32), ("rating", Kind::F32)], &[Values::Str(vec![Some("a".into())]), Values::U32(vec![7]), Values::F32(vec![-1.0])]);
+    let f = parquet(
+        &d,
+        "ok.parquet",
+        &[("user", Kind::Str), ("item", Kind::U32), ("rating", Kind::F32)],
+        &[Values::Str(vec![Some("a".into())]), Values::U32(vec![7]), Values::F32(vec![-1.0])],
+    );
     assert_counts(&f, &[], (1, 1, 1));
 }
 

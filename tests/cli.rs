@@ -53,10 +53,10 @@ fn column(metrics: &str, name: &str) -> Vec<Option<f64>> {
 fn argmax(values: &[Option<f64>]) -> usize {
     let mut best: Option<(usize, f64)> = None;
     for (e, v) in values.iter().enumerate() {
-        if let Some(v) = *v {
-            if best.is_none_or(|b| v > b.1) {
-                best = Some((e + 1, v));
-            }
+        if let Some(v) = *v
+            && best.is_none_or(|b| v > b.1)
+        {
+            best = Some((e + 1, v));
         }
     }
     best.expect("an evaluated epoch").0
@@ -86,14 +86,8 @@ fn end_to_end(backend: &str) {
 
     let top_n = 7;
     let recs = dir.join("recs.csv");
-    let output = ncf()
-        .args(["recommend", "--backend", backend, "--top-n", &top_n.to_string()])
-        .arg("--checkpoint")
-        .arg(&run)
-        .arg("--out")
-        .arg(&recs)
-        .output()
-        .unwrap();
+    let output =
+        ncf().args(["recommend", "--backend", backend, "--top-n", &top_n.to_string()]).arg("--checkpoint").arg(&run).arg("--out").arg(&recs).output().unwrap();
     assert!(output.status.success(), "recommend failed: {}", String::from_utf8_lossy(&output.stderr));
 
     let seen = seen_items();
@@ -193,16 +187,18 @@ fn same_seed_same_metrics_and_resume_continues_exactly_on_flex() {
 fn host_reads_over_100_steps(backend: &str, sets: &[&str]) {
     let dir = temp_dir(&format!("reads-{backend}-{}", sets.len()));
     let mut cmd = ncf();
-    cmd.args(["train", "--backend", backend, "--epochs", "1", "--profile", "--log-every", "100000"])
-        .args(["--set", "data.demo.users=150", "--set", "data.demo.items=200", "--set", "train.full_ranking=false"]);
+    cmd.args(["train", "--backend", backend, "--epochs", "1", "--profile", "--log-every", "100000"]).args([
+        "--set",
+        "data.demo.users=150",
+        "--set",
+        "data.demo.items=200",
+        "--set",
+        "train.full_ranking=false",
+    ]);
     for s in sets {
         cmd.args(["--set", s]);
     }
-    let output = cmd
-        .arg("--out")
-        .arg(dir.join("run"))
-        .output()
-        .unwrap();
+    let output = cmd.arg("--out").arg(dir.join("run")).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let line = stdout.lines().find(|l| l.starts_with("profile:")).expect("a profile line");
@@ -258,17 +254,23 @@ fn shared_negative_losses_beat_popularity() {
     for (loss, extra) in [("softmax", "loss.temperature=0.2"), ("ccl", "loss.margin=0.8"), ("bpr", "loss.in_batch=true")] {
         let run = dir.join(loss);
         let loss_set = format!("train.loss={loss}");
-        let sets = [&loss_set, "sampler.shared_negatives=50", "model.kind=mf", "model.factors=16", "model.cosine=true", "optim.lr=0.01", "train.batch_size=64", "train.best_metric=recall", extra];
+        let sets = [
+            &loss_set,
+            "sampler.shared_negatives=50",
+            "model.kind=mf",
+            "model.factors=16",
+            "model.cosine=true",
+            "optim.lr=0.01",
+            "train.batch_size=64",
+            "train.best_metric=recall",
+            extra,
+        ];
         let (_, metrics) = train_with(&run, SEED, 12, &sets);
         let recall = column(&metrics, "valid_recall@10");
         let best = recall[best_epoch(&run) - 1].unwrap();
         assert!(best > popularity * 1.1, "{loss}: validation Recall@10 {best:.4} vs popularity {popularity:.4}\n{metrics}");
     }
-    let output = ncf()
-        .args(["train", "--set", "train.loss=ccl", "--set", "loss.in_batch=false", "--out"])
-        .arg(dir.join("refused"))
-        .output()
-        .unwrap();
+    let output = ncf().args(["train", "--set", "train.loss=ccl", "--set", "loss.in_batch=false", "--out"]).arg(dir.join("refused")).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("sampler.shared_negatives"), "{stderr}");
     assert!(!dir.join("refused").exists());
@@ -365,11 +367,7 @@ fn select_on_last_keeps_the_last_epoch() {
     assert!(column(&metrics, "valid_hr@10").iter().all(Option::is_none), "{metrics}");
     assert!(column(&metrics, "test_hr@10").iter().all(Option::is_some), "{metrics}");
     assert!(metrics.lines().skip(1).all(|l| l.contains(",last,")), "{metrics}");
-    let output = ncf()
-        .args(["train", "--set", "train.select_on=last", "--set", "train.patience=2", "--out"])
-        .arg(dir.join("refused"))
-        .output()
-        .unwrap();
+    let output = ncf().args(["train", "--set", "train.select_on=last", "--set", "train.patience=2", "--out"]).arg(dir.join("refused")).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success() && stderr.contains("train.patience"), "{stderr}");
 }
@@ -377,8 +375,12 @@ fn select_on_last_keeps_the_last_epoch() {
 /// Trains the demo set with `sets` and returns (stdout, metrics.csv).
 fn train_with(out: &Path, seed: u64, epochs: usize, sets: &[&str]) -> (String, String) {
     let mut cmd = ncf();
-    cmd.args(["train", "--backend", "flex", "--seed", &seed.to_string(), "--epochs", &epochs.to_string()])
-        .args(["--set", &format!("data.demo.users={USERS}"), "--set", &format!("data.demo.items={ITEMS}")]);
+    cmd.args(["train", "--backend", "flex", "--seed", &seed.to_string(), "--epochs", &epochs.to_string()]).args([
+        "--set",
+        &format!("data.demo.users={USERS}"),
+        "--set",
+        &format!("data.demo.items={ITEMS}"),
+    ]);
     for s in sets {
         cmd.args(["--set", s]);
     }
@@ -440,12 +442,7 @@ fn best_is_chosen_on_validation_unless_select_on_test() {
 /// a backend that is not compiled in listed with the reason instead of dropped.
 fn bench_small(backend: &str) {
     let dir = temp_dir(&format!("bench-{backend}"));
-    let out = ncf()
-        .args(["bench", "--workload", "small", "--backends", &format!("{backend},ndarray")])
-        .arg("--out")
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = ncf().args(["bench", "--workload", "small", "--backends", &format!("{backend},ndarray")]).arg("--out").arg(&dir).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(&format!("backend: {backend}")) && stdout.contains("samples/s"), "{stdout}");
@@ -470,9 +467,7 @@ fn bench_small(backend: &str) {
         assert!(r.iter().all(|x| x.as_f64().unwrap() > 0.0), "{f}");
     }
     for model in ["gmf", "mlp", "neumf", "mf"] {
-        let has = |measure: &str, batch: Option<u64>| {
-            figures.iter().any(|f| f["model"] == model && f["measure"] == measure && f["batch"].as_u64() == batch)
-        };
+        let has = |measure: &str, batch: Option<u64>| figures.iter().any(|f| f["model"] == model && f["measure"] == measure && f["batch"].as_u64() == batch);
         for &batch in &batches {
             assert!(has("train", Some(batch)), "{model} train at {batch}");
         }
@@ -550,11 +545,19 @@ fn bench_interleaves_catalogues_and_the_peer() {
     }
     assert_eq!(figures.len(), 2);
     let (m0, m1) = (figures[0]["ms_median"].as_f64().unwrap(), figures[1]["ms_median"].as_f64().unwrap());
-    let growth = format!("growth flex neumf batch 64 items 300 -> 600: ncf per-step time x{:.2} ({m0:.3} -> {m1:.3} ms/step), torch-cpu x3.00 (1.000 -> 3.000 ms/step)", m1 / m0);
+    let growth = format!(
+        "growth flex neumf batch 64 items 300 -> 600: ncf per-step time x{:.2} ({m0:.3} -> {m1:.3} ms/step), torch-cpu x3.00 (1.000 -> 3.000 ms/step)",
+        m1 / m0
+    );
     assert!(stdout.contains(&growth), "{growth}\n{stdout}");
 
     for (items, only, why) in [("300,300", "train", "--items lists 300 twice"), ("300,600", "eval", "measures training only")] {
-        let out = ncf().args(["bench", "--workload", "small", "--backends", "flex", "--items", items, "--only", only]).arg("--out").arg(dir.join("bad")).output().unwrap();
+        let out = ncf()
+            .args(["bench", "--workload", "small", "--backends", "flex", "--items", items, "--only", only])
+            .arg("--out")
+            .arg(dir.join("bad"))
+            .output()
+            .unwrap();
         assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains(why), "{}", String::from_utf8_lossy(&out.stderr));
     }
 }

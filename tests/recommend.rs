@@ -14,9 +14,9 @@ use std::process::Output;
 mod common;
 
 use assert_cmd::Command;
-use ncf_bin::{ncf, temp_dir};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use ncf_bin::{ncf, temp_dir};
 use ncf_datasets::{DemoConfig, ReadOptions, Split, SplitConfig, reader};
 use ncf_model::{ModelConfig, Ncf};
 
@@ -160,7 +160,11 @@ fn matches_reference(backend: &str, model: &str) {
 
     // --include-seen ranks the whole catalogue.
     let all = dir.join("all.csv");
-    ok(run(ncf().args(["recommend", "--backend", backend, "--top-n", "5", "--include-seen", "--users", "3,1", "--checkpoint"]).arg(&run_dir).arg("--out").arg(&all)));
+    ok(run(ncf()
+        .args(["recommend", "--backend", backend, "--top-n", "5", "--include-seen", "--users", "3,1", "--checkpoint"])
+        .arg(&run_dir)
+        .arg("--out")
+        .arg(&all)));
     let rows = csv_rows(&all, "user,rank,item,score,source");
     assert_eq!(rows.iter().map(|r| r[0].as_str()).collect::<Vec<_>>(), [["3"; 5], ["1"; 5]].concat(), "request order");
     for user in ["3", "1"] {
@@ -402,7 +406,9 @@ fn histories_folded_in_score_as_training_evaluated() {
     train(&run_dir, "mf", 3, &sets);
     let metrics = std::fs::read_to_string(run_dir.join("metrics.csv")).unwrap();
     let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
-    let best_epoch = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(run_dir.join("best/checkpoint.json")).unwrap()).unwrap()["epoch"].as_u64().unwrap() as usize;
+    let best_epoch = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(run_dir.join("best/checkpoint.json")).unwrap()).unwrap()["epoch"]
+        .as_u64()
+        .unwrap() as usize;
     let row: Vec<&str> = metrics.lines().nth(best_epoch).unwrap().split(',').collect();
     let logged = |name: &str| row[header.iter().position(|h| *h == name).unwrap()].parse::<f64>().unwrap();
     let stdout = ok(run(ncf().args(["evaluate", "--backend", "flex", "--checkpoint"]).arg(&run_dir)));
@@ -419,8 +425,7 @@ fn evaluate_reproduces_training_metrics_and_scores_are_probabilities() {
     train(&run_dir, "neumf", 2, &[]);
     let metrics = std::fs::read_to_string(run_dir.join("metrics.csv")).unwrap();
     let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
-    let best_epoch: usize = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(run_dir.join("best/checkpoint.json")).unwrap())
-        .unwrap()["epoch"]
+    let best_epoch: usize = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(run_dir.join("best/checkpoint.json")).unwrap()).unwrap()["epoch"]
         .as_u64()
         .unwrap() as usize;
     let row: Vec<&str> = metrics.lines().nth(best_epoch).unwrap().split(',').collect();
@@ -457,7 +462,13 @@ fn evaluate_reproduces_training_metrics_and_scores_are_probabilities() {
     let pairs = dir.join("pairs.csv");
     std::fs::write(&pairs, "customer,product\n4,9\n1,2\nstranger,3\n4,1\n").unwrap();
     let out = dir.join("scores.jsonl");
-    let o = run(ncf().args(["score", "--backend", "flex", "--user-col", "customer", "--item-col", "product", "--checkpoint"]).arg(&run_dir).arg("--pairs").arg(&pairs).arg("--out").arg(&out));
+    let o = run(ncf()
+        .args(["score", "--backend", "flex", "--user-col", "customer", "--item-col", "product", "--checkpoint"])
+        .arg(&run_dir)
+        .arg("--pairs")
+        .arg(&pairs)
+        .arg("--out")
+        .arg(&out));
     let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
     let stdout = ok(o);
     assert!(stdout.contains("probability") && stderr.contains("1 of 4 pairs"), "{stdout}\n{stderr}");
@@ -561,7 +572,13 @@ fn bad_inputs_fail_clearly_without_partial_output() {
         assert!(stderr.contains(want) && !stderr.contains("panicked"), "{extra:?} {}: {stderr}", checkpoint.display());
         assert_eq!(std::fs::read_dir(out.parent().unwrap()).unwrap().count(), 0, "no output or temp file after {extra:?}");
     }
-    let o = run(ncf().args(["score", "--backend", "flex", "--user-col", "customer", "--checkpoint"]).arg(&good).arg("--pairs").arg(&meta_file).arg("--out").arg(&out));
+    let o = run(ncf()
+        .args(["score", "--backend", "flex", "--user-col", "customer", "--checkpoint"])
+        .arg(&good)
+        .arg("--pairs")
+        .arg(&meta_file)
+        .arg("--out")
+        .arg(&out));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && stderr.contains("customer") && stderr.contains("--user-col"), "{stderr}");
     let o = run(ncf().args(["evaluate", "--backend", "flex", "--checkpoint"]).arg(&good).arg("--per-user").arg(dir.join("out/p.txt")));

@@ -64,9 +64,7 @@ fn ratings_of(dir: &Path, rows: u64, users: u64, items: u64) -> PathBuf {
 }
 
 fn train_args(cmd: &mut Command, data: &Path, epochs: usize) {
-    cmd.args(["train", "--backend", "flex", "--epochs", &epochs.to_string(), "--seed", "3", "--set", "train.eval_negatives=10"])
-        .arg("--data")
-        .arg(data);
+    cmd.args(["train", "--backend", "flex", "--epochs", &epochs.to_string(), "--seed", "3", "--set", "train.eval_negatives=10"]).arg("--data").arg(data);
 }
 
 #[test]
@@ -142,7 +140,11 @@ fn train_out_refuses_an_existing_run_unless_resumed_or_forced() {
     // The data file as the run directory, and the run directory inside the data file's place.
     let e = refused(ncf().args(["train", "--backend", "flex", "--out"]).arg(&input).arg("--data").arg(&input).output().unwrap());
     assert!(e.contains("is also an input"), "{e}");
-    ok(ncf().args(["train", "--backend", "flex", "--epochs", "1", "--set", "data.demo.users=30", "--set", "data.demo.items=20", "--force", "--out"]).arg(&mine).output().unwrap());
+    ok(ncf()
+        .args(["train", "--backend", "flex", "--epochs", "1", "--set", "data.demo.users=30", "--set", "data.demo.items=20", "--force", "--out"])
+        .arg(&mine)
+        .output()
+        .unwrap());
     assert_eq!(std::fs::read_to_string(mine.join("notes.txt")).unwrap(), "mine");
 }
 
@@ -180,7 +182,9 @@ fn exports_never_replace_foreign_files() {
     let e = refused(ncf().args(["score", "--backend", "flex", "--checkpoint"]).arg(&run).arg("--pairs").arg(&pairs).arg("--out").arg(&pairs).output().unwrap());
     assert!(e.contains("is also an input"), "{e}");
     assert_eq!(std::fs::read_to_string(&pairs).unwrap(), "user,item\n0,1\n");
-    let e = refused(ncf().args(["evaluate", "--backend", "flex", "--checkpoint"]).arg(&run).arg("--test").arg(&pairs).arg("--per-user").arg(&pairs).output().unwrap());
+    let e = refused(
+        ncf().args(["evaluate", "--backend", "flex", "--checkpoint"]).arg(&run).arg("--test").arg(&pairs).arg("--per-user").arg(&pairs).output().unwrap(),
+    );
     assert!(e.contains("is also an input"), "{e}");
     // bench --out: a directory of the user's is refused before anything is measured.
     let mine = dir.join("mine");
@@ -194,16 +198,14 @@ fn exports_never_replace_foreign_files() {
 /// Ids of every awkward kind: separators, quotes, line breaks, leading zeros, 20-digit numbers,
 /// Latin-1 bytes (read as Latin-1 characters).
 fn awkward_ids() -> Vec<(Vec<u8>, String)> {
-    let mut ids: Vec<(Vec<u8>, String)> = [
-        "a,1", "q\"uote", "t\tab", "line\nbreak", "007", "7", "18446744073709551616123", "(paren)", "ü-utf8", " ",
-    ]
-    .iter()
-    .filter(|s| !s.trim().is_empty())
-    .map(|s| {
-        let quoted = if s.contains([',', '"', '\n', '\t']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() };
-        (quoted.into_bytes(), s.to_string())
-    })
-    .collect();
+    let mut ids: Vec<(Vec<u8>, String)> = ["a,1", "q\"uote", "t\tab", "line\nbreak", "007", "7", "18446744073709551616123", "(paren)", "ü-utf8", " "]
+        .iter()
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            let quoted = if s.contains([',', '"', '\n', '\t']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() };
+            (quoted.into_bytes(), s.to_string())
+        })
+        .collect();
     ids.push((b"caf\xe9".to_vec(), "caf\u{e9}".to_owned()));
     ids
 }

@@ -104,7 +104,9 @@ mod tests {
         let valid = UserItems::from_pairs(2, [(0, 4), (1, 5)]);
         let test = UserItems::from_pairs(2, [(0, 5), (1, 3)]);
         let split = Split { train, valid: Some(valid), test, n_items: 8, method: SplitMethod::Random };
-        for (c, held) in [(SampledCandidates::draw(&split, 4, 1), &split.test), (SampledCandidates::draw_valid(&split, 4, 1).unwrap(), split.valid.as_ref().unwrap())] {
+        for (c, held) in
+            [(SampledCandidates::draw(&split, 4, 1), &split.test), (SampledCandidates::draw_valid(&split, 4, 1).unwrap(), split.valid.as_ref().unwrap())]
+        {
             assert_eq!(c.rows(), 2);
             for r in 0..2 {
                 let (u, row) = (c.user[r], &c.items[r * 5..(r + 1) * 5]);

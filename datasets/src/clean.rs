@@ -60,9 +60,7 @@ impl CleanConfig {
                     .user
                     .iter()
                     .zip(&data.item)
-                    .map(|(&u, &i)| {
-                        per_user[u as usize] >= self.min_user_interactions && per_item[i as usize] >= self.min_item_interactions
-                    })
+                    .map(|(&u, &i)| per_user[u as usize] >= self.min_user_interactions && per_item[i as usize] >= self.min_item_interactions)
                     .collect();
                 if keep.iter().all(|&k| k) {
                     break;

@@ -137,13 +137,7 @@ fn parse_pair(field: &str) -> Option<(Cow<'_, str>, Cow<'_, str>)> {
 }
 
 /// Reads the NCF `.test.negative` format into candidates in the order of the test pairs.
-fn read_negatives(
-    path: &Path,
-    test_path: &Path,
-    data: &mut Interactions,
-    test: &UserItems,
-    report: &mut GivenReport,
-) -> Result<SampledCandidates> {
+fn read_negatives(path: &Path, test_path: &Path, data: &mut Interactions, test: &UserItems, report: &mut GivenReport) -> Result<SampledCandidates> {
     let file = std::fs::File::open(path).map_err(|error| DataError::Io { path: path.into(), error })?;
     let line_err = |line: usize, message: String| DataError::Line { path: path.into(), line, message };
     // Row of each test pair in `test.pairs()` order: offsets[u] + position among u's test items.
@@ -169,9 +163,8 @@ fn read_negatives(
         seen_any = true;
         let mut fields = split_unquoted(line, '\t').into_iter();
         let head = fields.next().unwrap_or("");
-        let (raw_u, raw_i) = parse_pair(head).ok_or_else(|| {
-            line_err(line_no, format!("expected \"(user,item)\" then tab-separated negative items, found {head:?}"))
-        })?;
+        let (raw_u, raw_i) =
+            parse_pair(head).ok_or_else(|| line_err(line_no, format!("expected \"(user,item)\" then tab-separated negative items, found {head:?}")))?;
         let negs: Vec<Cow<str>> = fields.map(unquote).collect();
         if let Some(empty) = negs.iter().position(|n| n.is_empty()) {
             return Err(line_err(line_no, format!("negative {} is empty", empty + 1)));
@@ -187,9 +180,7 @@ fn read_negatives(
             report.dropped_negative_lines += 1;
             continue;
         };
-        let not_test = || {
-            line_err(line_no, format!("({raw_u},{raw_i}) is not a test pair of {}", test_path.display()))
-        };
+        let not_test = || line_err(line_no, format!("({raw_u},{raw_i}) is not a test pair of {}", test_path.display()));
         let i = data.items.get(&raw_i).ok_or_else(not_test)?;
         let pos = test.items(u).binary_search(&i).map_err(|_| not_test())?;
         let slot = &mut rows[offsets[u as usize] + pos];

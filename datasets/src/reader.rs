@@ -195,9 +195,7 @@ fn sniff(path: &Path, head: &[u8], opts: &ReadOptions) -> Result<Sniffed> {
         _ if ext == "tsv" || ext == "data" || first.contains('\t') => b'\t',
         _ => b',',
     };
-    let named_columns = [&opts.user_col, &opts.item_col, &opts.rating_col, &opts.time_col]
-        .iter()
-        .any(|c| matches!(c, Some(ColumnRef::Name(_))));
+    let named_columns = [&opts.user_col, &opts.item_col, &opts.rating_col, &opts.time_col].iter().any(|c| matches!(c, Some(ColumnRef::Name(_))));
     let has_header = opts.has_header.unwrap_or_else(|| {
         if format == Some(Format::Movielens) || double_colon {
             return false;
@@ -322,13 +320,9 @@ fn resolve(
             Some(i) => Ok(Some(i)),
             None => Err(DataError::MissingColumn { path: path.into(), column: n.clone(), flag, available: available() }),
         },
-        Some(ColumnRef::Index(i)) => {
-            Err(DataError::MissingColumn { path: path.into(), column: i.to_string(), flag, available: available() })
-        }
+        Some(ColumnRef::Index(i)) => Err(DataError::MissingColumn { path: path.into(), column: i.to_string(), flag, available: available() }),
         None => {
-            if header
-                && let Some(i) = names.iter().position(|c| guesses.contains(&c.to_ascii_lowercase().as_str()))
-            {
+            if header && let Some(i) = names.iter().position(|c| guesses.contains(&c.to_ascii_lowercase().as_str())) {
                 return Ok(Some(i));
             }
             Ok(fallback.filter(|&i| i < names.len()))
@@ -421,11 +415,7 @@ struct Rows<'a> {
 
 impl<'a> Rows<'a> {
     fn new(path: &'a Path, names: Vec<String>, columns: Columns) -> Self {
-        let out = Interactions {
-            rating: columns.rating.map(|_| Vec::new()),
-            time: columns.time.map(|_| Vec::new()),
-            ..Default::default()
-        };
+        let out = Interactions { rating: columns.rating.map(|_| Vec::new()), time: columns.time.map(|_| Vec::new()), ..Default::default() };
         Self { path, names, columns, out }
     }
 
@@ -441,11 +431,7 @@ impl<'a> Rows<'a> {
     fn id<'v>(&self, at: At, column: usize, value: Option<&'v str>) -> Result<&'v str> {
         let id = self.value(at, column, value)?;
         if id.len() > MAX_ID_BYTES {
-            let message = format!(
-                "column {:?}: an id of {} bytes; ids are at most {MAX_ID_BYTES} bytes (an unclosed quote?)",
-                self.names[column],
-                id.len()
-            );
+            let message = format!("column {:?}: an id of {} bytes; ids are at most {MAX_ID_BYTES} bytes (an unclosed quote?)", self.names[column], id.len());
             return Err(at.problem(self.path, message));
         }
         if has_control(id) {
@@ -582,11 +568,8 @@ fn read_text(path: &Path, opts: &ReadOptions, s: &Sniffed) -> Result<Interaction
         }
     };
     let Some(first) = next(&mut record)? else { return Err(DataError::Empty { path: path.to_path_buf() }) };
-    let names: Vec<String> = if s.has_header {
-        record.iter().map(|f| decode(f).trim().to_owned()).collect()
-    } else {
-        (1..=record.len()).map(|k| format!("column_{k}")).collect()
-    };
+    let names: Vec<String> =
+        if s.has_header { record.iter().map(|f| decode(f).trim().to_owned()).collect() } else { (1..=record.len()).map(|k| format!("column_{k}")).collect() };
     let columns = resolve_columns(path, &names, s.has_header, opts)?;
     let mut rows = Rows::new(path, names, columns);
     if !s.has_header {
@@ -831,9 +814,16 @@ mod tests {
             p
         };
         let ids = |v: &[&str]| Values::Str(v.iter().map(|s| Some(s.to_string())).collect());
-        let p = parquet("ok.parquet", &[("user", Kind::Str), ("item", Kind::U32), ("rating", Kind::F32)], &[ids(&["a", "b"]), Values::U32(vec![7, 8]), Values::F32(vec![4.5, -1.0])]);
+        let p = parquet(
+            "ok.parquet",
+            &[("user", Kind::Str), ("item", Kind::U32), ("rating", Kind::F32)],
+            &[ids(&["a", "b"]), Values::U32(vec![7, 8]), Values::F32(vec![4.5, -1.0])],
+        );
         let d = read(&p, &ReadOptions::default()).unwrap();
-        assert_eq!((d.users.raw_ids(), d.items.raw_ids(), d.rating), (&["a".to_owned(), "b".to_owned()][..], &["7".to_owned(), "8".to_owned()][..], Some(vec![4.5, -1.0])));
+        assert_eq!(
+            (d.users.raw_ids(), d.items.raw_ids(), d.rating),
+            (&["a".to_owned(), "b".to_owned()][..], &["7".to_owned(), "8".to_owned()][..], Some(vec![4.5, -1.0]))
+        );
         // Parquet is recognised by its signature whatever the name.
         let renamed = p.with_extension("bin");
         std::fs::copy(&p, &renamed).unwrap();
@@ -842,10 +832,18 @@ mod tests {
         let p = parquet("float-ids.parquet", &[("user", Kind::F32), ("item", Kind::U32)], &[Values::F32(vec![1.0]), Values::U32(vec![7])]);
         let e = read(&p, &ReadOptions::default()).unwrap_err().to_string();
         assert!(e.contains("float-ids.parquet") && e.contains("column \"user\" holds f32 values; expected integer or string ids"), "{e}");
-        let p = parquet("str-ratings.parquet", &[("user", Kind::U32), ("item", Kind::U32), ("rating", Kind::Str)], &[Values::U32(vec![1]), Values::U32(vec![7]), ids(&["5"])]);
+        let p = parquet(
+            "str-ratings.parquet",
+            &[("user", Kind::U32), ("item", Kind::U32), ("rating", Kind::Str)],
+            &[Values::U32(vec![1]), Values::U32(vec![7]), ids(&["5"])],
+        );
         let e = read(&p, &ReadOptions::default()).unwrap_err().to_string();
         assert!(e.contains("column \"rating\" holds str values; expected numbers (ratings)"), "{e}");
-        let p = parquet("nan.parquet", &[("user", Kind::U32), ("item", Kind::U32), ("rating", Kind::F32)], &[Values::U32(vec![1, 2]), Values::U32(vec![7, 7]), Values::F32(vec![1.0, f32::NAN])]);
+        let p = parquet(
+            "nan.parquet",
+            &[("user", Kind::U32), ("item", Kind::U32), ("rating", Kind::F32)],
+            &[Values::U32(vec![1, 2]), Values::U32(vec![7, 7]), Values::F32(vec![1.0, f32::NAN])],
+        );
         let e = read(&p, &ReadOptions::default()).unwrap_err().to_string();
         assert!(e.contains("row 2, column \"rating\": \"NaN\" is not a finite number"), "{e}");
         let p = parquet("null.parquet", &[("user", Kind::Str), ("item", Kind::U32)], &[Values::Str(vec![Some("a".into()), None]), Values::U32(vec![7, 7])]);

@@ -1,8 +1,8 @@
 //! One seeded random source for everything: portable, so a seed means the same run everywhere.
 
+pub use rand::RngExt;
 use rand::SeedableRng;
 pub use rand::rngs::Xoshiro256PlusPlus as Rng;
-pub use rand::RngExt;
 
 /// A generator for `stream` derived from the run's `seed`, so independent consumers (per epoch,
 /// per thread chunk) never share or depend on each other's draws.

@@ -127,11 +127,7 @@ struct Seen<'s> {
 impl Seen<'_> {
     #[inline]
     fn contains(&self, j: u32) -> bool {
-        if self.bits.is_empty() {
-            self.items.binary_search(&j).is_ok()
-        } else {
-            self.bits[j as usize / 64] >> (j % 64) & 1 == 1
-        }
+        if self.bits.is_empty() { self.items.binary_search(&j).is_ok() } else { self.bits[j as usize / 64] >> (j % 64) & 1 == 1 }
     }
 }
 

@@ -120,9 +120,7 @@ impl Split {
             return Err(DataError::Invalid("no interactions to split".into()));
         }
         if config.method == SplitMethod::Given {
-            return Err(DataError::Invalid(
-                "split.method = \"given\" reads split.train_path and split.test_path (ncf_datasets::given::read)".into(),
-            ));
+            return Err(DataError::Invalid("split.method = \"given\" reads split.train_path and split.test_path (ncf_datasets::given::read)".into()));
         }
         let valid_ratio = if validation { config.valid_ratio } else { 0.0 };
         let by_user = data.by_user_chronological();
@@ -174,25 +172,19 @@ impl Split {
         }
         drop(by_user);
         let role = &role;
-        let pairs = |want: Role| {
-            (0..data.len()).filter(move |&r| role[r] == want).map(|r| (data.user[r], data.item[r]))
-        };
+        let pairs = |want: Role| (0..data.len()).filter(move |&r| role[r] == want).map(|r| (data.user[r], data.item[r]));
         let train = UserItems::from_pairs(data.n_users(), pairs(Role::Train));
         // A held-out pair the user also has earlier in the split (a repeated interaction) is not a
         // new one to predict: validation leaves out training pairs, test validation ones and,
         // under the temporal cut, training ones too.
-        let valid = validation.then(|| {
-            UserItems::from_pairs(data.n_users(), pairs(Role::Valid).filter(|&(u, i)| !train.contains(u, i)))
-        });
-        let seen_before = |u: u32, i: u32| {
-            valid.as_ref().is_some_and(|v| v.contains(u, i)) || (config.method == SplitMethod::Temporal && train.contains(u, i))
-        };
+        let valid = validation.then(|| UserItems::from_pairs(data.n_users(), pairs(Role::Valid).filter(|&(u, i)| !train.contains(u, i))));
+        let seen_before = |u: u32, i: u32| valid.as_ref().is_some_and(|v| v.contains(u, i)) || (config.method == SplitMethod::Temporal && train.contains(u, i));
         let test = UserItems::from_pairs(data.n_users(), pairs(Role::Test).filter(|&(u, i)| !seen_before(u, i)));
-        if config.method != SplitMethod::Temporal {
-            if let Some(u) = (0..data.n_users() as u32).find(|&u| train.items(u).is_empty()) {
-                let split = config.method.label();
-                return Err(DataError::EmptyTrainUser { user: data.users.raw(u).to_owned(), split, need: 2 });
-            }
+        if config.method != SplitMethod::Temporal
+            && let Some(u) = (0..data.n_users() as u32).find(|&u| train.items(u).is_empty())
+        {
+            let split = config.method.label();
+            return Err(DataError::EmptyTrainUser { user: data.users.raw(u).to_owned(), split, need: 2 });
         }
         Ok(Self { train, valid, test, n_items: data.n_items(), method: config.method })
     }
@@ -443,9 +435,16 @@ mod tests {
         assert_disjoint(&s);
         let v = s.valid.as_ref().unwrap();
         // Times 8 and 9 (20% of rows) are test, time 7 (10%) validation, for every user.
-        let t = |u: u32, tt: u32| ((u * 10 + tt) % 10 + u % 7) as u32;
+        let t = |u: u32, tt: u32| (u * 10 + tt) % 10 + u % 7;
         for u in 0..40u32 {
-            assert_eq!(s.test.items(u), &{ let mut x = vec![t(u, 8), t(u, 9)]; x.sort(); x }[..]);
+            assert_eq!(
+                s.test.items(u),
+                &{
+                    let mut x = vec![t(u, 8), t(u, 9)];
+                    x.sort();
+                    x
+                }[..]
+            );
             assert_eq!(v.items(u), &[t(u, 7)]);
         }
         let off = Split::new(&d, &cfg, 0, false).unwrap();

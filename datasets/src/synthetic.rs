@@ -26,15 +26,7 @@ pub struct DemoConfig {
 
 impl Default for DemoConfig {
     fn default() -> Self {
-        Self {
-            users: 3000,
-            items: 2000,
-            factors: 8,
-            min_per_user: 20,
-            max_per_user: 80,
-            popularity_skew: 1.0,
-            preference_strength: 2.0,
-        }
+        Self { users: 3000, items: 2000, factors: 8, min_per_user: 20, max_per_user: 80, popularity_skew: 1.0, preference_strength: 2.0 }
     }
 }
 
@@ -177,7 +169,7 @@ mod tests {
         for u in 0..500u32 {
             let t = split.test.items(u)[0];
             assert!(!split.train.contains(u, t), "user {u}: test item {t} also in train");
-            assert!(split.train.items(u).len() >= 1);
+            assert!(!split.train.items(u).is_empty());
         }
         assert_eq!(split.train, shaped_split(500, 1000, 40, 3).train);
         assert_ne!(split.train, shaped_split(500, 1000, 40, 4).train);

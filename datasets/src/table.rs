@@ -4,10 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use polars::prelude::{
-    Column, CsvParseOptions, CsvReadOptions, DataFrame, DataType, Field, ParquetWriter, PolarsError,
-    Schema, SerReader,
-};
+use polars::prelude::{Column, CsvParseOptions, CsvReadOptions, DataFrame, DataType, Field, ParquetWriter, PolarsError, Schema, SerReader};
 
 use crate::error::{DataError, Result};
 use crate::reader::{ColumnRef, ITEM_NAMES, UNIT_SEP, looks_numeric, rewrite_double_colon};
@@ -149,11 +146,7 @@ pub fn read_keyed(path: &Path, key: Option<&ColumnRef>, keep: &[ColumnRef]) -> R
     };
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let Some(first) = lines.next() else { return Err(DataError::Empty { path: path.to_path_buf() }) };
-    let separator = if double_colon {
-        UNIT_SEP
-    } else {
-        [b',', b'\t', b'|'].into_iter().max_by_key(|&s| first.bytes().filter(|&b| b == s).count()).unwrap()
-    };
+    let separator = if double_colon { UNIT_SEP } else { [b',', b'\t', b'|'].into_iter().max_by_key(|&s| first.bytes().filter(|&b| b == s).count()).unwrap() };
     let has_header = match (key, lines.next()) {
         (Some(ColumnRef::Name(_)), _) => true,
         (_, Some(second)) => {
@@ -169,11 +162,8 @@ pub fn read_keyed(path: &Path, key: Option<&ColumnRef>, keep: &[ColumnRef]) -> R
         .into_reader_with_file_handle(std::io::Cursor::new(text.into_bytes()))
         .finish()
         .map_err(io(path))?;
-    let names: Vec<String> = if has_header {
-        df.get_column_names().iter().map(|s| s.to_string()).collect()
-    } else {
-        (0..df.width()).map(|i| i.to_string()).collect()
-    };
+    let names: Vec<String> =
+        if has_header { df.get_column_names().iter().map(|s| s.to_string()).collect() } else { (0..df.width()).map(|i| i.to_string()).collect() };
     let find = |c: &ColumnRef, flag: &'static str| -> Result<usize> {
         let found = match c {
             ColumnRef::Index(i) => (*i < names.len()).then_some(*i),
@@ -186,11 +176,7 @@ pub fn read_keyed(path: &Path, key: Option<&ColumnRef>, keep: &[ColumnRef]) -> R
                 ColumnRef::Name(n) => n.clone(),
             },
             flag,
-            available: if has_header {
-                format!("columns {names:?}")
-            } else {
-                format!("{} unnamed columns (0-based indices 0..{})", names.len(), names.len())
-            },
+            available: if has_header { format!("columns {names:?}") } else { format!("{} unnamed columns (0-based indices 0..{})", names.len(), names.len()) },
         })
     };
     let key_col = match key {

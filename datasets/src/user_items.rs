@@ -101,7 +101,13 @@ impl UserItems {
                         b.next();
                         a.next()
                     }
-                    (Some(&&x), Some(&&y)) => if x < y { a.next() } else { b.next() },
+                    (Some(&&x), Some(&&y)) => {
+                        if x < y {
+                            a.next()
+                        } else {
+                            b.next()
+                        }
+                    }
                     (Some(_), None) => a.next(),
                     (None, _) => b.next(),
                 };

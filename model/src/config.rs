@@ -104,7 +104,7 @@ impl ModelConfig {
             if self.layers.len() < 2 {
                 return Err("model.layers needs an input width and at least one hidden width".into());
             }
-            if self.layers[0] % 2 != 0 || self.layers.contains(&0) {
+            if !self.layers[0].is_multiple_of(2) || self.layers.contains(&0) {
                 return Err(format!("model.layers {:?}: widths must be positive and the first even", self.layers));
             }
         }

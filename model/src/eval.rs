@@ -49,9 +49,8 @@ impl RankingChunk {
     /// Builds a chunk from host data; `test_counts[r]` must be ≥ 1.
     pub fn new(users: &[u32], train: &[Vec<u32>], test: &[Vec<u32>], n_items: usize, k: usize, device: &burn::tensor::Device) -> Self {
         use burn::tensor::TensorData;
-        let flat = |lists: &[Vec<u32>]| -> Vec<i32> {
-            lists.iter().enumerate().flat_map(|(r, l)| l.iter().map(move |&i| (r * n_items) as i32 + i as i32)).collect()
-        };
+        let flat =
+            |lists: &[Vec<u32>]| -> Vec<i32> { lists.iter().enumerate().flat_map(|(r, l)| l.iter().map(move |&i| (r * n_items) as i32 + i as i32)).collect() };
         let int = |v: Vec<i32>| {
             let n = v.len();
             Tensor::<1, Int>::from_data(TensorData::new(v, [n]), device)
@@ -100,7 +99,9 @@ pub fn full_ranking_rows(model: &Ncf, items: &crate::ncf::ItemSide, chunk: &Rank
     let scores = scores.reshape([c, n]);
     let top = if k < n { scores.argtopk(k, 1) } else { scores.argsort_descending(1) }; // [c, k]
     let t = chunk.test_flat.dims()[0];
-    let relevant = crate::scatter::select_assign(Tensor::<1>::zeros([c * n], &device), 0, chunk.test_flat.clone(), Tensor::ones([t], &device), IndexingUpdateOp::Add).reshape([c, n]);
+    let relevant =
+        crate::scatter::select_assign(Tensor::<1>::zeros([c * n], &device), 0, chunk.test_flat.clone(), Tensor::ones([t], &device), IndexingUpdateOp::Add)
+            .reshape([c, n]);
     let hits = relevant.gather(1, top.clone()); // [c, k] of 0/1
     *covered = crate::scatter::select_assign(covered.clone(), 0, top.reshape([c * k]), Tensor::ones([c * k], &device), IndexingUpdateOp::Add);
 
@@ -164,7 +165,7 @@ mod tests {
         let (nu, ni, k) = (5usize, 30usize, 4usize);
         let cfg = ModelConfig { kind: ModelKind::Mf, init_std: 1.0, ..Default::default() };
         let model = Ncf::init(&cfg, nu, ni, 9, &d);
-        let train: Vec<Vec<u32>> = (0..nu).map(|u| (0..ni as u32).filter(|i| (i + u as u32) % 4 == 0).collect()).collect();
+        let train: Vec<Vec<u32>> = (0..nu).map(|u| (0..ni as u32).filter(|i| (i + u as u32).is_multiple_of(4)).collect()).collect();
         let test: Vec<Vec<u32>> = (0..nu).map(|u| (0..ni as u32).filter(|i| (i + 2 * u as u32) % 5 == 1 && !train[u].contains(i)).collect()).collect();
         let users: Vec<u32> = (0..nu as u32).collect();
         let chunk = RankingChunk::new(&users, &train, &test, ni, k, &d);

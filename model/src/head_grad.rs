@@ -679,12 +679,7 @@ fn run_with<const F: bool>(l: TableLayout, layers: &[Dense], output: Option<&Den
         }
     }
     SCRATCH.with(|s| *s.borrow_mut() = [pu, pi, dpu, dpi]);
-    Grads {
-        loss: (loss * scale as f64) as f32,
-        user: du,
-        item: di,
-        params: grads.into_iter().flat_map(|(w, b)| std::iter::once(w).chain(b)).collect(),
-    }
+    Grads { loss: (loss * scale as f64) as f32, user: du, item: di, params: grads.into_iter().flat_map(|(w, b)| std::iter::once(w).chain(b)).collect() }
 }
 
 #[cfg(all(test, feature = "flex"))]
@@ -704,7 +699,16 @@ mod tests {
 
     /// The autodiff path of `step::train_step`: loss, row gradients, parameter gradients.
     #[allow(clippy::too_many_arguments)]
-    fn reference(head: &Head, u: &Tensor<2>, up: &Tensor<1, Int>, i: &Tensor<2>, ip: &Tensor<1, Int>, y: &Tensor<1>, loss: LossKind, group: usize) -> (f32, Vec<f32>, Vec<f32>, Vec<Vec<f32>>) {
+    fn reference(
+        head: &Head,
+        u: &Tensor<2>,
+        up: &Tensor<1, Int>,
+        i: &Tensor<2>,
+        ip: &Tensor<1, Int>,
+        y: &Tensor<1>,
+        loss: LossKind,
+        group: usize,
+    ) -> (f32, Vec<f32>, Vec<f32>, Vec<Vec<f32>>) {
         let head = head.clone().map(&mut Track);
         let (u, i) = (u.clone().autodiff().require_grad(), i.clone().autodiff().require_grad());
         let logits = head.forward_rows(u.clone(), up.clone(), i.clone(), ip.clone());

@@ -1,7 +1,10 @@
 //! Training losses on logits: per sample (BCE, BPR over a positive's own negatives) and over a
 //! batch's score matrix against negatives shared by every positive of the batch ([`shared_loss`]).
 
-use burn::tensor::{Bool, Int, Tensor, activation::{log_sigmoid, log_softmax, relu}};
+use burn::tensor::{
+    Bool, Int, Tensor,
+    activation::{log_sigmoid, log_softmax, relu},
+};
 use serde::{Deserialize, Serialize};
 
 /// Which loss trains the model.

@@ -43,12 +43,7 @@ pub fn ranking_at(ranked: &[u32], relevant: &[u32], k: usize) -> Option<RankingM
     }
     let ideal_n = k.min(relevant.len());
     let idcg: f64 = (0..ideal_n).map(|p| 1.0 / ((p + 2) as f64).log2()).sum();
-    Some(RankingMetrics {
-        recall: hits as f64 / relevant.len() as f64,
-        precision: hits as f64 / k as f64,
-        ndcg: dcg / idcg,
-        map: ap / ideal_n as f64,
-    })
+    Some(RankingMetrics { recall: hits as f64 / relevant.len() as f64, precision: hits as f64 / k as f64, ndcg: dcg / idcg, map: ap / ideal_n as f64 })
 }
 
 #[cfg(test)]

@@ -89,10 +89,7 @@ fn linear(d_in: usize, d_out: usize, rng: &mut Xoshiro256PlusPlus, device: &Devi
     let u = Uniform::new(-k, k).expect("valid range");
     let w = (0..d_in * d_out).map(|_| u.sample(rng)).collect();
     let b = (0..d_out).map(|_| u.sample(rng)).collect();
-    Linear {
-        weight: Param::from_tensor(host_tensor(w, [d_in, d_out], device)),
-        bias: Some(Param::from_tensor(host_tensor(b, [d_out], device))),
-    }
+    Linear { weight: Param::from_tensor(host_tensor(w, [d_in, d_out], device)), bias: Some(Param::from_tensor(host_tensor(b, [d_out], device))) }
 }
 
 impl Ncf {
@@ -114,9 +111,7 @@ impl Ncf {
         let user = table(n_users, &mut rng);
         let item = table(n_items, &mut rng);
         let mlp: Vec<Linear> = match config.kind {
-            ModelKind::Mlp | ModelKind::Neumf => {
-                config.layers.windows(2).map(|w| linear(w[0], w[1], &mut rng, device)).collect()
-            }
+            ModelKind::Mlp | ModelKind::Neumf => config.layers.windows(2).map(|w| linear(w[0], w[1], &mut rng, device)).collect(),
             _ => Vec::new(),
         };
         let out_width = match config.kind {
@@ -261,7 +256,8 @@ impl Head {
     pub fn with_history(&self, user_rows: Tensor<2>, item_rows: Tensor<2>, history: &HistoryRows) -> Tensor<2> {
         let [u, width] = user_rows.dims();
         let entries = item_rows.select(0, history.item_pos.clone());
-        let sum = crate::scatter::select_assign(Tensor::<2>::zeros([u, width], &user_rows.device()), 0, history.user_pos.clone(), entries, IndexingUpdateOp::Add);
+        let sum =
+            crate::scatter::select_assign(Tensor::<2>::zeros([u, width], &user_rows.device()), 0, history.user_pos.clone(), entries, IndexingUpdateOp::Add);
         let count = history.count.clone().float().reshape([u, 1]);
         // w for users with a history, 0 for the rest (whose sum is zero).
         let w = count.clone().greater_elem(0.0).float().mul_scalar(self.history);
@@ -387,10 +383,7 @@ impl Head {
             parts.push(self.factors(user.clone()) * self.factors(item.clone()));
         }
         if l.mlp > 0 {
-            let x = Tensor::cat(
-                vec![user.slice([0..b, l.gmf..l.gmf + l.mlp]), item.slice([0..b, l.gmf..l.gmf + l.mlp])],
-                1,
-            );
+            let x = Tensor::cat(vec![user.slice([0..b, l.gmf..l.gmf + l.mlp]), item.slice([0..b, l.gmf..l.gmf + l.mlp])], 1);
             parts.push(self.tower(x, 0, train));
         }
         let h = if parts.len() == 1 { parts.pop().unwrap() } else { Tensor::cat(parts, 1) };
@@ -535,9 +528,8 @@ mod tests {
             let labels = Tensor::<1>::from_data(TensorData::new(vec![1.0f32, 0.0, 1.0, 0.0], [4]), &d);
             let u_rows = model.user.val().select(0, users);
             let i_rows = model.item.val().select(0, items);
-            let loss_at = |u: &Tensor<2>, i: &Tensor<2>, head: &Head| -> f32 {
-                bce_with_logits(head.forward(u.clone(), i.clone()), labels.clone()).into_scalar::<f32>()
-            };
+            let loss_at =
+                |u: &Tensor<2>, i: &Tensor<2>, head: &Head| -> f32 { bce_with_logits(head.forward(u.clone(), i.clone()), labels.clone()).into_scalar::<f32>() };
             let (ut, it) = (u_rows.clone().autodiff().require_grad(), i_rows.clone().autodiff().require_grad());
             let head = model.head.clone().map(&mut Track);
             let grads = bce_with_logits(head.forward(ut.clone(), it.clone()), labels.clone()).backward();
@@ -629,7 +621,12 @@ mod tests {
         // none, user 3 two items.
         let mut histories: Vec<Vec<u32>> = vec![(0..FOLD_ENTRIES as u32 + 3).map(|k| k % 7).collect(), vec![2], vec![], vec![6, 1]];
         histories[0].sort();
-        let offsets: Vec<usize> = std::iter::once(0).chain(histories.iter().scan(0, |n, h| { *n += h.len(); Some(*n) })).collect();
+        let offsets: Vec<usize> = std::iter::once(0)
+            .chain(histories.iter().scan(0, |n, h| {
+                *n += h.len();
+                Some(*n)
+            }))
+            .collect();
         let items: Vec<u32> = histories.concat();
         let folded = model.fold_history(&offsets, &items);
         let (own, item_rows, got) = (vecf(model.user.val()), vecf(model.item.val()), vecf(folded.user.val()));

@@ -304,7 +304,15 @@ impl Pipeline {
     ///
     /// # Shapes
     /// - table, m, v: `[n, width]`; last: `[n]`; rows: `[r]` (unique); grad: `[r, width]`
-    pub fn defer_adam(&self, table: &Tensor<2>, state: (&Tensor<2>, &Tensor<2>, &Tensor<1>), rows: &Tensor<1, Int>, grad: Tensor<2>, step: RowStep, next: &[i32]) -> Result<(), Tensor<2>> {
+    pub fn defer_adam(
+        &self,
+        table: &Tensor<2>,
+        state: (&Tensor<2>, &Tensor<2>, &Tensor<1>),
+        rows: &Tensor<1, Int>,
+        grad: Tensor<2>,
+        step: RowStep,
+        next: &[i32],
+    ) -> Result<(), Tensor<2>> {
         self.finish();
         #[cfg(feature = "flex")]
         if on_flex(&table.device()) && flex::split_worthwhile(table.dims()[0], table.dims()[1], rows.dims()[0]) {
@@ -824,7 +832,8 @@ pub(crate) mod flex {
     ) -> Result<Deferred, burn::tensor::Tensor<2>> {
         let [n, w] = table.dims();
         let fits = m.dims() == [n, w] && v.dims() == [n, w] && last.dims() == [n] && grad.dims()[1] == w;
-        let (Some(t), Some(m), Some(v), Some(last), Some(g), Some(idx), true) = (flex_f32(table), flex_f32(m), flex_f32(v), flex_f32(last), flex_f32(&grad), host_rows(rows, n), fits)
+        let (Some(t), Some(m), Some(v), Some(last), Some(g), Some(idx), true) =
+            (flex_f32(table), flex_f32(m), flex_f32(v), flex_f32(last), flex_f32(&grad), host_rows(rows, n), fits)
         else {
             return Err(grad);
         };

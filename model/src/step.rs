@@ -6,9 +6,9 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Int, Tensor};
 
+use crate::head_grad;
 use crate::loss::{LossConfig, LossKind, SharedScores, batch_loss, shared_loss};
 use crate::ncf::{HistoryRows, Ncf};
-use crate::head_grad;
 use crate::optim::{HeadGradients, HeadUpdate, Optimizer, TableSide, Track};
 use crate::rows;
 
@@ -297,13 +297,19 @@ mod tests {
                 let (u, i) = (pick(n_users), pick(n_items));
                 let uniq = |ids: &[i32]| {
                     let mut seen = std::collections::HashMap::new();
-                    let pos: Vec<i32> = ids.iter().map(|&x| { let k = seen.len() as i32; *seen.entry(x).or_insert(k) }).collect();
+                    let pos: Vec<i32> = ids
+                        .iter()
+                        .map(|&x| {
+                            let k = seen.len() as i32;
+                            *seen.entry(x).or_insert(k)
+                        })
+                        .collect();
                     let mut rows = vec![0; seen.len()];
                     seen.iter().for_each(|(&x, &k)| rows[k as usize] = x);
                     (rows, pos)
                 };
                 let ((ur, up), (ir, ip)) = (uniq(&u), uniq(&i));
-                let labels: Vec<i32> = (0..batch as i32).map(|k| (k % 5 == 0) as i32).collect();
+                let labels: Vec<i32> = (0..batch).map(|k| (k % 5 == 0) as i32).collect();
                 input(&ur, &up, &ir, &ip, &labels, &d)
             })
             .collect();
@@ -384,9 +390,7 @@ mod tests {
             (rows(model.user.val()), rows(model.item.val()))
         };
         let (sparse, dense) = (run(true), run(false));
-        let moved = |a: &[Vec<f32>], b: &[Vec<f32>], r: usize| -> f32 {
-            a[r].iter().zip(&b[r]).map(|(x, y)| (x - y).abs()).sum()
-        };
+        let moved = |a: &[Vec<f32>], b: &[Vec<f32>], r: usize| -> f32 { a[r].iter().zip(&b[r]).map(|(x, y)| (x - y).abs()).sum() };
         for r in 0..4 {
             let (dense_move, gap) = (moved(&dense.0, &u_init, r), moved(&sparse.0, &dense.0, r));
             assert!(gap < 0.03 * dense_move, "user {r}: sparse differs from dense by {gap}, dense moved {dense_move}");

@@ -170,9 +170,7 @@ mod gpu {
 fn auto() -> Result<Selected> {
     use burn::tensor::wgpu::wgpu::DeviceType;
     let infos: Vec<_> = gpu::adapters().into_iter().map(|(i, _)| i).collect();
-    let pick = [DeviceType::DiscreteGpu, DeviceType::IntegratedGpu]
-        .iter()
-        .find_map(|t| infos.iter().find(|i| i.device_type == *t));
+    let pick = [DeviceType::DiscreteGpu, DeviceType::IntegratedGpu].iter().find_map(|t| infos.iter().find(|i| i.device_type == *t));
     match pick {
         Some(info) => wgpu_device(Some(info.device_type), &format!("auto: hardware {:?} adapter found", info.device_type)),
         None => {
@@ -212,10 +210,7 @@ fn wgpu_device(kind: Option<burn::tensor::wgpu::wgpu::DeviceType>, reason: &str)
         DeviceType::VirtualGpu => DeviceKind::VirtualGpu(0),
         _ => DeviceKind::Cpu,
     };
-    let device = Device::wgpu_options()
-        .device_kind(device_kind)
-        .init()
-        .map_err(|e| anyhow::anyhow!("--backend wgpu: could not open {}: {e}", info.name))?;
+    let device = Device::wgpu_options().device_kind(device_kind).init().map_err(|e| anyhow::anyhow!("--backend wgpu: could not open {}: {e}", info.name))?;
     let lowered = std::env::var(MAX_BINDING_ENV).ok().and_then(|v| v.parse::<u64>().ok());
     let max_binding = lowered.map_or(*limit, |l| l.min(*limit));
     let adapter = format!("{} ({:?}, {:?}, max binding {})", info.name, info.device_type, info.backend, human(max_binding));

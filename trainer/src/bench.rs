@@ -130,11 +130,7 @@ pub fn plan(args: &BenchArgs) -> Result<Plan> {
     let mut batches = if args.batch.is_empty() { batches } else { args.batch.clone() };
     let mut recommend_users = args.recommend_users.map_or(recommend_users, |c| c.0);
     let shape = |kind: ModelKind, big: bool| -> ModelConfig {
-        let mut c = if big {
-            ModelConfig { kind, factors: 64, layers: vec![256, 256, 128, 64], ..Default::default() }
-        } else {
-            paper_shape(kind)
-        };
+        let mut c = if big { ModelConfig { kind, factors: 64, layers: vec![256, 256, 128, 64], ..Default::default() } } else { paper_shape(kind) };
         if let Some(f) = args.factors {
             c.factors = f;
         }
@@ -158,11 +154,7 @@ pub fn plan(args: &BenchArgs) -> Result<Plan> {
             ]
         }
         None => {
-            let kinds = if args.models.is_empty() {
-                vec![ModelKind::Gmf, ModelKind::Mlp, ModelKind::Neumf, ModelKind::Mf]
-            } else {
-                args.models.clone()
-            };
+            let kinds = if args.models.is_empty() { vec![ModelKind::Gmf, ModelKind::Mlp, ModelKind::Neumf, ModelKind::Mf] } else { args.models.clone() };
             kinds
                 .into_iter()
                 .map(|kind| Variant { label: kind.name().into(), config: shape(kind, workload == Workload::Ml20m), measures: measures.clone() })
@@ -368,7 +360,8 @@ impl<'a> TrainRun<'a> {
         let model = self.model.take().expect("the model is back after every run");
         let bar = indicatif::ProgressBar::hidden();
         let t = Instant::now();
-        let (model, _loss, _) = train::run_epoch(model, &mut self.optim, &samples, (self.batch, 1, LossKind::Bce), (None, None, 0), usize::MAX, self.device, &bar);
+        let (model, _loss, _) =
+            train::run_epoch(model, &mut self.optim, &samples, (self.batch, 1, LossKind::Bce), (None, None, 0), usize::MAX, self.device, &bar);
         let secs = t.elapsed().as_secs_f64();
         self.model = Some(model);
         (secs, samples.len())
@@ -610,7 +603,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             // As `--backend auto`: a software adapter runs, slowly, only when named.
             let reason = format!("skipped: software adapter {} (name it in --backends to measure it)", selected.adapter);
             println!("{:<8} {reason}", name.as_str());
-            reports.push(BackendReport { name: name.as_str().into(), available: false, reason, adapter: Some(selected.adapter.clone()), figures: Vec::new(), failure: None });
+            reports.push(BackendReport {
+                name: name.as_str().into(),
+                available: false,
+                reason,
+                adapter: Some(selected.adapter.clone()),
+                figures: Vec::new(),
+                failure: None,
+            });
             continue;
         }
         println!("{}", selected.line());
@@ -655,7 +655,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 }
             }
             if v.measures.contains(&Part::Eval) {
-                let Some(fs) = guarded("eval".into(), &mut || measure_eval(&plan, v, &inputs, (&selected.device, selected.host_memory())).to_vec()) else { break 'variants };
+                let Some(fs) = guarded("eval".into(), &mut || measure_eval(&plan, v, &inputs, (&selected.device, selected.host_memory())).to_vec()) else {
+                    break 'variants;
+                };
                 fs.into_iter().for_each(|f| emit(f, &mut figures));
             }
             if v.measures.contains(&Part::Recommend) {
@@ -726,7 +728,13 @@ fn catch(f: &mut dyn FnMut() -> Vec<Figure>) -> std::result::Result<Vec<Figure>,
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|e| {
         let msg = e.downcast_ref::<String>().map(String::as_str).or_else(|| e.downcast_ref::<&str>().copied()).unwrap_or("panic");
         // burn's device errors list every skipped kernel; keep the causes.
-        let keep = |l: &&str| !l.trim().is_empty() && !l.trim_start().starts_with("skipped `") && !l.starts_with("Caused by") && !l.starts_with("No backtrace") && !l.starts_with("Asked at");
+        let keep = |l: &&str| {
+            !l.trim().is_empty()
+                && !l.trim_start().starts_with("skipped `")
+                && !l.starts_with("Caused by")
+                && !l.starts_with("No backtrace")
+                && !l.starts_with("Asked at")
+        };
         msg.lines().filter(keep).map(str::trim).take(8).collect::<Vec<_>>().join(" | ")
     })
 }

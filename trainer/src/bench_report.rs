@@ -72,11 +72,35 @@ pub fn stats(v: &mut [f64]) -> (f64, f64, f64) {
 impl Figure {
     /// A figure from the wall time of each repetition, each doing `work` units in `ops` steps.
     #[allow(clippy::too_many_arguments)]
-    pub fn from_times(model: &str, measure: Measure, batch: Option<usize>, work: usize, ops: usize, unit: &'static str, ms_unit: &'static str, secs: &[f64]) -> Self {
+    pub fn from_times(
+        model: &str,
+        measure: Measure,
+        batch: Option<usize>,
+        work: usize,
+        ops: usize,
+        unit: &'static str,
+        ms_unit: &'static str,
+        secs: &[f64],
+    ) -> Self {
         let reps: Vec<f64> = secs.iter().map(|&s| work as f64 / s.max(1e-9)).collect();
         let (median, min, max) = stats(&mut reps.clone());
         let (t, _, _) = stats(&mut secs.to_vec());
-        Self { model: model.into(), measure, batch, items: None, work, ops, unit, reps, median, min, max, ms_median: t * 1e3 / ops.max(1) as f64, ms_unit, vs_torch: None }
+        Self {
+            model: model.into(),
+            measure,
+            batch,
+            items: None,
+            work,
+            ops,
+            unit,
+            reps,
+            median,
+            min,
+            max,
+            ms_median: t * 1e3 / ops.max(1) as f64,
+            ms_unit,
+            vs_torch: None,
+        }
     }
 
     /// Sets [`Figure::vs_torch`] from the peer's figure at this batch size, if there is one.
@@ -151,7 +175,17 @@ pub fn peer_lines(peer: &PeerReport, backends: &[BackendReport]) -> Vec<String> 
             let Some(p) = peer.figure_for(f) else { continue };
             lines.push(format!(
                 "vs-torch {}/{} {} batch {} users {} items {}: ncf {:.3} ms/step {:.0} samples/s, torch {:.3} ms/step {:.0} samples/s, ratio {:.2}",
-                b.name, peer.device, f.model, p.batch, p.users, p.items, f.ms_median, f.median, p.ms_median, p.median, f.median / p.median
+                b.name,
+                peer.device,
+                f.model,
+                p.batch,
+                p.users,
+                p.items,
+                f.ms_median,
+                f.median,
+                p.ms_median,
+                p.median,
+                f.median / p.median
             ));
         }
     }
@@ -175,7 +209,8 @@ pub fn growth_lines(backends: &[BackendReport], peer: Option<&PeerReport>) -> Ve
             let Some(base) = trained[..k].iter().find(|g| g.model == f.model && g.batch == f.batch) else { continue };
             let (i0, i1, batch) = (base.items.unwrap_or(0), f.items.unwrap_or(0), f.batch.unwrap_or(0));
             let (m0, m1) = (base.ms_median, f.ms_median);
-            let mut line = format!("growth {} {} batch {batch} items {i0} -> {i1}: ncf per-step time x{:.2} ({m0:.3} -> {m1:.3} ms/step)", b.name, f.model, m1 / m0);
+            let mut line =
+                format!("growth {} {} batch {batch} items {i0} -> {i1}: ncf per-step time x{:.2} ({m0:.3} -> {m1:.3} ms/step)", b.name, f.model, m1 / m0);
             if let (Some(p), Some(p0), Some(p1)) = (peer, peer_at(base), peer_at(f)) {
                 let (t0, t1) = (p0.ms_median, p1.ms_median);
                 line += &format!(", {} x{:.2} ({t0:.3} -> {t1:.3} ms/step)", p.device, t1 / t0);
@@ -205,12 +240,8 @@ impl Machine {
             .and_then(|l| l.split_once(':'))
             .map_or_else(|| "unknown".to_string(), |(_, v)| v.trim().to_string());
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let kib: f64 = meminfo
-            .lines()
-            .find(|l| l.starts_with("MemTotal:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
+        let kib: f64 =
+            meminfo.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
         Self {
             cpu,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -317,10 +348,11 @@ pub struct Report {
 
 impl Report {
     pub fn new(workload: WorkloadInfo, backends: Vec<BackendReport>, peer: Option<PeerReport>) -> Self {
-        let features = [("flex", cfg!(feature = "flex")), ("wgpu", cfg!(feature = "wgpu")), ("ndarray", cfg!(feature = "ndarray")), ("cuda", cfg!(feature = "cuda"))]
-            .into_iter()
-            .filter_map(|(n, on)| on.then_some(n))
-            .collect();
+        let features =
+            [("flex", cfg!(feature = "flex")), ("wgpu", cfg!(feature = "wgpu")), ("ndarray", cfg!(feature = "ndarray")), ("cuda", cfg!(feature = "cuda"))]
+                .into_iter()
+                .filter_map(|(n, on)| on.then_some(n))
+                .collect();
         Self {
             ncf_version: env!("CARGO_PKG_VERSION"),
             burn_version: BURN_VERSION,
@@ -431,13 +463,7 @@ impl Bars {
             .y_label_area_size(70)
             .build_cartesian_2d(0f64..n, (floor..hi).log_scale())
             .map_err(|e| anyhow!("{e}"))?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(0)
-            .y_label_formatter(&|v| human(*v))
-            .draw()
-            .map_err(|e| anyhow!("{e}"))?;
+        chart.configure_mesh().disable_x_mesh().x_labels(0).y_label_formatter(&|v| human(*v)).draw().map_err(|e| anyhow!("{e}"))?;
         let colors = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
         let s = self.series.len().max(1) as f64;
         let w = 0.8 / s;
@@ -457,10 +483,8 @@ impl Bars {
                 .label(name.as_str())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.mix(0.8).filled()));
         }
-        let style = TextStyle::from(("sans-serif", 13).into_font()).pos(plotters::style::text_anchor::Pos::new(
-            plotters::style::text_anchor::HPos::Center,
-            plotters::style::text_anchor::VPos::Top,
-        ));
+        let style = TextStyle::from(("sans-serif", 13).into_font())
+            .pos(plotters::style::text_anchor::Pos::new(plotters::style::text_anchor::HPos::Center, plotters::style::text_anchor::VPos::Top));
         chart
             .draw_series(self.groups.iter().enumerate().map(|(gi, g)| Text::new(g.clone(), (gi as f64 + 0.5, lo * 0.9), style.clone())))
             .map_err(|e| anyhow!("{e}"))?;

@@ -149,9 +149,8 @@ pub fn save(dir: &Path, saved: &Saved) -> Result<()> {
     let tmp = output::tmp_path(dir);
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let write = |file: &str, data: &[u8]| -> Result<()> {
-        std::fs::write(tmp.join(file), data).with_context(|| format!("writing {}", tmp.join(file).display()))
-    };
+    let write =
+        |file: &str, data: &[u8]| -> Result<()> { std::fs::write(tmp.join(file), data).with_context(|| format!("writing {}", tmp.join(file).display())) };
     write("config.toml", saved.config.to_toml().as_bytes())?;
     let csr = |t: &UserItems| -> (Vec<u8>, Vec<u8>) {
         let offsets: Vec<i64> = t.offsets().iter().map(|&o| o as i64).collect();
@@ -192,16 +191,10 @@ pub fn save(dir: &Path, saved: &Saved) -> Result<()> {
                 (name, bytes(&v), v.len())
             })
             .collect();
-        let views = state
-            .iter()
-            .map(|(name, b, n)| Ok((name.clone(), TensorView::new(Dtype::F32, vec![*n], b)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let views = state.iter().map(|(name, b, n)| Ok((name.clone(), TensorView::new(Dtype::F32, vec![*n], b)?))).collect::<Result<Vec<_>>>()?;
         safetensors::serialize_to_file(views, None, &tmp.join("optim.safetensors"))?;
     }
-    saved
-        .model
-        .save_into(&mut SafetensorsStore::from_file(tmp.join("model.safetensors")))
-        .map_err(|e| anyhow::anyhow!("saving weights: {e}"))?;
+    saved.model.save_into(&mut SafetensorsStore::from_file(tmp.join("model.safetensors"))).map_err(|e| anyhow::anyhow!("saving weights: {e}"))?;
     let mut meta = saved.meta.clone();
     for name in ["model.safetensors", "train.safetensors", "optim.safetensors"] {
         if tmp.join(name).exists() {
@@ -225,8 +218,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
     if !dir.exists() {
         bail!("{}: no such checkpoint directory (pass a run directory or its best/ or last/)", dir.display());
     }
-    let text = std::fs::read_to_string(&meta_path)
-        .with_context(|| format!("{}: not a checkpoint (missing checkpoint.json)", dir.display()))?;
+    let text = std::fs::read_to_string(&meta_path).with_context(|| format!("{}: not a checkpoint (missing checkpoint.json)", dir.display()))?;
     // The version first, so a checkpoint of another format gets that message, not a parse error.
     let value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: malformed", meta_path.display()))?;
     let version = value.get("format_version").and_then(|v| v.as_u64());
@@ -240,8 +232,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
     let meta: Meta = serde_json::from_value(value).with_context(|| format!("{}: malformed", meta_path.display()))?;
     verify_checksums(&dir, &meta)?;
     let config_text = std::fs::read_to_string(file("config.toml")).with_context(|| format!("{}", file("config.toml").display()))?;
-    let config: RunConfig =
-        toml::from_str(&config_text).with_context(|| format!("{}: malformed", file("config.toml").display()))?;
+    let config: RunConfig = toml::from_str(&config_text).with_context(|| format!("{}: malformed", file("config.toml").display()))?;
 
     let train_path = file("train.safetensors");
     let buf = std::fs::read(&train_path).with_context(|| format!("{}", train_path.display()))?;
@@ -253,12 +244,10 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
         }
         Ok(t.data().to_vec())
     };
-    let i32s = |name: &str| -> Result<Vec<u32>> {
-        Ok(get(name, Dtype::I32)?.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32).collect())
-    };
+    let i32s =
+        |name: &str| -> Result<Vec<u32>> { Ok(get(name, Dtype::I32)?.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap()) as u32).collect()) };
     let csr = |offsets: &str, items: &str, what: &str| -> Result<UserItems> {
-        let offsets: Vec<usize> =
-            get(offsets, Dtype::I64)?.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as usize).collect();
+        let offsets: Vec<usize> = get(offsets, Dtype::I64)?.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as usize).collect();
         UserItems::from_csr(offsets, i32s(items)?)
             .filter(|t| t.n_users() == meta.n_users && t.all_items().iter().all(|&i| (i as usize) < meta.n_items))
             .with_context(|| format!("{}: inconsistent {what} items", train_path.display()))
@@ -362,14 +351,13 @@ fn check_weights(path: &Path, model: &Ncf) -> Result<()> {
     }
     let mut header = vec![0u8; n as usize];
     file.read_exact(&mut header).map_err(|e| bad(e.to_string()))?;
-    let header: HashMap<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("header is not valid JSON ({e})")))?;
+    let header: HashMap<String, serde_json::Value> = serde_json::from_slice(&header).map_err(|e| bad(format!("header is not valid JSON ({e})")))?;
     let data_len = file_len - 8 - n;
     for t in model.collect(None, None, false) {
         let want: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
-        let entry = header.get(&t.name).ok_or_else(|| {
-            anyhow::anyhow!("{}: no tensor {:?}; the weights do not match the model in config.toml", path.display(), t.name)
-        })?;
+        let entry = header
+            .get(&t.name)
+            .ok_or_else(|| anyhow::anyhow!("{}: no tensor {:?}; the weights do not match the model in config.toml", path.display(), t.name))?;
         let shape: Option<Vec<u64>> = entry["shape"].as_array().map(|a| a.iter().filter_map(|d| d.as_u64()).collect());
         if shape.as_ref() != Some(&want) || entry["dtype"] != "F32" {
             bail!(
@@ -405,6 +393,5 @@ pub fn load_optimizer(dir: &Path, ck: &Checkpoint, device: &Device) -> Result<Op
         let n = values.len();
         tensors.insert(name, Tensor::<1>::from_data(TensorData::new(values, [n]), device));
     }
-    Optimizer::restore(ck.config.optim.clone(), ck.meta.optim_step, tensors, &ck.model)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    Optimizer::restore(ck.config.optim.clone(), ck.meta.optim_step, tensors, &ck.model).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }

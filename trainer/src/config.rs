@@ -137,8 +137,7 @@ impl RunConfig {
         }
         for set in sets {
             let (key, raw) = set.split_once('=').with_context(|| format!("--set {set:?}: expected section.key=value"))?;
-            set_path(&mut value, key.trim(), parse_value(raw.trim()))
-                .with_context(|| format!("--set {set:?}"))?;
+            set_path(&mut value, key.trim(), parse_value(raw.trim())).with_context(|| format!("--set {set:?}"))?;
         }
         let config: RunConfig = value.try_into().context("invalid configuration")?;
         config.model.validate().map_err(anyhow::Error::msg)?;
@@ -180,9 +179,9 @@ impl RunConfig {
                  unset one of them",
                 self.train.select_on.name()
             ),
-            SelectOn::Last if self.train.patience > 0 => bail!(
-                "train.select_on = \"last\" keeps the last epoch: train.patience (early stopping) needs a split to choose on"
-            ),
+            SelectOn::Last if self.train.patience > 0 => {
+                bail!("train.select_on = \"last\" keeps the last epoch: train.patience (early stopping) needs a split to choose on")
+            }
             SelectOn::Valid if s.valid_ratio <= 0.0 && needs_valid_ratio(s) => bail!(
                 "train.select_on = \"valid\" needs a validation split, but split.valid_ratio = {} holds none out of the {} split; \
                  set split.valid_ratio > 0{}, or choose on test as the NCF paper does with train.select_on = \"test\"",
@@ -235,11 +234,7 @@ fn needs_valid_ratio(split: &SplitConfig) -> bool {
 
 /// A `--set` value: TOML if it parses as one (numbers, booleans, arrays), else a string.
 fn parse_value(raw: &str) -> toml::Value {
-    format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+    format!("v = {raw}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| toml::Value::String(raw.to_owned()))
 }
 
 fn merge(base: &mut toml::Table, over: toml::Table) {
@@ -349,9 +344,8 @@ mod tests {
                 // Optional fields are absent from the serialized defaults: setting one must parse.
                 None => {
                     // (Other checks may refuse the value; only an unknown field is a wrong key.)
-                    let known = |v: &&str| {
-                        RunConfig::resolve(None, &[format!("{key}={v}")]).map_or_else(|e| !format!("{e:#}").contains("unknown field"), |_| true)
-                    };
+                    let known =
+                        |v: &&str| RunConfig::resolve(None, &[format!("{key}={v}")]).map_or_else(|e| !format!("{e:#}").contains("unknown field"), |_| true);
                     return parts.peek().is_none() && ["\"x\"", "1"].iter().any(known);
                 }
             }

@@ -28,10 +28,7 @@ fn stats(file: &Path, flags: &ReadFlags) -> Result<()> {
     let data = reader::read(file, &opts)?;
     let s = Stats::of(&data);
     let q = |name: &str, q: &Quantiles| {
-        format!(
-            "{name:<14} min {}  p25 {}  median {}  p75 {}  p90 {}  max {}  mean {:.1}",
-            q.min, q.p25, q.p50, q.p75, q.p90, q.max, q.mean
-        )
+        format!("{name:<14} min {}  p25 {}  median {}  p75 {}  p90 {}  max {}  mean {:.1}", q.min, q.p25, q.p50, q.p75, q.p90, q.max, q.mean)
     };
     println!("file           {}", file.display());
     println!("users          {}", s.users);

@@ -23,8 +23,7 @@ fn test_split(args: &EvaluateArgs, ck: &Checkpoint) -> Result<(UserItems, String
     };
     let pairs = Pairs::read(path, &args.read, &ck.users, &ck.items)?;
     let (unknown, examples) = pairs.unknown();
-    let known: Vec<(u32, u32)> =
-        (0..pairs.data.len()).filter_map(|r| Some((pairs.user[r]?, pairs.item[r]?))).collect();
+    let known: Vec<(u32, u32)> = (0..pairs.data.len()).filter_map(|r| Some((pairs.user[r]?, pairs.item[r]?))).collect();
     let seen = ck.seen();
     let in_train = known.iter().filter(|&&(u, i)| seen.contains(u, i)).count();
     let kept: Vec<(u32, u32)> = known.into_iter().filter(|&(u, i)| !seen.contains(u, i)).collect();

@@ -237,11 +237,7 @@ mod tests {
     }
 
     fn batch() -> Vec<Values> {
-        vec![
-            Values::Str(vec![Some("a,\"b\"".into()), None]),
-            Values::U32(vec![1, 2]),
-            Values::F32(vec![0.25, f32::NEG_INFINITY]),
-        ]
+        vec![Values::Str(vec![Some("a,\"b\"".into()), None]), Values::U32(vec![1, 2]), Values::F32(vec![0.25, f32::NEG_INFINITY])]
     }
 
     #[test]

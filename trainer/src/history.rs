@@ -179,7 +179,7 @@ pub fn should_stop(history: &[EpochRecord], metric: &str, on: SelectOn, patience
 /// Whether to evaluate after `epoch`: every `every` epochs, at the last one, and wherever
 /// early stopping would stop without a better result now.
 pub fn evaluate_at(history: &[EpochRecord], epoch: usize, last: usize, every: usize, stop: (&str, SelectOn, usize)) -> bool {
-    epoch % every.max(1) == 0 || epoch >= last || should_stop(history, stop.0, stop.1, stop.2, epoch)
+    epoch.is_multiple_of(every.max(1)) || epoch >= last || should_stop(history, stop.0, stop.1, stop.2, epoch)
 }
 
 /// The metrics of both splits, in `metrics.csv`'s column order.

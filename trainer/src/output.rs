@@ -85,10 +85,10 @@ pub fn refuse_inputs(out: &Path, inputs: &[&Path]) -> Result<()> {
 /// reading `inputs`. Nothing is created.
 pub fn claim_dir(dir: &Path, kind: DirKind, writes: &[&str], inputs: &[&Path], force: bool) -> Result<DirState> {
     let abs = absolute(dir);
-    if let Ok(cwd) = std::env::current_dir().map(|c| absolute(&c)) {
-        if cwd.starts_with(&abs) {
-            bail!("{}: is the working directory or holds it; name a new directory for the {} output", dir.display(), kind.name());
-        }
+    if let Ok(cwd) = std::env::current_dir().map(|c| absolute(&c))
+        && cwd.starts_with(&abs)
+    {
+        bail!("{}: is the working directory or holds it; name a new directory for the {} output", dir.display(), kind.name());
     }
     refuse_inputs(dir, inputs)?;
     for w in writes {

@@ -49,9 +49,7 @@ impl Progress {
     /// A bar over the samples of one epoch.
     pub fn batches(&self, samples: usize) -> ProgressBar {
         let bar = self.multi.add(ProgressBar::new(samples as u64));
-        bar.set_style(
-            ProgressStyle::with_template("  {bar:30} {human_pos}/{human_len} samples {per_sec} eta {eta} {msg}").unwrap(),
-        );
+        bar.set_style(ProgressStyle::with_template("  {bar:30} {human_pos}/{human_len} samples {per_sec} eta {eta} {msg}").unwrap());
         bar
     }
 

@@ -82,10 +82,7 @@ pub fn top_k_host(scores: &[f32], n: usize, k: usize) -> Vec<Vec<(u32, f32)>> {
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(rows).max(1);
     let per = rows.div_ceil(threads).max(1);
     std::thread::scope(|s| {
-        let handles: Vec<_> = scores
-            .chunks(per * n)
-            .map(|block| s.spawn(move || block.chunks(n).map(|row| top_k_row(row, k)).collect::<Vec<_>>()))
-            .collect();
+        let handles: Vec<_> = scores.chunks(per * n).map(|block| s.spawn(move || block.chunks(n).map(|row| top_k_row(row, k)).collect::<Vec<_>>())).collect();
         handles.into_iter().flat_map(|h| h.join().expect("top-k thread")).collect()
     })
 }
@@ -171,11 +168,8 @@ impl<'a> Scorer<'a> {
             scores = scores + r.clone();
         }
         if !self.include_seen {
-            let flat: Vec<i32> = users
-                .iter()
-                .enumerate()
-                .flat_map(|(r, &user)| self.train.items(user).iter().map(move |&i| (r * n) as i32 + i as i32))
-                .collect();
+            let flat: Vec<i32> =
+                users.iter().enumerate().flat_map(|(r, &user)| self.train.items(user).iter().map(move |&i| (r * n) as i32 + i as i32)).collect();
             if !flat.is_empty() {
                 let m = flat.len();
                 let idx = Tensor::<1, Int>::from_data(TensorData::new(flat, [m]), device);
@@ -191,9 +185,7 @@ impl<'a> Scorer<'a> {
         let n = self.model.n_items();
         if self.host_top_k {
             // Host memory already: no copy, and a partial selection beats flex's full-sort topk.
-            host::with_f32(scores, |data| {
-                if threaded { top_k_host(data, n, self.k) } else { data.chunks(n).map(|row| top_k_row(row, self.k)).collect() }
-            })
+            host::with_f32(scores, |data| if threaded { top_k_host(data, n, self.k) } else { data.chunks(n).map(|row| top_k_row(row, self.k)).collect() })
         } else {
             // Device top-k: two reads per chunk of users, k values each.
             let (vals, idx) = scores.topk_with_indices(self.k, 1);
@@ -201,9 +193,7 @@ impl<'a> Scorer<'a> {
             vals.chunks(self.k)
                 .zip(idx.chunks(self.k))
                 // Rows with fewer than k unmasked items come back padded (index -1 on wgpu).
-                .map(|(v, i)| {
-                    v.iter().zip(i).filter(|(s, i)| **s > f32::NEG_INFINITY && (0..n as i64).contains(i)).map(|(&s, &i)| (i as u32, s)).collect()
-                })
+                .map(|(v, i)| v.iter().zip(i).filter(|(s, i)| **s > f32::NEG_INFINITY && (0..n as i64).contains(i)).map(|(&s, &i)| (i as u32, s)).collect())
                 .collect()
         }
     }
@@ -224,11 +214,8 @@ fn load_metadata(args: &RecommendArgs) -> Result<Option<Metadata>> {
         return Ok(None);
     };
     let key = args.item_key.as_deref().map(|k| k.parse::<ColumnRef>().expect("infallible"));
-    let keep: Vec<ColumnRef> = args
-        .item_columns
-        .as_deref()
-        .map(|c| c.split(',').map(|s| s.trim().parse::<ColumnRef>().expect("infallible")).collect())
-        .unwrap_or_default();
+    let keep: Vec<ColumnRef> =
+        args.item_columns.as_deref().map(|c| c.split(',').map(|s| s.trim().parse::<ColumnRef>().expect("infallible")).collect()).unwrap_or_default();
     let table = ncf_datasets::table::read_keyed(path, key.as_ref(), &keep).with_context(|| "reading --item-metadata")?;
     let fixed = ["user", "rank", "item", "score", "source"];
     let names = table.names.iter().map(|n| if fixed.contains(&n.as_str()) { format!("meta_{n}") } else { n.clone() }).collect();
@@ -293,12 +280,8 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
     let allowed = args.items.as_deref().map(|s| allowed_items(s, &ck.items)).transpose()?;
     let mut metadata = load_metadata(args)?;
     let popular: Vec<(u32, f32)> = {
-        let pop: Vec<f32> = ck
-            .popularity
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| if allowed.as_ref().is_none_or(|a| a[i]) { c as f32 } else { f32::NEG_INFINITY })
-            .collect();
+        let pop: Vec<f32> =
+            ck.popularity.iter().enumerate().map(|(i, &c)| if allowed.as_ref().is_none_or(|a| a[i]) { c as f32 } else { f32::NEG_INFINITY }).collect();
         top_k_row(&pop, k)
     };
 
@@ -387,11 +370,7 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
         eprintln!("warning: {} recommended items have no row in --item-metadata (their columns are empty)", m.missing.len());
     }
     let secs = bar.elapsed().as_secs_f64();
-    say!(
-        "wrote top-{k} for {users_out} users ({rows} rows) to {} in {secs:.1}s ({:.0} users/s)",
-        args.out.display(),
-        users_out as f64 / secs.max(1e-9)
-    );
+    say!("wrote top-{k} for {users_out} users ({rows} rows) to {} in {secs:.1}s ({:.0} users/s)", args.out.display(), users_out as f64 / secs.max(1e-9));
     Ok(())
 }
 

@@ -45,10 +45,7 @@ impl SampledEval {
                 let end = (start + chunk_rows).min(c.rows());
                 let users: Vec<i32> = c.user[start..end].iter().map(|&u| u as i32).collect();
                 let items: Vec<i32> = c.items[start * w..end * w].iter().map(|&i| i as i32).collect();
-                (
-                    Tensor::from_data(TensorData::new(users, [end - start]), device),
-                    Tensor::from_data(TensorData::new(items, [end - start, w]), device),
-                )
+                (Tensor::from_data(TensorData::new(users, [end - start]), device), Tensor::from_data(TensorData::new(items, [end - start, w]), device))
             })
             .collect();
         Self { chunks, rows: c.rows(), negatives: c.negatives }
@@ -305,7 +302,12 @@ pub(crate) fn run_epoch(
             let t_step = Instant::now();
             let n = batch.packed.len();
             let packed = Tensor::<1, Int>::from_data(TensorData::new(batch.packed, [n]), device);
-            let mut input = StepInput::from_packed(packed, (batch.n_users, batch.n_items, batch.len), shared.map(|s| (s.config.clone(), s.log_probs.clone())), batch.n_hist);
+            let mut input = StepInput::from_packed(
+                packed,
+                (batch.n_users, batch.n_items, batch.len),
+                shared.map(|s| (s.config.clone(), s.log_probs.clone())),
+                batch.n_hist,
+            );
             input.ahead = Some(Lookahead { next_items: next.as_ref().map(|b| b.uniq_items().to_vec()), pipeline: pipeline.clone() });
             let (m, loss) = train_step(model, optim, input, loss_kind, group);
             model = m;
@@ -318,7 +320,7 @@ pub(crate) fn run_epoch(
             step += 1;
             prof.steps_secs += t_step.elapsed().as_secs_f64();
             bar.inc(batch.len as u64);
-            if step % log_every == 0 {
+            if step.is_multiple_of(log_every) {
                 let t_read = Instant::now();
                 let total = host::read_f32(acc.clone().unwrap())[0] as f64;
                 prof.read_secs += t_read.elapsed().as_secs_f64();
@@ -370,7 +372,13 @@ fn initial_model(config: &RunConfig, data: &ncf_datasets::Interactions, device: 
 
 /// What a resumed run continues from: `RUN/last` after checking it belongs to this data and
 /// config, or the run's first epoch when it was stopped before writing one.
-fn resume_from(run: &Path, config: &RunConfig, data: &ncf_datasets::Interactions, split: &Split, device: &Device) -> Result<(Ncf, Optimizer, Vec<EpochRecord>)> {
+fn resume_from(
+    run: &Path,
+    config: &RunConfig,
+    data: &ncf_datasets::Interactions,
+    split: &Split,
+    device: &Device,
+) -> Result<(Ncf, Optimizer, Vec<EpochRecord>)> {
     let saved_path = run.join("config.toml");
     let text = std::fs::read_to_string(&saved_path).with_context(|| format!("{}: not a run directory", saved_path.display()))?;
     let saved: RunConfig = toml::from_str(&text).with_context(|| format!("{}: malformed", saved_path.display()))?;
@@ -462,7 +470,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let sampler_config = ncf_datasets::SamplerConfig { negatives: per_positive, ..config.sampler.clone() };
     let sampler = NegativeSampler::new(&split.train, data.n_items(), sampler_config, config.seed);
     let shared = SharedSetup::new(&config, &sampler, &split, device);
-    let history_draws = (config.model.history > 0.0).then(|| HistoryDraws::new(std::sync::Arc::new(split.train.clone()), config.sampler.history_max, config.seed));
+    let history_draws =
+        (config.model.history > 0.0).then(|| HistoryDraws::new(std::sync::Arc::new(split.train.clone()), config.sampler.history_max, config.seed));
     let (mut model, mut optim, mut history) = match &args.resume {
         Some(run) => resume_from(run, &config, &data, &split, device)?,
         None => (initial_model(&config, &data, device)?, Optimizer::new(config.optim.clone()), Vec::new()),
@@ -519,7 +528,16 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         let samples = sampler.epoch_grouped(epoch as u64, pairwise);
         let bar = progress.batches(samples.len());
         let t_sample = t0.elapsed().as_secs_f64();
-        let (m, loss, prof) = run_epoch(model, &mut optim, &samples, (batch_size, group, config.train.loss), (shared.as_ref(), history_draws.as_ref(), epoch as u64), config.train.log_every, device, &bar);
+        let (m, loss, prof) = run_epoch(
+            model,
+            &mut optim,
+            &samples,
+            (batch_size, group, config.train.loss),
+            (shared.as_ref(), history_draws.as_ref(), epoch as u64),
+            config.train.log_every,
+            device,
+            &bar,
+        );
         model = m;
         bar.finish_and_clear();
         let t_eval = Instant::now();
@@ -603,11 +621,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         write_curves(&run_dir.join("curves.png"), &history, k, config.train.full_ranking)?;
     }
     say!("run directory: {}", run_dir.display());
-    say!(
-        "next: ncf recommend --checkpoint {} --top-n 10 --out {}",
-        run_dir.display(),
-        run_dir.join("recommendations.csv").display()
-    );
+    say!("next: ncf recommend --checkpoint {} --top-n 10 --out {}", run_dir.display(), run_dir.join("recommendations.csv").display());
     Ok(())
 }
 

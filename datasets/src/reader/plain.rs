@@ -87,8 +87,7 @@ pub(super) fn read(path: &Path, opts: &ReadOptions, sniffed: &Sniffed) -> Result
     let threads = if len < MIN_PARALLEL_BYTES { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()).min(16) };
     let bounds = line_bounds(path, start, len, threads)?;
     let chunks: Vec<Result<Option<Chunk>>> = std::thread::scope(|s| {
-        let handles: Vec<_> =
-            bounds.windows(2).map(|w| s.spawn(|| parse_range(path, w[0]..w[1], &layout))).collect();
+        let handles: Vec<_> = bounds.windows(2).map(|w| s.spawn(|| parse_range(path, w[0]..w[1], &layout))).collect();
         handles.into_iter().map(|h| h.join().expect("reader thread")).collect()
     });
     let mut parsed = Vec::with_capacity(chunks.len());
