@@ -17,8 +17,7 @@ use ncf_model::rows::{CatchUp, RowStep};
 use ncf_model::{LossConfig, LossKind, ModelConfig, ModelKind, Ncf, OptimConfig, Optimizer, StepInput, train_step};
 
 // The allocator tuning `ncf`'s compute commands run with, so the steps measure as they train.
-#[path = "../trainer/src/alloc.rs"]
-mod alloc;
+use ncf_trainer::alloc;
 
 const USERS: usize = 6040;
 const ITEMS: usize = 3706;

@@ -1,0 +1,44 @@
+//! The `ncf` trainer as a library: every command of the `ncf` binary, which only parses its
+//! arguments and calls [`run`]. Benchmarks share its allocator set-up.
+
+// First, so that `say!` is in scope in the modules below.
+#[macro_use]
+pub mod progress;
+
+pub mod alloc;
+mod backend;
+mod bench;
+mod bench_report;
+mod checkpoint;
+pub mod cli;
+mod config;
+mod curves;
+mod data;
+mod data_cmd;
+mod evaluate;
+mod export;
+mod history;
+mod host;
+mod output;
+mod pairs;
+mod recommend;
+mod score;
+mod train;
+
+use crate::cli::{Cli, Command};
+
+/// Runs one `ncf` command to completion.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // Tensor work allocates per op; the data commands stream and are kept lean instead.
+    if !matches!(cli.command, Command::Data(_)) {
+        alloc::keep_heap();
+    }
+    match cli.command {
+        Command::Train(args) => train::run(&args),
+        Command::Recommend(args) => recommend::run(&args),
+        Command::Evaluate(args) => evaluate::run(&args),
+        Command::Score(args) => score::run(&args),
+        Command::Data(cmd) => data_cmd::run(&cmd),
+        Command::Bench(args) => bench::run(&args),
+    }
+}
