@@ -44,7 +44,7 @@ pub struct TrainConfig {
     pub loss: ncf_model::LossKind,
     /// Metric choosing `best/` and driving early stopping: hr, ndcg (sampled) or recall,
     /// precision, full_ndcg, map (full ranking), all at K, read on the `select_on` split.
-    pub best_metric: String,
+    pub best_metric: crate::history::Metric,
     /// Stop after this many epochs without a better `best_metric` (0 = run every epoch).
     pub patience: usize,
     /// The split `best/` and early stopping read: "valid" (held out from training), or "test"
@@ -64,7 +64,7 @@ impl Default for TrainConfig {
             log_every: 50,
             full_ranking: true,
             loss: ncf_model::LossKind::Bce,
-            best_metric: "hr".into(),
+            best_metric: crate::history::Metric::Hr,
             patience: 0,
             select_on: SelectOn::Valid,
             eval_every: 1,
@@ -145,7 +145,7 @@ impl RunConfig {
             bail!("train.batch_size, train.log_every and train.eval_every must be at least 1");
         }
         config.check_validation()?;
-        crate::history::check_metric(&config.train.best_metric, config.train.full_ranking)?;
+        crate::history::check_metric(config.train.best_metric, config.train.full_ranking)?;
         config.loss.validate().map_err(anyhow::Error::msg)?;
         if config.train.loss.shared_only() && config.sampler.shared_negatives == 0 && !config.loss.in_batch {
             bail!(
@@ -283,6 +283,16 @@ mod tests {
         assert!(format!("{err:#}").contains("epoch"), "{err:#}");
         let round: RunConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(round, c);
+    }
+
+    #[test]
+    fn best_metric_is_one_of_the_named_metrics() {
+        let c = RunConfig::resolve(None, &["train.best_metric=full_ndcg".into()]).unwrap();
+        assert_eq!(c.train.best_metric, crate::history::Metric::FullNdcg);
+        let e = format!("{:#}", RunConfig::resolve(None, &["train.best_metric=hr@10".into()]).unwrap_err());
+        assert!(e.contains("hr@10") && e.contains("full_ndcg"), "{e}");
+        let e = format!("{:#}", RunConfig::resolve(None, &["train.best_metric=recall".into(), "train.full_ranking=false".into()]).unwrap_err());
+        assert!(e.contains("train.full_ranking"), "{e}");
     }
 
     #[test]

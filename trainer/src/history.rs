@@ -27,7 +27,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// A metric by its short name (see [`SELECTABLE`], plus `coverage`); `None` when not computed.
+    /// A metric by its short name ([`Metric::name`], or `coverage`); `None` when not computed.
     pub fn get(&self, name: &str) -> Option<f64> {
         let f = self.full;
         match name {
@@ -94,8 +94,45 @@ pub struct EpochRecord {
     pub seconds: f64,
 }
 
-/// The metrics a run can select its best checkpoint and stop early on.
-pub const SELECTABLE: [&str; 6] = ["hr", "ndcg", "recall", "precision", "full_ndcg", "map"];
+/// A metric a run selects its best checkpoint and stops early on (`train.best_metric`), at K.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Hit ratio among the sampled candidates.
+    #[default]
+    Hr,
+    /// NDCG among the sampled candidates.
+    Ndcg,
+    /// Full ranking: held-out items in the top K over all held-out items.
+    Recall,
+    /// Full ranking: held-out items in the top K over K.
+    Precision,
+    /// Full ranking: NDCG.
+    FullNdcg,
+    /// Full ranking: mean average precision.
+    Map,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 6] = [Self::Hr, Self::Ndcg, Self::Recall, Self::Precision, Self::FullNdcg, Self::Map];
+
+    /// The name in configs, `metrics.csv` columns and [`Metrics::get`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Hr => "hr",
+            Self::Ndcg => "ndcg",
+            Self::Recall => "recall",
+            Self::Precision => "precision",
+            Self::FullNdcg => "full_ndcg",
+            Self::Map => "map",
+        }
+    }
+
+    /// Whether the sampled evaluation computes it; the others need `train.full_ranking`.
+    pub fn sampled(self) -> bool {
+        matches!(self, Self::Hr | Self::Ndcg)
+    }
+}
 
 impl EpochRecord {
     /// An epoch's record; `test` is `None` on epochs not evaluated.
@@ -122,7 +159,7 @@ impl EpochRecord {
         let mut out = HashMap::from([("loss".to_owned(), self.loss)]);
         for on in [SelectOn::Valid, SelectOn::Test] {
             let Some(m) = self.on(on) else { continue };
-            for name in SELECTABLE.iter().chain(&["coverage"]) {
+            for name in Metric::ALL.iter().map(|m| m.name()).chain(["coverage"]) {
                 if let Some(v) = m.get(name) {
                     out.insert(format!("{}_{}", on.name(), label(name, k)), v);
                 }
@@ -137,13 +174,10 @@ pub fn label(name: &str, k: usize) -> String {
     if name == "loss" { name.to_owned() } else { format!("{name}@{k}") }
 }
 
-/// Checks a `train.best_metric` value, and that the run computes it.
-pub fn check_metric(name: &str, full_ranking: bool) -> Result<()> {
-    if !SELECTABLE.contains(&name) {
-        bail!("train.best_metric = {name:?}: use one of {}", SELECTABLE.join(", "));
-    }
-    if !full_ranking && !matches!(name, "hr" | "ndcg") {
-        bail!("train.best_metric = {name:?} is a full-ranking metric but train.full_ranking is false");
+/// Checks that the run computes its `train.best_metric`.
+pub fn check_metric(metric: Metric, full_ranking: bool) -> Result<()> {
+    if !full_ranking && !metric.sampled() {
+        bail!("train.best_metric = {:?} is a full-ranking metric but train.full_ranking is false", metric.name());
     }
     Ok(())
 }
@@ -157,7 +191,8 @@ pub struct Best {
 
 /// The best evaluated epoch of `history` on `metric` of split `on` (first of equals), if any;
 /// epochs not evaluated are never best.
-pub fn best(history: &[EpochRecord], metric: &str, on: SelectOn) -> Option<Best> {
+pub fn best(history: &[EpochRecord], metric: Metric, on: SelectOn) -> Option<Best> {
+    let metric = metric.name();
     if on == SelectOn::Last {
         // The last evaluated epoch, whatever its value.
         return history.iter().rev().find_map(|r| r.on(on).and_then(|m| m.get(metric)).map(|value| Best { epoch: r.epoch, value }));
@@ -172,13 +207,13 @@ pub fn best(history: &[EpochRecord], metric: &str, on: SelectOn) -> Option<Best>
 }
 
 /// Early stopping: true when `epoch` comes `patience` epochs (0 = never) after the best one.
-pub fn should_stop(history: &[EpochRecord], metric: &str, on: SelectOn, patience: usize, epoch: usize) -> bool {
+pub fn should_stop(history: &[EpochRecord], metric: Metric, on: SelectOn, patience: usize, epoch: usize) -> bool {
     patience > 0 && on != SelectOn::Last && best(history, metric, on).is_some_and(|b| epoch >= b.epoch + patience)
 }
 
 /// Whether to evaluate after `epoch`: every `every` epochs, at the last one, and wherever
 /// early stopping would stop without a better result now.
-pub fn evaluate_at(history: &[EpochRecord], epoch: usize, last: usize, every: usize, stop: (&str, SelectOn, usize)) -> bool {
+pub fn evaluate_at(history: &[EpochRecord], epoch: usize, last: usize, every: usize, stop: (Metric, SelectOn, usize)) -> bool {
     epoch.is_multiple_of(every.max(1)) || epoch >= last || should_stop(history, stop.0, stop.1, stop.2, epoch)
 }
 
@@ -221,30 +256,30 @@ mod tests {
     #[test]
     fn best_and_early_stopping_read_the_selected_split() {
         let h: Vec<_> = [(0.1, 0.4), (0.3, 0.1), (0.3, 0.2), (0.2, 0.5), (0.25, 0.1)].iter().enumerate().map(|(i, &v)| rec(i + 1, Some(v))).collect();
-        assert_eq!(best(&h, "hr", SelectOn::Valid), Some(Best { epoch: 2, value: 0.3 }));
-        assert_eq!(best(&h, "hr", SelectOn::Test), Some(Best { epoch: 4, value: 0.5 }));
-        assert_eq!(best(&h, "hr", SelectOn::Last).map(|b| b.epoch), h.iter().rev().find(|r| r.hr.is_some()).map(|r| r.epoch));
-        assert!(!should_stop(&h, "hr", SelectOn::Last, 1, 100));
-        let stop = |h: &[EpochRecord], p: usize| should_stop(h, "hr", SelectOn::Valid, p, h.last().unwrap().epoch);
+        assert_eq!(best(&h, Metric::Hr, SelectOn::Valid), Some(Best { epoch: 2, value: 0.3 }));
+        assert_eq!(best(&h, Metric::Hr, SelectOn::Test), Some(Best { epoch: 4, value: 0.5 }));
+        assert_eq!(best(&h, Metric::Hr, SelectOn::Last).map(|b| b.epoch), h.iter().rev().find(|r| r.hr.is_some()).map(|r| r.epoch));
+        assert!(!should_stop(&h, Metric::Hr, SelectOn::Last, 1, 100));
+        let stop = |h: &[EpochRecord], p: usize| should_stop(h, Metric::Hr, SelectOn::Valid, p, h.last().unwrap().epoch);
         assert!(!stop(&h, 0));
         assert!(stop(&h, 3));
         assert!(!stop(&h, 4));
         assert!(!stop(&h[..2], 1));
-        assert_eq!(best(&h, "recall", SelectOn::Valid), None, "not computed");
-        assert!(check_metric("recall", false).is_err());
-        assert!(check_metric("hr@10", true).is_err());
+        assert_eq!(best(&h, Metric::Recall, SelectOn::Valid), None, "not computed");
+        assert!(check_metric(Metric::Recall, false).is_err());
+        assert!(check_metric(Metric::Ndcg, false).is_ok());
     }
 
     #[test]
     fn epochs_not_evaluated_are_never_best_and_patience_counts_epochs() {
         let h = vec![rec(1, None), rec(2, Some((0.2, 0.2))), rec(3, None), rec(4, Some((0.1, 0.3))), rec(5, None)];
-        assert_eq!(best(&h, "hr", SelectOn::Valid), Some(Best { epoch: 2, value: 0.2 }));
-        assert_eq!(best(&h[..1], "hr", SelectOn::Valid), None);
+        assert_eq!(best(&h, Metric::Hr, SelectOn::Valid), Some(Best { epoch: 2, value: 0.2 }));
+        assert_eq!(best(&h[..1], Metric::Hr, SelectOn::Valid), None);
         // every 2 epochs, 7 in all, patience 3: epoch 5 is evaluated because it would stop there.
-        let at = |e: usize| evaluate_at(&h[..e - 1], e, 7, 2, ("hr", SelectOn::Valid, 3));
+        let at = |e: usize| evaluate_at(&h[..e - 1], e, 7, 2, (Metric::Hr, SelectOn::Valid, 3));
         assert_eq!((1..=5).map(at).collect::<Vec<_>>(), [false, true, false, true, true]);
-        assert!(evaluate_at(&h, 7, 7, 5, ("hr", SelectOn::Valid, 0)), "the last epoch");
-        assert!(should_stop(&h, "hr", SelectOn::Valid, 3, 5));
+        assert!(evaluate_at(&h, 7, 7, 5, (Metric::Hr, SelectOn::Valid, 0)), "the last epoch");
+        assert!(should_stop(&h, Metric::Hr, SelectOn::Valid, 3, 5));
     }
 
     #[test]

@@ -497,8 +497,8 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         true => format!("hr/ndcg: sampled-{negatives} + others: full ranking ({})", split_name(&config)),
         false => format!("sampled-{negatives} ({})", split_name(&config)),
     };
-    let metric = config.train.best_metric.as_str();
-    let metric_label = history::label(metric, k);
+    let metric = config.train.best_metric;
+    let metric_label = history::label(metric.name(), k);
     match select_on {
         SelectOn::Valid => say!("best checkpoint: chosen on validation {metric_label}; test is reported, never chosen on"),
         SelectOn::Test => say!("best checkpoint: chosen on test {metric_label} (paper protocol, train.select_on = \"test\"): no validation split"),
@@ -611,7 +611,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     progress.epochs.finish_and_clear();
     if let Some(b) = history::best(&history, metric, select_on) {
         let record = history.iter().find(|r| r.epoch == b.epoch);
-        match (select_on, record.and_then(EpochRecord::test).and_then(|t| t.get(metric))) {
+        match (select_on, record.and_then(EpochRecord::test).and_then(|t| t.get(metric.name()))) {
             (SelectOn::Valid, Some(t)) => say!("best: epoch {} valid {metric_label} {:.4} (test {metric_label} {t:.4})", b.epoch, b.value),
             (SelectOn::Last, _) => say!("best: the last epoch, {}: test {metric_label} {:.4}", b.epoch, b.value),
             _ => say!("best: epoch {} test {metric_label} {:.4} (chosen on test: paper protocol)", b.epoch, b.value),
