@@ -88,7 +88,7 @@ pub struct ReaderArgs {
 pub struct ReadFlags {
     /// Input format: csv, tsv, movielens or parquet (auto-detected by default).
     #[arg(long)]
-    pub format: Option<String>,
+    pub format: Option<Format>,
     /// User column: name or 0-based index.
     #[arg(long)]
     pub user_col: Option<String>,
@@ -125,7 +125,7 @@ pub struct TrainArgs {
     pub backend: BackendName,
     /// Model: gmf, mlp, neumf or mf (= --set model.kind=...).
     #[arg(long)]
-    pub model: Option<String>,
+    pub model: Option<ncf_model::ModelKind>,
     /// Epochs (= --set train.epochs=...).
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -148,8 +148,8 @@ impl TrainArgs {
     /// The config file, then `--set`, then the shorthand flags.
     pub fn resolve_config(&self) -> Result<RunConfig> {
         let mut sets = self.sets.clone();
-        if let Some(m) = &self.model {
-            sets.push(format!("model.kind=\"{m}\""));
+        if let Some(m) = self.model {
+            sets.push(format!("model.kind=\"{}\"", m.name()));
         }
         if let Some(e) = self.epochs {
             sets.push(format!("train.epochs={e}"));
@@ -272,8 +272,8 @@ pub enum UnknownPairs {
 impl ReadFlags {
     /// Overrides `read` with the flags that were given.
     pub fn apply(&self, read: &mut ReadOptions) -> Result<()> {
-        if let Some(f) = &self.format {
-            read.format = Some(f.parse::<Format>()?);
+        if let Some(f) = self.format {
+            read.format = Some(f);
         }
         let col = |c: &Option<String>| c.as_deref().map(|s| s.parse::<ColumnRef>().expect("infallible"));
         read.user_col = col(&self.user_col).or(read.user_col.take());
