@@ -148,17 +148,19 @@ impl TrainArgs {
     /// The config file, then `--set`, then the shorthand flags.
     pub fn resolve_config(&self) -> Result<RunConfig> {
         let mut sets = self.sets.clone();
-        if let Some(m) = self.model {
-            sets.push(format!("model.kind=\"{}\"", m.name()));
-        }
-        if let Some(e) = self.epochs {
-            sets.push(format!("train.epochs={e}"));
-        }
-        if let Some(s) = self.seed {
-            sets.push(format!("seed={s}"));
-        }
-        if let Some(n) = self.log_every {
-            sets.push(format!("train.log_every={n}"));
+        let flags = [
+            ("--model", "model.kind", self.model.map(|m| format!("\"{}\"", m.name()))),
+            ("--epochs", "train.epochs", self.epochs.map(|e| e.to_string())),
+            ("--seed", "seed", self.seed.map(|s| s.to_string())),
+            ("--log-every", "train.log_every", self.log_every.map(|n| n.to_string())),
+        ];
+        for (flag, key, value) in flags {
+            let Some(value) = value else { continue };
+            // A key set twice would silently take the flag's value: refuse instead.
+            if let Some(set) = self.sets.iter().find(|s| s.split_once('=').is_some_and(|(k, _)| k.trim() == key)) {
+                anyhow::bail!("{flag} and --set {set} both set {key}: pass one of them");
+            }
+            sets.push(format!("{key}={value}"));
         }
         // A resumed run starts from its own saved configuration.
         let base = self.resume.as_ref().map(|run| run.join("config.toml"));
@@ -361,4 +363,26 @@ pub struct BenchArgs {
     /// Seed of the synthetic data and the models.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+}
+
+#[cfg(test)]
+mod flag_tests {
+    use super::*;
+
+    fn train_args(args: &[&str]) -> TrainArgs {
+        match Cli::try_parse_from(["ncf", "train"].iter().chain(args)).unwrap().command {
+            Command::Train(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_key_set_by_a_flag_and_by_set_is_refused() {
+        let e = train_args(&["--seed", "3", "--set", "seed=9"]).resolve_config().unwrap_err().to_string();
+        assert!(e.contains("--seed") && e.contains("seed=9"), "{e}");
+        let e = train_args(&["--epochs", "3", "--set", "train.epochs = 5"]).resolve_config().unwrap_err().to_string();
+        assert!(e.contains("--epochs") && e.contains("train.epochs"), "{e}");
+        let c = train_args(&["--seed", "3", "--model", "mf", "--set", "train.epochs=5"]).resolve_config().unwrap();
+        assert_eq!((c.seed, c.train.epochs, c.model.kind), (3, 5, ncf_model::ModelKind::Mf));
+    }
 }
