@@ -494,6 +494,13 @@ fn set_with_an_unknown_key_or_a_wrong_type() {
     train_refuses(&d, &["--set", "train.batch_size=big"], &["batch_size", "big"]);
 }
 
+#[test]
+fn set_and_a_flag_for_the_same_key() {
+    let d = temp_dir("set-flag");
+    // `train_refuses` passes --epochs 1.
+    train_refuses(&d, &["--set", "train.epochs=3"], &["--epochs", "--set train.epochs=3", "pass one of them"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Output paths
 
