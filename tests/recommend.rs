@@ -388,6 +388,16 @@ fn movielens_item_metadata_joins() {
     assert!(rows.iter().all(|r| r["title"].is_string() && r["genres"].is_string()), "{rows:?}");
 }
 
+/// A metric column of the run's `metrics.csv` at the epoch saved in `RUN/best`.
+fn logged_at_best(run_dir: &Path) -> impl Fn(&str) -> f64 {
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.csv")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("best/checkpoint.json")).unwrap()).unwrap();
+    let best_epoch = json["epoch"].as_u64().unwrap() as usize;
+    let header: Vec<String> = metrics.lines().next().unwrap().split(',').map(str::to_owned).collect();
+    let row: Vec<String> = metrics.lines().nth(best_epoch).unwrap().split(',').map(str::to_owned).collect();
+    move |name: &str| row[header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name}"))].parse().unwrap()
+}
+
 /// Reads `name VALUE` pairs from `ncf evaluate` output, e.g. "HR@10 0.1833".
 fn metric(stdout: &str, line_start: &str, name: &str) -> f64 {
     let line = stdout.lines().find(|l| l.starts_with(line_start)).unwrap_or_else(|| panic!("{line_start} in {stdout}"));
@@ -404,13 +414,7 @@ fn histories_folded_in_score_as_training_evaluated() {
     let run_dir = dir.join("run");
     let sets = ["model.history=0.5", "model.cosine=true", "train.loss=softmax", "sampler.shared_negatives=20", "train.batch_size=64", "optim.schedule=cosine"];
     train(&run_dir, "mf", 3, &sets);
-    let metrics = std::fs::read_to_string(run_dir.join("metrics.csv")).unwrap();
-    let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
-    let best_epoch = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(run_dir.join("best/checkpoint.json")).unwrap()).unwrap()["epoch"]
-        .as_u64()
-        .unwrap() as usize;
-    let row: Vec<&str> = metrics.lines().nth(best_epoch).unwrap().split(',').collect();
-    let logged = |name: &str| row[header.iter().position(|h| *h == name).unwrap()].parse::<f64>().unwrap();
+    let logged = logged_at_best(&run_dir);
     let stdout = ok(run(ncf().args(["evaluate", "--backend", "flex", "--checkpoint"]).arg(&run_dir)));
     for (start, name, column) in [("sampled", "HR@10", "test_hr@10"), ("full", "Recall@10", "test_recall@10"), ("full", "NDCG@10", "test_full_ndcg@10")] {
         let (a, b) = (metric(&stdout, start, name), logged(column));
@@ -423,13 +427,7 @@ fn evaluate_reproduces_training_metrics_and_scores_are_probabilities() {
     let dir = temp_dir("evaluate");
     let run_dir = dir.join("run");
     train(&run_dir, "neumf", 2, &[]);
-    let metrics = std::fs::read_to_string(run_dir.join("metrics.csv")).unwrap();
-    let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
-    let best_epoch: usize = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(run_dir.join("best/checkpoint.json")).unwrap()).unwrap()["epoch"]
-        .as_u64()
-        .unwrap() as usize;
-    let row: Vec<&str> = metrics.lines().nth(best_epoch).unwrap().split(',').collect();
-    let logged = |name: &str| row[header.iter().position(|h| *h == name).unwrap()].parse::<f64>().unwrap();
+    let logged = logged_at_best(&run_dir);
 
     let per_user = dir.join("per_user.csv");
     let stdout = ok(run(ncf().args(["evaluate", "--backend", "flex", "--checkpoint"]).arg(&run_dir).arg("--per-user").arg(&per_user)));

@@ -157,7 +157,7 @@ impl TrainArgs {
         for (flag, key, value) in flags {
             let Some(value) = value else { continue };
             // A key set twice would silently take the flag's value: refuse instead.
-            if let Some(set) = self.sets.iter().find(|s| s.split_once('=').is_some_and(|(k, _)| k.trim() == key)) {
+            if let Some(set) = self.sets.iter().find(|s| crate::config::split_set(s).is_some_and(|(k, _)| k == key)) {
                 anyhow::bail!("{flag} and --set {set} both set {key}: pass one of them");
             }
             sets.push(format!("{key}={value}"));

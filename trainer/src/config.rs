@@ -136,8 +136,8 @@ impl RunConfig {
             let _: RunConfig = value.clone().try_into().with_context(|| format!("{}: invalid configuration", path.display()))?;
         }
         for set in sets {
-            let (key, raw) = set.split_once('=').with_context(|| format!("--set {set:?}: expected section.key=value"))?;
-            set_path(&mut value, key.trim(), parse_value(raw.trim())).with_context(|| format!("--set {set:?}"))?;
+            let (key, raw) = split_set(set).with_context(|| format!("--set {set:?}: expected section.key=value"))?;
+            set_path(&mut value, key, parse_value(raw)).with_context(|| format!("--set {set:?}"))?;
         }
         let config: RunConfig = value.try_into().context("invalid configuration")?;
         config.model.validate().map_err(anyhow::Error::msg)?;
@@ -230,6 +230,11 @@ fn needs_valid_ratio(split: &SplitConfig) -> bool {
         SplitMethod::Random | SplitMethod::Temporal => true,
         SplitMethod::Given => split.valid_path.is_none(),
     }
+}
+
+/// A `--set KEY=VALUE`'s key and raw value, trimmed.
+pub fn split_set(set: &str) -> Option<(&str, &str)> {
+    set.split_once('=').map(|(k, v)| (k.trim(), v.trim()))
 }
 
 /// A `--set` value: TOML if it parses as one (numbers, booleans, arrays), else a string.
