@@ -37,6 +37,8 @@ pub enum Command {
     Data(DataCommand),
     /// Training, evaluation and recommend throughput on every backend, side by side.
     Bench(BenchArgs),
+    /// Compare training runs: best metrics, the config values that differ, wall time, backend.
+    Runs(RunsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -284,6 +286,27 @@ impl ReadFlags {
         read.time_col = col(&self.time_col).or(read.time_col.take());
         Ok(())
     }
+}
+
+/// `ncf runs`: which runs, the metric to sort by, and the outputs.
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Run directories, or directories holding runs (searched 3 levels deep). Default: runs.
+    pub dirs: Vec<PathBuf>,
+    /// Metric to show and sort by, best first: valid_recall@20, test_ndcg@10, or ndcg@10 (each
+    /// run's choosing split). Default: the metric the runs chose their best epoch by.
+    #[arg(long, value_name = "METRIC")]
+    pub sort: Option<String>,
+    /// Worst first.
+    #[arg(long)]
+    pub reverse: bool,
+    /// Print CSV instead of aligned columns.
+    #[arg(long)]
+    pub csv: bool,
+    /// Also draw the runs' curves of the metric per epoch (validation where they have it) into
+    /// this PNG.
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<PathBuf>,
 }
 
 /// `ncf bench`: workloads, backends, what to measure, and the optional PyTorch peer.

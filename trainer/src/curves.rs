@@ -60,18 +60,30 @@ fn panel(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, title: &str,
     Ok(())
 }
 
-/// Writes a two-panel PNG: loss on the left, metrics on the right (written to a temp file, then renamed).
-pub fn write(path: &Path, loss: &[f64], metrics: &[Series]) -> Result<()> {
+/// Writes a one-panel PNG of `series` per epoch, titled `title` (temp file, then renamed).
+pub fn write_one(path: &Path, title: &str, series: &[Series]) -> Result<()> {
+    draw(path, (900, 500), |root| panel(root, title, series))
+}
+
+/// Draws a `size` PNG at `path` through a temporary file renamed into place when complete.
+fn draw(path: &Path, size: (u32, u32), paint: impl FnOnce(&DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<()>) -> Result<()> {
     register_font();
     // The backend picks the image format by the extension.
     let tmp = std::path::PathBuf::from(format!("{}.png", crate::output::tmp_path(path).display()));
     {
-        let root = BitMapBackend::new(&tmp, (1200, 450)).into_drawing_area();
+        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
         root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-        let (left, right) = root.split_horizontally(520);
-        panel(&left, "training loss", &[Series { name: "loss", values: loss }])?;
-        panel(&right, "evaluation", metrics)?;
+        paint(&root)?;
         root.present().map_err(|e| anyhow!("writing {}: {e}", tmp.display()))?;
     }
     std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
+}
+
+/// Writes a two-panel PNG: loss on the left, metrics on the right (written to a temp file, then renamed).
+pub fn write(path: &Path, loss: &[f64], metrics: &[Series]) -> Result<()> {
+    draw(path, (1200, 450), |root| {
+        let (left, right) = root.split_horizontally(520);
+        panel(&left, "training loss", &[Series { name: "loss", values: loss }])?;
+        panel(&right, "evaluation", metrics)
+    })
 }

@@ -240,6 +240,46 @@ pub fn csv(history: &[EpochRecord], k: usize, protocol: &str, selected_on: Selec
     crate::export::csv_string(std::iter::once(header.collect()).chain(rows))
 }
 
+/// Reads a `metrics.csv` back: its epochs and K. Also reads the layout written before validation
+/// existed (`hr@10`... without a split prefix, all test metrics). A cell left empty is a metric
+/// not computed that epoch.
+pub fn parse_csv(text: &str) -> Result<(Vec<EpochRecord>, usize)> {
+    let mut reader = csv::ReaderBuilder::new().from_reader(text.as_bytes());
+    let header: Vec<String> = reader.headers()?.iter().map(str::to_owned).collect();
+    let col = |name: &str| header.iter().position(|h| h == name);
+    let (Some(epoch_col), Some(loss_col)) = (col("epoch"), col("loss")) else { bail!("no epoch and loss columns") };
+    let k = header.iter().find_map(|h| h.rsplit_once('@').and_then(|(_, k)| k.parse().ok())).unwrap_or(10);
+    // Column of split `on`'s metric `name` (test metrics may carry no prefix).
+    let find = |on: SelectOn, name: &str| {
+        let label = label(name, k);
+        col(&format!("{}_{label}", on.name())).or_else(|| (on == SelectOn::Test).then(|| col(&label)).flatten())
+    };
+    let sides = [SelectOn::Valid, SelectOn::Test].map(|on| COLUMNS.map(|name| find(on, name)));
+    let seconds_col = col("seconds");
+    let mut history = Vec::new();
+    for (line, row) in reader.records().enumerate() {
+        let row = row?;
+        let num = |c: Option<usize>| c.and_then(|c| row.get(c)).filter(|v| !v.is_empty()).map(|v| v.parse::<f64>()).transpose();
+        let bad = |what: &str| anyhow::anyhow!("line {}: {what} is not a number", line + 2);
+        let epoch = row.get(epoch_col).and_then(|v| v.parse().ok()).ok_or_else(|| bad("epoch"))?;
+        let loss = num(Some(loss_col)).map_err(|_| bad("loss"))?.unwrap_or(f64::NAN);
+        let mut metrics = [None, None];
+        for (m, cols) in metrics.iter_mut().zip(&sides) {
+            let v: Vec<Option<f64>> = cols.iter().map(|&c| num(c)).collect::<Result<_, _>>().map_err(|_| bad("a metric"))?;
+            let full = match (v[2], v[3], v[4], v[5], v[6]) {
+                (Some(recall), Some(precision), Some(ndcg), Some(map), coverage) => {
+                    Some(FullMetrics { recall, precision, ndcg, map, coverage: coverage.unwrap_or(f64::NAN) })
+                }
+                _ => None,
+            };
+            *m = v[0].zip(v[1]).map(|(hr, ndcg)| Metrics { hr, ndcg, full });
+        }
+        let seconds = num(seconds_col).map_err(|_| bad("seconds"))?.unwrap_or(f64::NAN);
+        history.push(EpochRecord::new(epoch, loss, metrics[0], metrics[1], seconds));
+    }
+    Ok((history, k))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +335,25 @@ mod tests {
         assert!(lines[2].starts_with("2,0.500000,,,,,,,,,,,,,,,sampled,"), "{}", lines[2]);
         assert_eq!(h[0].named(10)["valid_hr@10"], 0.3);
         assert_eq!(h[0].named(10)["test_ndcg@10"], 0.2);
+    }
+
+    #[test]
+    fn csv_reads_back_and_so_does_the_layout_before_validation() {
+        let full = FullMetrics { recall: 0.25, precision: 0.125, ndcg: 0.5, map: 0.0625, coverage: 0.75 };
+        let h = vec![
+            EpochRecord::new(1, 0.5, Some(m(0.25)), Some(Metrics { hr: 0.5, ndcg: 0.25, full: Some(full) }), 1.5),
+            rec(2, None),
+            EpochRecord::new(3, 0.25, None, Some(m(0.75)), 2.0),
+        ];
+        let (back, k) = parse_csv(&csv(&h, 20, "sampled-100 (leave-one-out)", SelectOn::Valid)).unwrap();
+        assert_eq!((back, k), (h, 20));
+        let old = "epoch,loss,hr@10,ndcg@10,recall@10,precision@10,full_ndcg@10,map@10,coverage@10,protocol,seconds\n\
+                   1,0.400000,0.500000,0.250000,,,,,,\"sampled-99\",3.000\n";
+        let (back, k) = parse_csv(old).unwrap();
+        assert_eq!(k, 10);
+        assert_eq!((back[0].test().unwrap().hr, back[0].valid, back[0].seconds), (0.5, None, 3.0));
+        let err = parse_csv("epoch,loss\n1,x\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("loss"), "{err}");
     }
 
     /// Histories of checkpoints written before validation (test metrics only) still load.

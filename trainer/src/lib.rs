@@ -19,9 +19,11 @@ mod evaluate;
 mod export;
 mod history;
 mod host;
+mod manifest;
 mod output;
 mod pairs;
 mod recommend;
+mod runs;
 mod score;
 mod train;
 
@@ -40,5 +42,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Score(args) => score::run(&args),
         Command::Data(cmd) => data_cmd::run(&cmd),
         Command::Bench(args) => bench::run(&args),
+        Command::Runs(args) => runs::run(&args),
     }
 }

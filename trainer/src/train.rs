@@ -18,6 +18,7 @@ use crate::config::RunConfig;
 use crate::curves;
 use crate::history::{self, EpochRecord, FullMetrics, Metrics, SelectOn};
 use crate::host;
+use crate::manifest::{self, Recorder, Status};
 use crate::output::{self, DirKind, DirState};
 use crate::progress::Progress;
 
@@ -406,7 +407,7 @@ fn resume_from(
 }
 
 /// What `ncf train` writes into a run directory (besides `best/` and `last/`).
-const RUN_FILES: [&str; 6] = ["config.toml", "metrics.csv", "curves.png", "best", "last", output::MARKER];
+const RUN_FILES: [&str; 7] = ["config.toml", "metrics.csv", "curves.png", manifest::FILE, "best", "last", output::MARKER];
 
 /// The run directory to write: `--resume`'s, or `--out` (default `runs/<model>-<n>`) after
 /// checking that it may be written; an existing run is refused unless `--force`, which clears its
@@ -440,6 +441,16 @@ fn claim_run_dir(args: &TrainArgs, config: &RunConfig) -> Result<PathBuf> {
 }
 
 pub fn run(args: &TrainArgs) -> Result<()> {
+    run_with(args, &mut |_, _| None).map(drop)
+}
+
+/// Asked after every epoch with the epoch and the history so far; `Some(reason)` ends the run
+/// there as pruned (`ncf tune` stops hopeless trials so).
+pub type Pruner<'a> = dyn FnMut(usize, &[EpochRecord]) -> Option<String> + 'a;
+
+/// [`run`], with `prune` consulted after every epoch; returns the run directory.
+pub fn run_with(args: &TrainArgs, prune: &mut Pruner) -> Result<PathBuf> {
+    let started = (Instant::now(), std::time::SystemTime::now());
     let mut config = args.resolve_config()?;
     config.absolutize_paths();
     let run_dir = claim_run_dir(args, &config)?;
@@ -447,7 +458,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     say!("{}", selected.line());
     let device = &selected.device;
 
+    let t_data = Instant::now();
     let crate::data::Prepared { data, source, split, candidates, valid_candidates, .. } = crate::data::prepare(&config)?;
+    let data_secs = t_data.elapsed().as_secs_f64();
     say!("data: {source}: {} users, {} items, {} interactions", data.n_users(), data.n_items(), data.len());
     let select_on = config.train.select_on;
     if let Some(valid) = &split.valid {
@@ -517,38 +530,46 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     if first > config.train.epochs {
         say!("{} already has {} epochs; pass --epochs N (N > {}) to train further", run_dir.display(), history.len(), history.len());
     }
+    let mut recorder = Recorder::begin(&run_dir, &config, &selected, first, started)?;
+    *recorder.phases() = manifest::Phases { data: data_secs, setup: started.0.elapsed().as_secs_f64() - data_secs, ..Default::default() };
+    recorder.save(&run_dir, &config, &history, Status::Running)?;
     let progress = Progress::new(config.train.epochs);
     progress.epochs.inc(history.len() as u64);
-    for epoch in first..=config.train.epochs {
-        let t0 = Instant::now();
-        // Dropout masks come from the device's generator: seeded per epoch, so a resumed run
-        // draws the same ones.
-        device.seed(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch as u64);
-        optim.config.lr = config.optim.lr_at(epoch, config.train.epochs);
-        let samples = sampler.epoch_grouped(epoch as u64, pairwise);
-        let bar = progress.batches(samples.len());
-        let t_sample = t0.elapsed().as_secs_f64();
-        let (m, loss, prof) = run_epoch(
-            model,
-            &mut optim,
-            &samples,
-            (batch_size, group, config.train.loss),
-            (shared.as_ref(), history_draws.as_ref(), epoch as u64),
-            config.train.log_every,
-            device,
-            &bar,
-        );
-        model = m;
-        bar.finish_and_clear();
-        let t_eval = Instant::now();
-        let eval_reads = host::reads();
-        let evaluated = history::evaluate_at(&history, epoch, config.train.epochs, config.train.eval_every, stop_rule);
-        // Scored as `ncf recommend` will: with the users' training histories folded in.
-        let scoring = evaluated.then(|| model.fold_history(split.train.offsets(), split.train.all_items()));
-        let valid = valid_eval.as_ref().zip(scoring.as_ref()).map(|(e, m)| e.evaluate(m, k, device));
-        let test = scoring.as_ref().map(|m| test_eval.evaluate(m, k, device));
-        if args.profile {
-            progress.println(&format!(
+    // The epochs and the closing writes; an error in them is recorded in run.json before it is
+    // reported.
+    let train = || -> Result<Status> {
+        let mut status = Status::Finished;
+        for epoch in first..=config.train.epochs {
+            let t0 = Instant::now();
+            // Dropout masks come from the device's generator: seeded per epoch, so a resumed run
+            // draws the same ones.
+            device.seed(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch as u64);
+            optim.config.lr = config.optim.lr_at(epoch, config.train.epochs);
+            let samples = sampler.epoch_grouped(epoch as u64, pairwise);
+            let bar = progress.batches(samples.len());
+            let t_sample = t0.elapsed().as_secs_f64();
+            let (m, loss, prof) = run_epoch(
+                model,
+                &mut optim,
+                &samples,
+                (batch_size, group, config.train.loss),
+                (shared.as_ref(), history_draws.as_ref(), epoch as u64),
+                config.train.log_every,
+                device,
+                &bar,
+            );
+            model = m;
+            bar.finish_and_clear();
+            recorder.phases().train += t0.elapsed().as_secs_f64();
+            let t_eval = Instant::now();
+            let eval_reads = host::reads();
+            let evaluated = history::evaluate_at(&history, epoch, config.train.epochs, config.train.eval_every, stop_rule);
+            // Scored as `ncf recommend` will: with the users' training histories folded in.
+            let scoring = evaluated.then(|| model.fold_history(split.train.offsets(), split.train.all_items()));
+            let valid = valid_eval.as_ref().zip(scoring.as_ref()).map(|(e, m)| e.evaluate(m, k, device));
+            let test = scoring.as_ref().map(|m| test_eval.evaluate(m, k, device));
+            if args.profile {
+                progress.println(&format!(
                 "profile: {} steps, {:.3} host reads/step ({} reads in the step loop, log every {}); sampling {:.2}s, waiting for batches {:.2}s, steps {:.2}s, loss reads {:.2}s, evaluation {:.2}s ({} reads)",
                 prof.steps,
                 prof.reads as f64 / prof.steps.max(1) as f64,
@@ -561,54 +582,81 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 t_eval.elapsed().as_secs_f64(),
                 host::reads() - eval_reads,
             ));
+            }
+            recorder.phases().eval += t_eval.elapsed().as_secs_f64();
+            let t_write = Instant::now();
+            let secs = t0.elapsed().as_secs_f64();
+            let shown = match (&valid, &test) {
+                (_, None) => format!("(not evaluated: train.eval_every = {})", config.train.eval_every),
+                (Some(v), Some(t)) => format!("valid {}  | test {}", v.brief(k), t.brief(k)),
+                (None, Some(t)) => format!("test {}", t.brief(k)),
+            };
+            progress.println(&format!("epoch {epoch:>3}  loss {loss:.4}  {shown}  ({secs:.1}s, {:.0} samples/s)", samples.len() as f64 / secs));
+            let record = EpochRecord::new(epoch, loss, valid, test, secs);
+            let metrics = record.named(k);
+            history.push(record);
+            output::write_atomic(&run_dir.join("metrics.csv"), history::csv(&history, k, &protocol, select_on).as_bytes())?;
+            let meta = Meta {
+                format_version: FORMAT_VERSION,
+                model: config.model.kind.name().into(),
+                n_users: data.n_users(),
+                n_items: data.n_items(),
+                epoch,
+                metrics,
+                history: history.clone(),
+                optim_step: optim.step,
+                checksums: Default::default(),
+            };
+            let saved = |optim| Saved {
+                meta: &meta,
+                config: &config,
+                model: &model,
+                train: &split.train,
+                valid: split.valid.as_ref(),
+                test: &split.test,
+                users: &data.users,
+                items: &data.items,
+                optim,
+                candidates: imported_candidates,
+            };
+            // best/ first: a run stopped at any moment that has a last/ has a best/ too.
+            if history::best(&history, metric, select_on).is_some_and(|b| b.epoch == epoch) {
+                checkpoint::save(&run_dir.join("best"), &saved(None))?;
+            }
+            checkpoint::save(&run_dir.join("last"), &saved(Some(&optim)))?;
+            progress.epochs.inc(1);
+            recorder.phases().write += t_write.elapsed().as_secs_f64();
+            recorder.save(&run_dir, &config, &history, Status::Running)?;
+            if history::should_stop(&history, metric, select_on, config.train.patience, epoch) {
+                let on = if select_on == SelectOn::Valid { "validation" } else { "test" };
+                progress.println(&format!("early stop: no better {on} {metric_label} in {} epochs", config.train.patience));
+                status = Status::StoppedEarly;
+                break;
+            }
+            if epoch < config.train.epochs
+                && let Some(reason) = prune(epoch, &history)
+            {
+                progress.println(&format!("pruned after epoch {epoch}: {reason}"));
+                status = Status::Pruned;
+                break;
+            }
         }
-        let secs = t0.elapsed().as_secs_f64();
-        let shown = match (&valid, &test) {
-            (_, None) => format!("(not evaluated: train.eval_every = {})", config.train.eval_every),
-            (Some(v), Some(t)) => format!("valid {}  | test {}", v.brief(k), t.brief(k)),
-            (None, Some(t)) => format!("test {}", t.brief(k)),
-        };
-        progress.println(&format!("epoch {epoch:>3}  loss {loss:.4}  {shown}  ({secs:.1}s, {:.0} samples/s)", samples.len() as f64 / secs));
-        let record = EpochRecord::new(epoch, loss, valid, test, secs);
-        let metrics = record.named(k);
-        history.push(record);
-        output::write_atomic(&run_dir.join("metrics.csv"), history::csv(&history, k, &protocol, select_on).as_bytes())?;
-        let meta = Meta {
-            format_version: FORMAT_VERSION,
-            model: config.model.kind.name().into(),
-            n_users: data.n_users(),
-            n_items: data.n_items(),
-            epoch,
-            metrics,
-            history: history.clone(),
-            optim_step: optim.step,
-            checksums: Default::default(),
-        };
-        let saved = |optim| Saved {
-            meta: &meta,
-            config: &config,
-            model: &model,
-            train: &split.train,
-            valid: split.valid.as_ref(),
-            test: &split.test,
-            users: &data.users,
-            items: &data.items,
-            optim,
-            candidates: imported_candidates,
-        };
-        // best/ first: a run stopped at any moment that has a last/ has a best/ too.
-        if history::best(&history, metric, select_on).is_some_and(|b| b.epoch == epoch) {
-            checkpoint::save(&run_dir.join("best"), &saved(None))?;
+        progress.epochs.finish_and_clear();
+        if !history.is_empty() {
+            let t_write = Instant::now();
+            write_curves(&run_dir.join("curves.png"), &history, k, config.train.full_ranking)?;
+            recorder.phases().write += t_write.elapsed().as_secs_f64();
         }
-        checkpoint::save(&run_dir.join("last"), &saved(Some(&optim)))?;
-        progress.epochs.inc(1);
-        if history::should_stop(&history, metric, select_on, config.train.patience, epoch) {
-            let on = if select_on == SelectOn::Valid { "validation" } else { "test" };
-            progress.println(&format!("early stop: no better {on} {metric_label} in {} epochs", config.train.patience));
-            break;
+        Ok(status)
+    };
+    let status = match train() {
+        Ok(status) => status,
+        Err(e) => {
+            recorder.fail(&run_dir, &config, &history, &e);
+            return Err(e);
         }
-    }
-    progress.epochs.finish_and_clear();
+    };
+    recorder.save(&run_dir, &config, &history, status)?;
     if let Some(b) = history::best(&history, metric, select_on) {
         let record = history.iter().find(|r| r.epoch == b.epoch);
         match (select_on, record.and_then(EpochRecord::test).and_then(|t| t.get(metric.name()))) {
@@ -617,12 +665,9 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             _ => say!("best: epoch {} test {metric_label} {:.4} (chosen on test: paper protocol)", b.epoch, b.value),
         }
     }
-    if !history.is_empty() {
-        write_curves(&run_dir.join("curves.png"), &history, k, config.train.full_ranking)?;
-    }
     say!("run directory: {}", run_dir.display());
     say!("next: ncf recommend --checkpoint {} --top-n 10 --out {}", run_dir.display(), run_dir.join("recommendations.csv").display());
-    Ok(())
+    Ok(run_dir)
 }
 
 /// `curves.png`: the loss, and validation and test metrics per epoch (gaps where not evaluated).
