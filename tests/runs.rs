@@ -136,3 +136,94 @@ fn runs_table_sorts_and_shows_what_differs() {
     let out = ncf().args(["runs", "--sort", "valid_auc@10"]).arg(&runs).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("none of"));
 }
+
+/// Runs `ncf tune` on the small demo with `args`; returns stdout.
+fn tune(dir: &Path, args: &[&str]) -> String {
+    let out = ncf()
+        .args(["tune", "--backend", "flex", "--set", "data.demo.users=100", "--set", "data.demo.items=120", "--set", "seed=3"])
+        .args(args)
+        .arg("--out")
+        .arg(dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "tune failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// `results.csv` as (run, column → value) rows.
+fn results(dir: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let text = std::fs::read_to_string(dir.join("results.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    lines.map(|l| header.iter().map(|h| h.to_string()).zip(l.split(',').map(str::to_owned)).collect()).collect()
+}
+
+/// `ncf tune` runs every combination as a child run, chooses the best on validation, writes a
+/// `best.toml` that `ncf train --config` takes, and rerun after a trial is lost runs that trial
+/// alone.
+#[test]
+fn tune_runs_the_grid_chooses_on_validation_and_continues() {
+    let dir = temp_dir("tune");
+    let t = dir.join("tune");
+    let args = ["--epochs", "2", "--prune", "none", "--grid", "optim.lr=[0.0005,0.01]", "--grid", "model.kind=[gmf,mf]"];
+    tune(&t, &args);
+    let rows = results(&t);
+    assert_eq!(rows.len(), 4);
+    let mut combos: Vec<(String, String)> = rows.iter().map(|r| (r["optim.lr"].clone(), r["model"].clone())).collect();
+    combos.sort();
+    assert_eq!(combos, [("0.0005", "gmf"), ("0.0005", "mf"), ("0.01", "gmf"), ("0.01", "mf")].map(|(a, b)| (a.to_owned(), b.to_owned())));
+    // Best first, by validation; best.toml is that trial's config.
+    let valid: Vec<f64> = rows.iter().map(|r| r["valid_hr@10"].parse().unwrap()).collect();
+    assert!(valid.windows(2).all(|w| w[0] >= w[1]), "{valid:?}");
+    let best_run = Path::new(&rows[0]["run"]).to_owned();
+    let best = std::fs::read_to_string(t.join("best.toml")).unwrap();
+    let trial_config = std::fs::read_to_string(best_run.join("config.toml")).unwrap();
+    assert!(best.ends_with(&trial_config) && best.starts_with("# ncf tune"), "{best}");
+    assert!(std::fs::read(t.join("tune.png")).unwrap().starts_with(b"\x89PNG"));
+    let retrain = ncf().args(["-q", "train", "--epochs", "1", "--config"]).arg(t.join("best.toml")).arg("--out").arg(dir.join("again")).output().unwrap();
+    assert!(retrain.status.success(), "{}", String::from_utf8_lossy(&retrain.stderr));
+
+    // Continued: ended trials are not rerun; a lost one is.
+    let manifests = |t: &Path| (0..4).map(|i| std::fs::read_to_string(t.join(format!("trial-{i:03}/run.json"))).unwrap_or_default()).collect::<Vec<_>>();
+    let before = manifests(&t);
+    std::fs::remove_dir_all(t.join("trial-002")).unwrap();
+    let stdout = tune(&t, &args);
+    assert!(stdout.contains("continuing the tune"), "{stdout}");
+    let after = manifests(&t);
+    for i in [0, 1, 3] {
+        assert_eq!(before[i], after[i], "trial {i} was rerun");
+    }
+    assert!(after[2].contains("\"finished\""));
+    assert_eq!(results(&t).len(), 4);
+
+    // Another search in the same directory is refused.
+    let out = ncf().args(["tune", "--backend", "flex", "--grid", "optim.lr=[0.1]", "--out"]).arg(&t).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("another search"));
+}
+
+/// The median rule stops a hopeless trial early; --random samples the grid; a spent budget
+/// starts no trial and says how to continue; choosing on test is refused.
+#[test]
+fn tune_prunes_samples_and_keeps_to_its_budget() {
+    let dir = temp_dir("tune-prune");
+    let t = dir.join("prune");
+    tune(&t, &["--epochs", "4", "--prune-after", "1", "--grid", "optim.lr=[0.01,0.005,0.003,0.000001]", "--set", "model.kind=\"gmf\""]);
+    let m = manifest(&t.join("trial-003"));
+    assert_eq!(m["status"], "pruned", "lr 1e-6 learns nothing in an epoch: {m}");
+    assert!(m["epochs"].as_u64().unwrap() < 4);
+    assert_eq!(manifest(&t.join("trial-000"))["epochs"], 4, "the first trials have no peers to be pruned against");
+
+    let r = dir.join("random");
+    tune(&r, &["--epochs", "1", "--random", "2", "--seed", "7", "--grid", "optim.lr=[0.001,0.002,0.003]", "--grid", "model.factors=[4,8]"]);
+    assert_eq!(results(&r).len(), 2);
+
+    let b = dir.join("budget");
+    let stdout = tune(&b, &["--epochs", "1", "--budget-minutes", "0", "--grid", "optim.lr=[0.001,0.002]"]);
+    assert!(stdout.contains("2 trials not run") && stdout.contains("rerun the same command"), "{stdout}");
+    assert!(!b.join("trial-000").exists());
+
+    let out = ncf().args(["tune", "--grid", "optim.lr=[0.1]", "--set", "train.select_on=test", "--out"]).arg(dir.join("refused")).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("chooses on the validation split"));
+    assert!(!dir.join("refused").exists());
+}

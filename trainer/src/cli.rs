@@ -39,6 +39,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// Compare training runs: best metrics, the config values that differ, wall time, backend.
     Runs(RunsArgs),
+    /// Search hyperparameters: a grid or a random sample of runs, chosen on validation.
+    Tune(TuneArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -307,6 +309,63 @@ pub struct RunsArgs {
     /// this PNG.
     #[arg(long, value_name = "FILE.png")]
     pub plot: Option<PathBuf>,
+}
+
+/// How `ncf tune` stops hopeless trials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Prune {
+    /// Median stopping rule: after --prune-after epochs, a trial whose best validation metric so
+    /// far is below the median of the earlier trials' at the same epoch stops.
+    Median,
+    /// Every trial runs all its epochs (or until train.patience stops it).
+    None,
+}
+
+/// `ncf tune`: the base config (as `ncf train` takes it), the grid, the search and its budget.
+#[derive(Debug, Args)]
+pub struct TuneArgs {
+    #[command(flatten)]
+    pub reader: ReaderArgs,
+    /// Base TOML config (presets in configs/); --set and the grid override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a base config field for every trial: --set train.epochs=20 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// A tuned key and its values: --grid optim.lr=[0.001,0.01] (repeatable: the combinations of
+    /// every --grid are tried).
+    #[arg(long, value_name = "KEY=[V1,V2,...]", required = true)]
+    pub grid: Vec<String>,
+    /// Try this many combinations drawn at random (with --seed) instead of all of them.
+    #[arg(long, value_name = "N")]
+    pub random: Option<usize>,
+    /// Seed of the --random draw (the runs' own seed is the config's `seed`).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Start no trial after this many minutes; rerun the same command to continue.
+    #[arg(long, value_name = "M")]
+    pub budget_minutes: Option<f64>,
+    /// How hopeless trials stop early.
+    #[arg(long, value_enum, default_value = "median")]
+    pub prune: Prune,
+    /// Epochs every trial runs before the median rule may stop it (default: a quarter of
+    /// train.epochs).
+    #[arg(long, value_name = "EPOCHS")]
+    pub prune_after: Option<usize>,
+    /// Epochs per trial (= --set train.epochs=...).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Tune directory (default: tunes/tune-<n>). Rerunning the same command on it continues the tune.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Write into --out even when it is not an ncf tune (only ncf's files are written).
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendName,
+    /// Show each trial's epochs, not just a line per trial.
+    #[arg(long)]
+    pub verbose: bool,
 }
 
 /// `ncf bench`: workloads, backends, what to measure, and the optional PyTorch peer.

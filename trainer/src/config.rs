@@ -238,7 +238,7 @@ pub fn split_set(set: &str) -> Option<(&str, &str)> {
 }
 
 /// A `--set` value: TOML if it parses as one (numbers, booleans, arrays), else a string.
-fn parse_value(raw: &str) -> toml::Value {
+pub(crate) fn parse_value(raw: &str) -> toml::Value {
     format!("v = {raw}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v")).unwrap_or_else(|| toml::Value::String(raw.to_owned()))
 }
 

@@ -65,6 +65,48 @@ pub fn write_one(path: &Path, title: &str, series: &[Series]) -> Result<()> {
     draw(path, (900, 500), |root| panel(root, title, series))
 }
 
+/// One panel of a scatter chart: values of a key (as labelled positions) against a metric.
+pub struct Scatter {
+    pub title: String,
+    /// The key's values, in order: the x axis.
+    pub labels: Vec<String>,
+    /// (position in `labels`, metric) per point.
+    pub points: Vec<(usize, f64)>,
+}
+
+/// Writes a PNG with a panel per [`Scatter`] side by side, the y axis named `metric`.
+pub fn write_scatter(path: &Path, metric: &str, panels: &[Scatter]) -> Result<()> {
+    let n = panels.len().max(1);
+    draw(path, (420 * n as u32, 420), |root| {
+        for (area, p) in root.split_evenly((1, n)).iter().zip(panels) {
+            let (lo, hi) = p.points.iter().map(|q| q.1).filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+            let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+            let pad = ((hi - lo) * 0.1).max(1e-3);
+            let last = p.labels.len().saturating_sub(1) as f64;
+            let labels = p.labels.clone();
+            let mut chart = ChartBuilder::on(area)
+                .caption(&p.title, ("sans-serif", 18))
+                .margin(12)
+                .x_label_area_size(35)
+                .y_label_area_size(55)
+                .build_cartesian_2d(-0.5f64..last + 0.5, (lo - pad)..(hi + pad))
+                .map_err(|e| anyhow!("{e}"))?;
+            chart
+                .configure_mesh()
+                .y_desc(metric)
+                .x_labels(p.labels.len().max(1))
+                .x_label_formatter(&|x| {
+                    let i = x.round();
+                    if (x - i).abs() < 1e-6 && i >= 0.0 { labels.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
+                })
+                .draw()
+                .map_err(|e| anyhow!("{e}"))?;
+            chart.draw_series(p.points.iter().map(|&(x, y)| Circle::new((x as f64, y), 5, BLUE.filled()))).map_err(|e| anyhow!("{e}"))?;
+        }
+        Ok(())
+    })
+}
+
 /// Draws a `size` PNG at `path` through a temporary file renamed into place when complete.
 fn draw(path: &Path, size: (u32, u32), paint: impl FnOnce(&DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<()>) -> Result<()> {
     register_font();

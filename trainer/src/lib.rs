@@ -26,6 +26,7 @@ mod recommend;
 mod runs;
 mod score;
 mod train;
+mod tune;
 
 use crate::cli::{Cli, Command};
 
@@ -43,5 +44,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(cmd) => data_cmd::run(&cmd),
         Command::Bench(args) => bench::run(&args),
         Command::Runs(args) => runs::run(&args),
+        Command::Tune(args) => tune::run(&args),
     }
 }

@@ -20,6 +20,8 @@ pub enum DirKind {
     Split,
     /// `ncf bench --out`: bench.json and bench.png.
     Bench,
+    /// `ncf tune --out`: tune.toml, results, best.toml, tune.png and the trials' runs.
+    Tune,
 }
 
 impl DirKind {
@@ -28,15 +30,18 @@ impl DirKind {
             Self::Run => "run",
             Self::Split => "split",
             Self::Bench => "bench",
+            Self::Tune => "tune",
         }
     }
 
-    /// Files by which a directory written before the marker existed is recognised.
+    /// Files by which a directory written before the marker existed is recognised (none: never).
     fn legacy_signature(self) -> &'static [&'static str] {
         match self {
             Self::Run => &["config.toml", "last/checkpoint.json"],
             Self::Split => &["train.csv", "test.csv", "test.negative", "config.toml"],
             Self::Bench => &["bench.json", "bench.png"],
+            // Tunes came after the marker: never recognised without it.
+            Self::Tune => &[],
         }
     }
 }
@@ -112,7 +117,8 @@ pub fn claim_dir(dir: &Path, kind: DirKind, writes: &[&str], inputs: &[&Path], f
         }
         return Ok(DirState::Forced);
     }
-    if kind.legacy_signature().iter().all(|f| dir.join(f).exists()) {
+    let legacy = kind.legacy_signature();
+    if !legacy.is_empty() && legacy.iter().all(|f| dir.join(f).exists()) {
         return Ok(DirState::Same);
     }
     let mut entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
