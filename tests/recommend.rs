@@ -583,3 +583,68 @@ fn bad_inputs_fail_clearly_without_partial_output() {
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains(".jsonl"));
     assert_eq!(std::fs::read_dir(out.parent().unwrap()).unwrap().count(), 0);
 }
+
+/// `--shard I/N` in N = 4 separate processes at once: the union of the parts is exactly the
+/// unsharded export; rerunning one shard rewrites only its part; `--merge` checks the set and
+/// names a missing shard or a shard from another checkpoint.
+#[test]
+fn four_shards_in_separate_processes_equal_the_unsharded_export() {
+    let dir = temp_dir("shards");
+    let (run_a, run_b) = (dir.join("a"), dir.join("b"));
+    train(&run_a, "mf", 2, &[]);
+    train(&run_b, "mf", 3, &[]);
+    let whole = dir.join("all.csv");
+    ok(run(ncf().args(["recommend", "--backend", "flex", "--checkpoint"]).arg(&run_a).arg("--out").arg(&whole)));
+    let parts = dir.join("parts");
+    let shard = |i: usize, ck: &Path| {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("ncf"))
+            .args(["-q", "recommend", "--backend", "flex", "--out-format", "csv", "--shard", &format!("{i}/4"), "--checkpoint"])
+            .arg(ck)
+            .arg("--out")
+            .arg(&parts)
+            .spawn()
+            .unwrap()
+    };
+    let children: Vec<_> = (0..4).map(|i| shard(i, &run_a)).collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let sorted_rows = |files: &[PathBuf]| {
+        let mut rows: Vec<String> =
+            files.iter().flat_map(|f| std::fs::read_to_string(f).unwrap().lines().skip(1).map(str::to_owned).collect::<Vec<_>>()).collect();
+        rows.sort();
+        rows
+    };
+    let part = |i: usize| parts.join(format!("part-{i:05}-of-00004.csv"));
+    let union = sorted_rows(&(0..4).map(part).collect::<Vec<_>>());
+    assert_eq!(union, sorted_rows(&[whole]), "the parts hold exactly the unsharded rows");
+    let users_per_part: Vec<usize> = (0..4)
+        .map(|i| std::fs::read_to_string(part(i)).unwrap().lines().skip(1).map(|l| l.split(',').next().unwrap().to_owned()).collect::<HashSet<_>>().len())
+        .collect();
+    assert_eq!(users_per_part.iter().sum::<usize>(), USERS, "each user in one shard: {users_per_part:?}");
+    let merged = ok(run(ncf().args(["recommend", "--merge"]).arg(&parts)));
+    assert!(merged.contains("all 4 shards present") && merged.contains(&format!("{USERS} users")), "{merged}");
+
+    // Rerunning shard 1 replaces its part alone.
+    let before: Vec<Vec<u8>> = (0..4).map(|i| std::fs::read(part(i)).unwrap()).collect();
+    std::fs::write(part(1), "damaged").unwrap();
+    let out = run(ncf().args(["recommend", "--merge"]).arg(&parts));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("rerun shard 1"));
+    assert!(shard(1, &run_a).wait().unwrap().success());
+    let after: Vec<Vec<u8>> = (0..4).map(|i| std::fs::read(part(i)).unwrap()).collect();
+    assert_eq!(before, after);
+
+    // A shard from another checkpoint, then a missing shard, are refused by --merge.
+    assert!(shard(2, &run_b).wait().unwrap().success());
+    let out = run(ncf().args(["recommend", "--merge"]).arg(&parts));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("another checkpoint"), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::remove_file(parts.join("part-00002-of-00004.json")).unwrap();
+    let out = run(ncf().args(["recommend", "--merge"]).arg(&parts));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("1 of 4 shards are missing: 2"));
+    // A directory of other files is not written into.
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let out = run(ncf().args(["recommend", "--backend", "flex", "--shard", "0/2", "--checkpoint"]).arg(&run_a).arg("--out").arg(&other));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("notes.txt"));
+}

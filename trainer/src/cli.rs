@@ -180,23 +180,31 @@ impl TrainArgs {
 #[derive(Debug, Args)]
 pub struct RecommendArgs {
     /// Run directory (uses its best/) or a checkpoint directory.
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+    #[arg(long, required_unless_present = "merge")]
+    pub checkpoint: Option<PathBuf>,
     /// Users: `all`, a file with one raw user id per line, or id,id,... (adds a `source` column).
     #[arg(long, default_value = "all")]
     pub users: String,
     /// Items per user.
     #[arg(long, default_value_t = 10)]
     pub top_n: usize,
-    /// Output file: .csv, .parquet or .jsonl.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Output format (default: from the extension of --out).
+    /// Output file: .csv, .parquet or .jsonl (with --shard: a directory for the parts).
+    #[arg(long, required_unless_present = "merge")]
+    pub out: Option<PathBuf>,
+    /// Output format (default: from the extension of --out; parquet for --shard parts).
     #[arg(long, value_enum)]
     pub out_format: Option<OutFormat>,
     /// Replace --out even when it is not an ncf export with these columns.
     #[arg(long)]
     pub force: bool,
+    /// Only shard I of N of the users, chosen by a hash of the raw user id: writes
+    /// --out/part-IIIII-of-NNNNN.<format> and its manifest (.json), replacing only that shard.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<crate::shard::Shard>,
+    /// Check the sharded export in DIR (every shard present, one checkpoint and set of options,
+    /// parts intact) and print its totals; reads nothing else.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["checkpoint", "out", "shard"])]
+    pub merge: Option<PathBuf>,
     /// Keep items the user had in training or validation (left out by default).
     #[arg(long)]
     pub include_seen: bool,

@@ -25,6 +25,7 @@ mod pairs;
 mod recommend;
 mod runs;
 mod score;
+mod shard;
 mod train;
 mod tune;
 

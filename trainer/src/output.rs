@@ -22,6 +22,8 @@ pub enum DirKind {
     Bench,
     /// `ncf tune --out`: tune.toml, results, best.toml, tune.png and the trials' runs.
     Tune,
+    /// `ncf recommend --shard I/N --out`: part files and their manifests.
+    Shards,
 }
 
 impl DirKind {
@@ -31,6 +33,7 @@ impl DirKind {
             Self::Split => "split",
             Self::Bench => "bench",
             Self::Tune => "tune",
+            Self::Shards => "recommend-shards",
         }
     }
 
@@ -41,7 +44,7 @@ impl DirKind {
             Self::Split => &["train.csv", "test.csv", "test.negative", "config.toml"],
             Self::Bench => &["bench.json", "bench.png"],
             // Tunes came after the marker: never recognised without it.
-            Self::Tune => &[],
+            Self::Tune | Self::Shards => &[],
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::export::{Export, Kind, OutFormat, Values};
 use crate::host;
 use crate::output;
 use crate::progress::Progress;
+use crate::shard;
 
 /// Scores per chunk of users on the CPU (8 MiB): small enough that the host top-k reads them
 /// from cache; measured faster than larger chunks on the 30k × 41k benchmark.
@@ -237,20 +238,40 @@ fn allowed_items(spec: &str, items: &IdMap) -> Result<Vec<bool>> {
 }
 
 pub fn run(args: &RecommendArgs) -> Result<()> {
+    if let Some(dir) = &args.merge {
+        let m = shard::check(dir)?;
+        say!(
+            "{}: all {} shards present and consistent: {} users, {} rows, top-{} from {} ({} parts)",
+            dir.display(),
+            m.shards,
+            m.users,
+            m.rows,
+            m.spec.top_n,
+            m.spec.checkpoint,
+            m.spec.format
+        );
+        return Ok(());
+    }
+    let (Some(checkpoint), Some(out)) = (&args.checkpoint, &args.out) else { bail!("--checkpoint and --out are required") };
     if args.top_n == 0 {
         bail!("--top-n must be at least 1");
     }
-    let format = OutFormat::resolve(&args.out, args.out_format)?;
+    let format = match args.shard {
+        Some(_) => args.out_format.unwrap_or(OutFormat::Parquet),
+        None => OutFormat::resolve(out, args.out_format)?,
+    };
     // --users and --items name files or list ids; only files are inputs.
     fn file(spec: &str) -> &Path {
         Some(Path::new(spec)).filter(|p| p.is_file()).unwrap_or(Path::new(""))
     }
     let inputs = [file(&args.users), file(args.items.as_deref().unwrap_or("")), args.item_metadata.as_deref().unwrap_or(Path::new(""))];
-    output::refuse_inputs(&args.out, &inputs)?;
+    output::refuse_inputs(out, &inputs)?;
     let selected = backend::select(args.backend)?;
     say!("{}", selected.line());
     let device = &selected.device;
-    let ck = checkpoint::load(&args.checkpoint, device)?;
+    let ck = checkpoint::load(checkpoint, device)?;
+    // What every shard of one export must have read: the same checkpoint.json (weights' CRCs).
+    let ck_hash = args.shard.map(|_| shard::checkpoint_hash(&checkpoint::resolve_dir(checkpoint))).transpose()?;
     let n_items = ck.meta.n_items;
     let k = args.top_n.min(n_items);
 
@@ -265,6 +286,19 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
                 None => Target::Unknown(raw),
             })
             .collect()
+    };
+    // A shard keeps its users alone (known or not), by their raw ids.
+    let targets: Vec<Target> = match args.shard {
+        Some(shard) => targets
+            .into_iter()
+            .filter(|t| {
+                shard.holds(match t {
+                    Target::Known(u) => ck.users.raw(*u),
+                    Target::Unknown(raw) => raw,
+                })
+            })
+            .collect(),
+        None => targets,
     };
     let unknown: Vec<&str> = targets.iter().filter_map(|t| if let Target::Unknown(r) = t { Some(r.as_str()) } else { None }).collect();
     if !unknown.is_empty() {
@@ -296,7 +330,20 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
     let seen = ck.seen();
     let model = ck.scoring_model();
     let scorer = Scorer::new(&model, &seen, device, allowed.as_deref(), args.include_seen, selected.host_memory(), k);
-    let mut export = Export::create(&args.out, format, &columns, &inputs, args.force)?;
+    // A shard writes its part into the claimed directory, replacing its own earlier part.
+    let ext = match format {
+        OutFormat::Csv => "csv",
+        OutFormat::Parquet => "parquet",
+        OutFormat::Jsonl => "jsonl",
+    };
+    let part = match args.shard {
+        Some(shard) => {
+            shard::claim_dir(out, args.force)?;
+            shard::part_path(out, shard, ext)
+        }
+        None => out.clone(),
+    };
+    let mut export = Export::create(&part, format, &columns, &inputs, args.force || args.shard.is_some())?;
     let bar = Progress::users(targets.len());
     let mut users_out = 0usize;
     let blocks: Vec<&[Target]> = targets.chunks(scorer.chunk).collect();
@@ -364,13 +411,27 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
     bar.finish_and_clear();
     let rows = export.rows();
     export.finish()?;
+    if let Some(shard) = args.shard {
+        let spec = shard::ExportSpec {
+            checkpoint_hash: ck_hash.clone().unwrap_or_default(),
+            checkpoint: checkpoint.display().to_string(),
+            top_n: args.top_n,
+            include_seen: args.include_seen,
+            users: args.users.clone(),
+            items: args.items.clone(),
+            columns: columns.iter().map(|c| c.0.clone()).collect(),
+            format: ext.to_owned(),
+        };
+        shard::write_manifest(out, shard, spec, &part, rows, users_out)?;
+    }
     if let Some(m) = &metadata
         && !m.missing.is_empty()
     {
         eprintln!("warning: {} recommended items have no row in --item-metadata (their columns are empty)", m.missing.len());
     }
     let secs = bar.elapsed().as_secs_f64();
-    say!("wrote top-{k} for {users_out} users ({rows} rows) to {} in {secs:.1}s ({:.0} users/s)", args.out.display(), users_out as f64 / secs.max(1e-9));
+    let shard = args.shard.map_or(String::new(), |s| format!(" (shard {} of {})", s.index, s.count));
+    say!("wrote top-{k} for {users_out} users{shard} ({rows} rows) to {} in {secs:.1}s ({:.0} users/s)", part.display(), users_out as f64 / secs.max(1e-9));
     Ok(())
 }
 
