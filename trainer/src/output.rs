@@ -20,6 +20,10 @@ pub enum DirKind {
     Split,
     /// `ncf bench --out`: bench.json and bench.png.
     Bench,
+    /// `ncf export --to torch`: a PyTorch state dict, its config and the raw ids.
+    TorchExport,
+    /// `ncf export --to embeddings`: user and item vectors as Parquet, and their config.
+    EmbeddingsExport,
 }
 
 impl DirKind {
@@ -28,6 +32,8 @@ impl DirKind {
             Self::Run => "run",
             Self::Split => "split",
             Self::Bench => "bench",
+            Self::TorchExport => "torch export",
+            Self::EmbeddingsExport => "embeddings export",
         }
     }
 
@@ -37,6 +43,8 @@ impl DirKind {
             Self::Run => &["config.toml", "last/checkpoint.json"],
             Self::Split => &["train.csv", "test.csv", "test.negative", "config.toml"],
             Self::Bench => &["bench.json", "bench.png"],
+            // Newer than the marker: always marked.
+            Self::TorchExport | Self::EmbeddingsExport => &[],
         }
     }
 }
@@ -112,7 +120,8 @@ pub fn claim_dir(dir: &Path, kind: DirKind, writes: &[&str], inputs: &[&Path], f
         }
         return Ok(DirState::Forced);
     }
-    if kind.legacy_signature().iter().all(|f| dir.join(f).exists()) {
+    let legacy = kind.legacy_signature();
+    if !legacy.is_empty() && legacy.iter().all(|f| dir.join(f).exists()) {
         return Ok(DirState::Same);
     }
     let mut entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
