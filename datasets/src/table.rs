@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use polars::prelude::{Column, CsvParseOptions, CsvReadOptions, DataFrame, DataType, Field, ParquetWriter, PolarsError, Schema, SerReader};
+use polars::prelude::{
+    Column, CsvParseOptions, CsvReadOptions, DataFrame, DataType, Field, Float32Type, IntoColumn, ListBuilderTrait, ListPrimitiveChunkedBuilder, ParquetWriter,
+    PolarsError, Schema, SerReader,
+};
 
 use crate::error::{DataError, Result};
 use crate::reader::{ColumnRef, ITEM_NAMES, UNIT_SEP, looks_numeric, rewrite_double_colon};
@@ -15,6 +18,8 @@ pub enum Kind {
     Str,
     U32,
     F32,
+    /// A vector of f32 per row (Parquet `list<float>`), e.g. an embedding.
+    F32List,
 }
 
 /// One column of an export batch.
@@ -24,6 +29,11 @@ pub enum Values {
     Str(Vec<Option<String>>),
     U32(Vec<u32>),
     F32(Vec<f32>),
+    /// Rows of `width` values each, row-major in `values` (`width` > 0).
+    F32List {
+        width: usize,
+        values: Vec<f32>,
+    },
 }
 
 impl Values {
@@ -32,11 +42,32 @@ impl Values {
             Values::Str(v) => v.len(),
             Values::U32(v) => v.len(),
             Values::F32(v) => v.len(),
+            Values::F32List { width, values } => values.len() / width,
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The column type these values have.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Values::Str(_) => Kind::Str,
+            Values::U32(_) => Kind::U32,
+            Values::F32(_) => Kind::F32,
+            Values::F32List { .. } => Kind::F32List,
+        }
+    }
+
+    /// A copy of rows `rows`, e.g. to write a long column in batches.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Values {
+        match self {
+            Values::Str(v) => Values::Str(v[rows].to_vec()),
+            Values::U32(v) => Values::U32(v[rows].to_vec()),
+            Values::F32(v) => Values::F32(v[rows].to_vec()),
+            Values::F32List { width, values } => Values::F32List { width: *width, values: values[rows.start * width..rows.end * width].to_vec() },
+        }
     }
 }
 
@@ -45,6 +76,7 @@ fn dtype(kind: Kind) -> DataType {
         Kind::Str => DataType::String,
         Kind::U32 => DataType::UInt32,
         Kind::F32 => DataType::Float32,
+        Kind::F32List => DataType::List(Box::new(DataType::Float32)),
     }
 }
 
@@ -81,6 +113,11 @@ impl ParquetSink {
                 Values::Str(v) => Column::new(n.as_str().into(), v),
                 Values::U32(v) => Column::new(n.as_str().into(), v),
                 Values::F32(v) => Column::new(n.as_str().into(), v),
+                Values::F32List { width, values } => {
+                    let mut list = ListPrimitiveChunkedBuilder::<Float32Type>::new(n.as_str().into(), height, values.len(), DataType::Float32);
+                    values.chunks_exact(*width).for_each(|row| list.append_slice(row));
+                    list.finish().into_column()
+                }
             })
             .collect();
         let df = DataFrame::new(height, cols).map_err(io(&self.path))?;
@@ -247,10 +284,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ncf-table-pq-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("x.parquet");
-        let cols = [("user".to_owned(), Kind::Str), ("rank".to_owned(), Kind::U32), ("score".to_owned(), Kind::F32)];
+        let cols = [("user".to_owned(), Kind::Str), ("rank".to_owned(), Kind::U32), ("score".to_owned(), Kind::F32), ("v".to_owned(), Kind::F32List)];
         let mut sink = ParquetSink::new(std::fs::File::create(&p).unwrap(), &p, &cols).unwrap();
-        sink.write(&[Values::Str(vec![Some("a".into()), None]), Values::U32(vec![1, 2]), Values::F32(vec![0.5, -1.0])]).unwrap();
-        sink.write(&[Values::Str(vec![Some("b".into())]), Values::U32(vec![1]), Values::F32(vec![2.0])]).unwrap();
+        let v = |values: Vec<f32>| Values::F32List { width: 2, values };
+        sink.write(&[Values::Str(vec![Some("a".into()), None]), Values::U32(vec![1, 2]), Values::F32(vec![0.5, -1.0]), v(vec![1.0, 2.0, 3.0, 4.0])]).unwrap();
+        sink.write(&[Values::Str(vec![Some("b".into())]), Values::U32(vec![1]), Values::F32(vec![2.0]), v(vec![5.0, 6.0])]).unwrap();
         sink.finish().unwrap();
         let df = polars::prelude::ParquetReader::new(std::fs::File::open(&p).unwrap()).finish().unwrap();
         assert_eq!(df.height(), 3);
@@ -258,5 +296,8 @@ mod tests {
         assert_eq!(users, vec![Some("a"), None, Some("b")]);
         let scores: Vec<Option<f32>> = df.column("score").unwrap().f32().unwrap().iter().collect();
         assert_eq!(scores, vec![Some(0.5), Some(-1.0), Some(2.0)]);
+        let list = df.column("v").unwrap().list().unwrap().clone();
+        let rows: Vec<Vec<f32>> = (0..list.len()).map(|r| list.get_as_series(r).unwrap().f32().unwrap().into_no_null_iter().collect()).collect();
+        assert_eq!(rows, vec![vec![1.0, 2.0], vec![3.0, 4.0], vec![5.0, 6.0]]);
     }
 }

@@ -19,6 +19,6 @@ pub mod step;
 
 pub use config::{ModelConfig, ModelKind, TableLayout};
 pub use loss::{LossConfig, LossKind};
-pub use ncf::{Head, HistoryRows, ItemSide, Ncf};
+pub use ncf::{COSINE_EPS, Head, HistoryRows, ItemSide, Ncf};
 pub use optim::{LrSchedule, OptimConfig, OptimKind, Optimizer};
 pub use step::{SharedNegatives, StepInput, train_step};

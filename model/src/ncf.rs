@@ -73,9 +73,13 @@ impl ItemSide {
     }
 }
 
+/// Added to a row's squared L2 norm before the square root when factors are compared by cosine,
+/// so a zero row stays zero; exports name it so other code normalises identically.
+pub const COSINE_EPS: f64 = 1e-12;
+
 /// Rows scaled to unit L2 norm (a zero row stays zero).
 fn normalize(x: Tensor<2>) -> Tensor<2> {
-    let norm = x.clone().powf_scalar(2.0).sum_dim(1).add_scalar(1e-12).sqrt();
+    let norm = x.clone().powf_scalar(2.0).sum_dim(1).add_scalar(COSINE_EPS).sqrt();
     x / norm
 }
 

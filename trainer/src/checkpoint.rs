@@ -95,6 +95,12 @@ impl Checkpoint {
         self.train.union_with(self.valid.as_ref())
     }
 
+    /// Whether `ncf score` writes the sigmoid of the model output (a probability: the model was
+    /// trained with BCE) rather than the raw output (BPR, softmax, CCL: a ranking score).
+    pub fn scores_are_probabilities(&self) -> bool {
+        self.config.train.loss == ncf_model::LossKind::Bce
+    }
+
     /// The model as `recommend`, `score` and `evaluate` score with it: the users' training
     /// histories folded into their rows when the model mixes them in (`model.history`).
     pub fn scoring_model(&self) -> Ncf {
@@ -123,7 +129,8 @@ fn i32_bytes(ids: &[u32]) -> Vec<u8> {
     bytes(&ids.iter().map(|&i| i as i32).collect::<Vec<i32>>())
 }
 
-fn bytes<T: Copy>(v: &[T]) -> Vec<u8> {
+/// Values as the little-endian bytes a safetensors tensor holds.
+pub(crate) fn bytes<T: Copy>(v: &[T]) -> Vec<u8> {
     // Safetensors is little-endian; so is every target ncf builds for.
     let n = std::mem::size_of_val(v);
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, n) }.to_vec()

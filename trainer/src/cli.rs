@@ -32,6 +32,9 @@ pub enum Command {
     Evaluate(EvaluateArgs),
     /// Score given (user, item) pairs from a checkpoint.
     Score(ScoreArgs),
+    /// Export a checkpoint's model: a PyTorch state dict (python/ncf_torch.py rebuilds it), or
+    /// user and item vectors as Parquet for vector databases.
+    Export(ExportArgs),
     /// Inspect or split an interaction file.
     #[command(subcommand)]
     Data(DataCommand),
@@ -273,6 +276,28 @@ pub struct ScoreArgs {
     #[arg(long, value_enum, default_value = "skip")]
     pub unknown: UnknownPairs,
     #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendName,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Run directory (uses its best/) or a checkpoint directory.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// torch: model.safetensors (PyTorch names and layouts), config.json, user_ids.json and
+    /// item_ids.json; embeddings: users.parquet and items.parquet (raw id, vectors, biases) and
+    /// config.json.
+    #[arg(long, value_enum)]
+    pub to: crate::model_export::Target,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Write into --out even when it is not an ncf export of this kind (only ncf's files are replaced).
+    #[arg(long)]
+    pub force: bool,
+    /// Backend the checkpoint loads on (default flex: an export computes almost nothing, and
+    /// reads every weight back to the host).
+    #[arg(long, value_enum, default_value = "flex")]
     pub backend: BackendName,
 }
 

@@ -91,15 +91,11 @@ fn split(file: Option<&Path>, flags: &ReadFlags, out: Option<&Path>, force: bool
 const SPLIT_FILES: [&str; 6] = ["train.csv", "valid.csv", "test.csv", "test.negative", "config.toml", output::MARKER];
 
 /// Writes train.csv, valid.csv (with a validation split), test.csv, test.negative and config.toml
-/// into a temporary directory beside `out`, then moves them in: the whole directory when `out` is
-/// new, else file by file (each an atomic rename), so other files in `out` are left alone and a
-/// failure leaves no partial file. A `valid.csv` of an earlier split there goes when this split
-/// has none, so the directory never mixes two splits.
+/// into `out` through [`output::write_dir`]: other files in `out` are left alone, a failure
+/// leaves no partial file, and a `valid.csv` of an earlier split there goes when this split has
+/// none, so the directory never mixes two splits.
 fn write_split(out: &Path, p: &data::Prepared, config: &RunConfig) -> Result<()> {
-    let tmp = output::tmp_path(out);
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot write the split (as {} first)", out.display(), tmp.display()))?;
-    let written = (|| {
+    output::write_dir(out, &SPLIT_FILES, "split", |tmp| {
         let (users, items) = (&p.data.users, &p.data.items);
         write_pairs(&tmp.join("train.csv"), &p.split.train, users, items)?;
         if let Some(valid) = &p.split.valid {
@@ -108,24 +104,8 @@ fn write_split(out: &Path, p: &data::Prepared, config: &RunConfig) -> Result<()>
         write_pairs(&tmp.join("test.csv"), &p.split.test, users, items)?;
         write_negatives(&tmp.join("test.negative"), &p.candidates, users, items)?;
         std::fs::write(tmp.join("config.toml"), config.to_toml()).with_context(|| format!("writing {}", tmp.display()))?;
-        output::mark(&tmp, DirKind::Split)?;
-        if !out.exists() {
-            return std::fs::rename(&tmp, out).with_context(|| format!("renaming into {}", out.display()));
-        }
-        for f in SPLIT_FILES {
-            let (from, to) = (tmp.join(f), out.join(f));
-            if from.exists() {
-                std::fs::rename(&from, &to).with_context(|| format!("writing {}", to.display()))?;
-            } else if to.exists() {
-                std::fs::remove_file(&to).with_context(|| format!("removing {}", to.display()))?;
-            }
-        }
-        std::fs::remove_dir(&tmp).with_context(|| format!("removing {}", tmp.display()))
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    written
+        output::mark(tmp, DirKind::Split)
+    })
 }
 
 fn create(path: &Path) -> Result<csv::Writer<std::fs::File>> {

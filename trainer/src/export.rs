@@ -207,6 +207,8 @@ fn push_csv(field: &mut String, col: &Values, r: usize) {
         Values::F32(v) => {
             let _ = write!(field, "{}", v[r]);
         }
+        // One field holding the vector as a JSON-style list: `[0.5,-1]`.
+        Values::F32List { .. } => push_json(field, col, r),
     }
 }
 
@@ -220,11 +222,27 @@ fn push_json(line: &mut String, col: &Values, r: usize) {
         Values::U32(v) => {
             let _ = write!(line, "{}", v[r]);
         }
-        // Shortest round-trip decimal, a valid JSON number when finite.
-        Values::F32(v) if v[r].is_finite() => {
-            let _ = write!(line, "{}", v[r]);
+        Values::F32(v) => push_json_f32(line, v[r]),
+        Values::F32List { width, values } => {
+            line.push('[');
+            for (k, &x) in values[r * width..(r + 1) * width].iter().enumerate() {
+                if k > 0 {
+                    line.push(',');
+                }
+                push_json_f32(line, x);
+            }
+            line.push(']');
         }
-        Values::F32(_) => line.push_str("null"),
+    }
+}
+
+/// Shortest round-trip decimal, a valid JSON number when finite; `null` otherwise.
+fn push_json_f32(line: &mut String, x: f32) {
+    use std::fmt::Write as _;
+    if x.is_finite() {
+        let _ = write!(line, "{x}");
+    } else {
+        line.push_str("null");
     }
 }
 
@@ -281,5 +299,22 @@ mod tests {
             assert!(Export::create(&other, format, fewer, &[], false).is_err(), "{format:?}: other columns");
         }
         assert!(OutFormat::resolve(Path::new("x.txt"), None).unwrap_err().to_string().contains("--out-format"));
+    }
+
+    #[test]
+    fn vector_columns_in_csv_and_jsonl() {
+        let dir = std::env::temp_dir().join(format!("ncf-export-list-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let columns = [("id".to_owned(), Kind::Str), ("vector".to_owned(), Kind::F32List)];
+        let batch = [Values::Str(vec![Some("a".into()), Some("b".into())]), Values::F32List { width: 2, values: vec![0.5, -1.0, f32::NAN, 3.0] }];
+        for (name, want) in
+            [("v.csv", "id,vector\na,\"[0.5,-1]\"\nb,\"[null,3]\"\n"), ("v.jsonl", "{\"id\":\"a\",\"vector\":[0.5,-1]}\n{\"id\":\"b\",\"vector\":[null,3]}\n")]
+        {
+            let out = dir.join(name);
+            let mut e = Export::create(&out, OutFormat::resolve(&out, None).unwrap(), &columns, &[], true).unwrap();
+            e.write(&batch).unwrap();
+            e.finish().unwrap();
+            assert_eq!(std::fs::read_to_string(&out).unwrap(), want);
+        }
     }
 }

@@ -20,6 +20,7 @@ mod export;
 mod history;
 mod host;
 mod manifest;
+mod model_export;
 mod output;
 mod pairs;
 mod recommend;
@@ -42,6 +43,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Recommend(args) => recommend::run(&args),
         Command::Evaluate(args) => evaluate::run(&args),
         Command::Score(args) => score::run(&args),
+        Command::Export(args) => model_export::run(&args),
         Command::Data(cmd) => data_cmd::run(&cmd),
         Command::Bench(args) => bench::run(&args),
         Command::Runs(args) => runs::run(&args),

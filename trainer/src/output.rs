@@ -24,6 +24,10 @@ pub enum DirKind {
     Tune,
     /// `ncf recommend --shard I/N --out`: part files and their manifests.
     Shards,
+    /// `ncf export --to torch`: a PyTorch state dict, its config and the raw ids.
+    TorchExport,
+    /// `ncf export --to embeddings`: user and item vectors as Parquet, and their config.
+    EmbeddingsExport,
 }
 
 impl DirKind {
@@ -34,6 +38,8 @@ impl DirKind {
             Self::Bench => "bench",
             Self::Tune => "tune",
             Self::Shards => "recommend-shards",
+            Self::TorchExport => "torch export",
+            Self::EmbeddingsExport => "embeddings export",
         }
     }
 
@@ -43,8 +49,8 @@ impl DirKind {
             Self::Run => &["config.toml", "last/checkpoint.json"],
             Self::Split => &["train.csv", "test.csv", "test.negative", "config.toml"],
             Self::Bench => &["bench.json", "bench.png"],
-            // Tunes came after the marker: never recognised without it.
-            Self::Tune | Self::Shards => &[],
+            // Newer than the marker: always marked, never recognised without it.
+            Self::Tune | Self::Shards | Self::TorchExport | Self::EmbeddingsExport => &[],
         }
     }
 }
@@ -185,6 +191,37 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         return Err(anyhow::Error::new(e).context(format!("writing {}", path.display())));
     }
     std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
+}
+
+/// Writes an output directory `out` holding `files` (names inside it, the marker included when
+/// `write` marks it): `write` fills a temporary directory beside `out`, whose files then move in,
+/// the whole directory when `out` is new, else file by file (each an atomic rename), so other
+/// files in `out` are left alone and a failure leaves no partial file. A name of `files` that
+/// `write` did not write is removed from `out`, so the directory never mixes two outputs. `what`
+/// names the output in messages.
+pub fn write_dir(out: &Path, files: &[&str], what: &str, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = tmp_path(out);
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("{}: cannot write the {what} (as {} first)", out.display(), tmp.display()))?;
+    let written = (|| {
+        write(&tmp)?;
+        if !out.exists() {
+            return std::fs::rename(&tmp, out).with_context(|| format!("renaming into {}", out.display()));
+        }
+        for f in files {
+            let (from, to) = (tmp.join(f), out.join(f));
+            if from.exists() {
+                std::fs::rename(&from, &to).with_context(|| format!("writing {}", to.display()))?;
+            } else if to.exists() {
+                std::fs::remove_file(&to).with_context(|| format!("removing {}", to.display()))?;
+            }
+        }
+        std::fs::remove_dir(&tmp).with_context(|| format!("removing {}", tmp.display()))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    written
 }
 
 /// Puts the complete directory `tmp` at `dir`. With `dir` absent it is one rename. Otherwise the

@@ -4,7 +4,6 @@
 use anyhow::{Result, bail};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Int, Tensor, TensorData};
-use ncf_model::LossKind;
 
 use crate::backend;
 use crate::checkpoint;
@@ -39,7 +38,7 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
             UnknownPairs::Skip => eprintln!("warning: {head}; left out (--unknown skip)"),
         }
     }
-    let probability = ck.config.train.loss == LossKind::Bce;
+    let probability = ck.scores_are_probabilities();
     let column = if probability { "probability" } else { "score" };
     if probability {
         println!("{column}: sigmoid of the model output (the model was trained with BCE)");
