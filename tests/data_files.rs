@@ -56,3 +56,67 @@ fn ml_latest_small_csv() {
     let split = Split::new(&data, &SplitConfig::default(), 3, true).unwrap();
     check_split(&split, 610);
 }
+
+/// A directory of parts (as Spark writes them: bookkeeping files beside the parts) and a glob read
+/// exactly as the concatenation of the parts, text and Parquet alike; parts whose columns differ
+/// are refused naming the part.
+#[test]
+fn part_directories_and_globs_read_as_their_concatenation() {
+    use ncf_datasets::table::{Kind, Values};
+    let dir = std::env::temp_dir().join(format!("ncf-parts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let parts = dir.join("parts");
+    std::fs::create_dir_all(&parts).unwrap();
+    // 3 parts of user,item,rating; ids repeat across parts, and part 2 brings new ones.
+    let rows: Vec<(String, String, f32)> = (0..300).map(|k| (format!("u{}", (k * 7) % 23), format!("i{}", (k * 11) % 37 + k / 150), (k % 5) as f32)).collect();
+    let mut whole = String::from("user,item,rating\n");
+    for (p, chunk) in rows.chunks(100).enumerate() {
+        let mut text = String::from("user,item,rating\n");
+        for (u, i, r) in chunk {
+            text += &format!("{u},{i},{r}\n");
+        }
+        whole += &text["user,item,rating\n".len()..];
+        std::fs::write(parts.join(format!("part-{p:05}.csv")), text).unwrap();
+    }
+    std::fs::write(parts.join("_SUCCESS"), "").unwrap();
+    std::fs::write(parts.join(".part-00000.csv.crc"), "crc").unwrap();
+    std::fs::write(dir.join("whole.csv"), &whole).unwrap();
+    let opts = ReadOptions::default();
+    let reference = reader::read(&dir.join("whole.csv"), &opts).unwrap();
+    let same = |got: &ncf_datasets::Interactions, what: &str| {
+        assert_eq!(got.users.raw_ids(), reference.users.raw_ids(), "{what}");
+        assert_eq!(got.items.raw_ids(), reference.items.raw_ids(), "{what}");
+        assert_eq!((&got.user, &got.item, &got.rating), (&reference.user, &reference.item, &reference.rating), "{what}");
+    };
+    same(&reader::read(&parts, &opts).unwrap(), "directory");
+    same(&reader::read(&parts.join("part-*.csv"), &opts).unwrap(), "glob");
+
+    // The same rows as Parquet parts.
+    let pq = dir.join("pq");
+    std::fs::create_dir_all(&pq).unwrap();
+    let cols = [("user".to_owned(), Kind::Str), ("item".to_owned(), Kind::Str), ("rating".to_owned(), Kind::F32)];
+    for (p, chunk) in rows.chunks(100).enumerate() {
+        let path = pq.join(format!("part-{p:05}.snappy.parquet"));
+        let mut sink = ncf_datasets::ParquetSink::new(std::fs::File::create(&path).unwrap(), &path, &cols).unwrap();
+        sink.write(&[
+            Values::Str(chunk.iter().map(|r| Some(r.0.clone())).collect()),
+            Values::Str(chunk.iter().map(|r| Some(r.1.clone())).collect()),
+            Values::F32(chunk.iter().map(|r| r.2).collect()),
+        ])
+        .unwrap();
+        sink.finish().unwrap();
+    }
+    same(&reader::read(&pq, &opts).unwrap(), "parquet parts");
+
+    // A part without the rating column; no match; an empty directory.
+    std::fs::write(parts.join("part-00003.csv"), "user,item\nu1,i1\n").unwrap();
+    let err = reader::read(&parts, &opts).unwrap_err().to_string();
+    assert!(err.contains("part-00003.csv") && err.contains("columns must agree"), "{err}");
+    let err = reader::read(&parts.join("x-*.csv"), &opts).unwrap_err().to_string();
+    assert!(err.contains("no file matches"), "{err}");
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+    std::fs::write(dir.join("empty/_SUCCESS"), "").unwrap();
+    let err = reader::read(&dir.join("empty"), &opts).unwrap_err().to_string();
+    assert!(err.contains("no part files"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

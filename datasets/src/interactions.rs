@@ -95,6 +95,21 @@ impl Interactions {
         self.items.len()
     }
 
+    /// Appends `other`'s rows after these, its ids re-interned into these maps (new ones after
+    /// the existing ones, in `other`'s first-seen order). Both must have the same optional columns.
+    pub fn append(&mut self, other: Interactions) {
+        let users: Vec<u32> = other.users.raw_ids().iter().map(|r| self.users.intern(r)).collect();
+        let items: Vec<u32> = other.items.raw_ids().iter().map(|r| self.items.intern(r)).collect();
+        self.user.extend(other.user.iter().map(|&u| users[u as usize]));
+        self.item.extend(other.item.iter().map(|&i| items[i as usize]));
+        if let (Some(a), Some(b)) = (self.rating.as_mut(), other.rating) {
+            a.extend(b);
+        }
+        if let (Some(a), Some(b)) = (self.time.as_mut(), other.time) {
+            a.extend(b);
+        }
+    }
+
     /// Keeps the rows where `keep[row]` holds, in order.
     pub fn retain_rows(&mut self, keep: &[bool]) {
         fn filter<T: Copy>(v: &mut Vec<T>, keep: &[bool]) {

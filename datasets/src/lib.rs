@@ -11,6 +11,7 @@ mod fast_hash;
 pub mod given;
 pub mod history;
 pub mod interactions;
+pub mod parts;
 pub mod reader;
 pub mod rng;
 pub mod sampler;

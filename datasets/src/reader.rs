@@ -362,8 +362,17 @@ fn is_parquet(path: &Path, opts: &ReadOptions, head: &[u8]) -> bool {
     opts.format == Some(Format::Parquet) || (opts.format.is_none() && (ext == "parquet" || head.starts_with(b"PAR1")))
 }
 
-/// Reads `path` into dense-id interactions in file order (dense ids in first-seen order).
+/// Reads `path` into dense-id interactions in file order (dense ids in first-seen order). A
+/// directory or a glob (`DIR/part-*.parquet`) reads its part files in name order as one table.
 pub fn read(path: &Path, opts: &ReadOptions) -> Result<Interactions> {
+    if crate::parts::is_parts(path) {
+        return crate::parts::read(path, opts, read_file);
+    }
+    read_file(path, opts)
+}
+
+/// [`read`] of one file.
+fn read_file(path: &Path, opts: &ReadOptions) -> Result<Interactions> {
     let head = head(path)?;
     if is_parquet(path, opts, &head) {
         return read_parquet(path, opts);
