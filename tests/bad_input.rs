@@ -277,7 +277,8 @@ fn directory_as_input() {
     let d = temp_dir("directory");
     let input = d.join("ratings.csv");
     std::fs::create_dir(&input).unwrap();
-    refuses_data(&d, &input, &["is a directory"]);
+    // A directory is read as a directory of parts: one without any is refused.
+    refuses_data(&d, &input, &["the directory holds no part files", "a glob like DIR/part-*.parquet"]);
 }
 
 #[test]

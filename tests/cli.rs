@@ -694,3 +694,52 @@ fn given_split_round_trip() {
     assert!(stderr.contains("bad.negative") && stderr.contains("line 1") && !stderr.contains("panicked"), "{stderr}");
     assert!(!dir.join("bad-out").exists());
 }
+
+/// `--threads N` (or NCF_THREADS) sizes every CPU part, and results do not depend on it: the
+/// default demo trained with 1, 2, 3 and 8 threads writes the same metrics and bit-identical
+/// weights, for NeuMF (the fused flex step) and for MF with shared-negative softmax and history.
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let dir = temp_dir("threads");
+    let weights = |run: &Path| -> Vec<(String, Vec<u8>)> {
+        let bytes = std::fs::read(run.join("last/model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut t: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(name, view)| (name, view.data().to_vec())).collect();
+        t.sort();
+        t
+    };
+    let metrics = |run: &Path| -> Vec<String> {
+        // Every column but the seconds.
+        std::fs::read_to_string(run.join("metrics.csv")).unwrap().lines().map(|l| l.rsplit_once(',').unwrap().0.to_owned()).collect()
+    };
+    let configs: [&[&str]; 2] =
+        [&["--model", "neumf"], &["--model", "mf", "--set", "train.loss=softmax", "--set", "sampler.shared_negatives=200", "--set", "model.history=0.3"]];
+    for (c, args) in configs.iter().enumerate() {
+        let mut reference = None;
+        for threads in [1, 2, 3, 8] {
+            let run = dir.join(format!("c{c}-t{threads}"));
+            let mut cmd = ncf();
+            cmd.args(["-q", "train", "--backend", "flex", "--epochs", "2", "--seed", "4"]).args(*args).arg("--out").arg(&run);
+            // Both ways of setting it.
+            if threads % 2 == 0 {
+                cmd.args(["--threads", &threads.to_string()]);
+            } else {
+                cmd.env("NCF_THREADS", threads.to_string());
+            }
+            let out = cmd.output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let manifest = std::fs::read_to_string(run.join("run.json")).unwrap();
+            assert!(manifest.contains(&format!("\"threads\": {threads},")), "{manifest}");
+            let got = (metrics(&run), weights(&run));
+            match &reference {
+                None => reference = Some(got),
+                Some(r) => {
+                    assert_eq!(r.0, got.0, "config {c}: metrics with {threads} threads");
+                    assert!(r.1 == got.1, "config {c}: weights with {threads} threads differ");
+                }
+            }
+        }
+    }
+    let out = ncf().args(["train", "--epochs", "1"]).env("NCF_THREADS", "many").output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("NCF_THREADS=\"many\""));
+}

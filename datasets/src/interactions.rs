@@ -172,7 +172,7 @@ impl Interactions {
             next[u as usize] += 1;
         }
         drop(next);
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(16);
+        let threads = rayon::current_num_threads().min(16);
         std::thread::scope(|s| {
             let mut rest: &mut [(i64, u32)] = &mut keyed;
             let mut first_user = 0;

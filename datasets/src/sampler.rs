@@ -193,7 +193,7 @@ impl<'a> NegativeSampler<'a> {
         let per = 1 + self.config.negatives;
         let unit = if grouped { per } else { 1 };
         let n_pos = self.train.nnz();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = rayon::current_num_threads();
         let n_chunks = n_pos.div_ceil(CHUNK);
         // 1. Draw: per chunk of positives, the packed samples dealt into random buckets.
         let parts: Vec<Vec<Vec<u64>>> = par_map(n_chunks, threads, |c| self.draw_chunk(epoch, c, unit));

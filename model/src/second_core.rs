@@ -111,6 +111,10 @@ impl Shared {
 fn shared() -> Option<&'static Shared> {
     static SHARED: OnceLock<Option<&'static Shared>> = OnceLock::new();
     *SHARED.get_or_init(|| {
+        // `--threads 1`: no second thread; its jobs run on the caller, in the same order.
+        if rayon::current_num_threads() < 2 {
+            return None;
+        }
         let s: &'static Shared = Box::leak(Box::new(Shared {
             job: Mutex::new(None),
             wake: Condvar::new(),

@@ -95,7 +95,7 @@ pub const MAX_BINDING_ENV: &str = "NCF_MAX_BINDING_BYTES";
 const SOFTWARE: &str = "software adapter, slow";
 
 fn cpu_name() -> String {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = rayon::current_num_threads();
     format!("CPU, {threads} threads")
 }
 

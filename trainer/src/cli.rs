@@ -18,6 +18,10 @@ pub struct Cli {
     /// No progress lines or bars: only warnings, errors and the command's results.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// CPU threads for every CPU part of the command (default: NCF_THREADS, else the cores
+    /// available to the process). Results do not depend on it.
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -32,8 +32,26 @@ mod tune;
 
 use crate::cli::{Cli, Command};
 
+/// Sizes the one thread pool every CPU part reads its thread count from: `--threads`, else
+/// `NCF_THREADS`, else the cores available to the process.
+fn init_threads(flag: Option<usize>) -> anyhow::Result<usize> {
+    let env = std::env::var("NCF_THREADS").ok().filter(|v| !v.trim().is_empty());
+    let n = match (flag, env) {
+        (Some(n), _) => n,
+        (None, Some(v)) => v.trim().parse().map_err(|_| anyhow::anyhow!("NCF_THREADS={v:?}: expected a whole number of threads, e.g. 8"))?,
+        (None, None) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    if n == 0 {
+        anyhow::bail!("--threads / NCF_THREADS must be at least 1");
+    }
+    // Already built (a second command in one process): keep it.
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    Ok(rayon::current_num_threads())
+}
+
 /// Runs one `ncf` command to completion.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    init_threads(cli.threads)?;
     // Tensor work allocates per op; the data commands stream and are kept lean instead.
     if !matches!(cli.command, Command::Data(_)) {
         alloc::keep_heap();

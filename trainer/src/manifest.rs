@@ -92,7 +92,7 @@ pub struct Invocation {
     pub ended_at: Option<String>,
     pub backend: String,
     pub adapter: String,
-    /// CPU threads available to the process.
+    /// CPU threads the run used (`--threads`, NCF_THREADS, default: all available).
     pub threads: usize,
     pub host: String,
     /// The first epoch it trained (1 unless resumed).
@@ -206,7 +206,7 @@ impl Recorder {
             ended_at: None,
             backend: selected.name.as_str().into(),
             adapter: selected.adapter.clone(),
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads: rayon::current_num_threads(),
             host: host_name(),
             first_epoch,
             phases: Phases::default(),

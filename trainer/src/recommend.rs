@@ -80,7 +80,7 @@ fn top_k_row(row: &[f32], k: usize) -> Vec<(u32, f32)> {
 /// across the CPU's threads.
 pub fn top_k_host(scores: &[f32], n: usize, k: usize) -> Vec<Vec<(u32, f32)>> {
     let rows = scores.len() / n.max(1);
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(rows).max(1);
+    let threads = rayon::current_num_threads().min(rows).max(1);
     let per = rows.div_ceil(threads).max(1);
     std::thread::scope(|s| {
         let handles: Vec<_> = scores.chunks(per * n).map(|block| s.spawn(move || block.chunks(n).map(|row| top_k_row(row, k)).collect::<Vec<_>>())).collect();

@@ -84,7 +84,7 @@ pub(super) fn read(path: &Path, opts: &ReadOptions, sniffed: &Sniffed) -> Result
     let layout = Layout { sep, width: names.len(), slot_of, rating: rating.is_some(), time: time.is_some() };
 
     let start = if sniffed.has_header { first_len } else { bom as u64 };
-    let threads = if len < MIN_PARALLEL_BYTES { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()).min(16) };
+    let threads = if len < MIN_PARALLEL_BYTES { 1 } else { rayon::current_num_threads().min(16) };
     let bounds = line_bounds(path, start, len, threads)?;
     let chunks: Vec<Result<Option<Chunk>>> = std::thread::scope(|s| {
         let handles: Vec<_> = bounds.windows(2).map(|w| s.spawn(|| parse_range(path, w[0]..w[1], &layout))).collect();
