@@ -236,6 +236,9 @@ fn run(l: TableLayout, layers: &[Dense], output: Option<&Dense>, x: &Batch) -> G
 }
 
 /// [`run_with`] compiled for AVX2 with fused multiply-adds.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_fma(l: TableLayout, layers: &[Dense], output: Option<&Dense>, x: &Batch) -> Grads {
@@ -271,7 +274,10 @@ unsafe fn first_forward_fma(rows: &[f32], w: usize, m: usize, wt: &[f32], d1: us
     first_forward::<true>(rows, w, m, wt, d1, out)
 }
 
-/// See [`first_forward_fma`].
+/// [`first_backward`] compiled with AVX2 and FMA (see [`first_forward_fma`]).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]

@@ -637,6 +637,9 @@ pub(crate) mod flex {
 
         /// [`AdamKernel::run_any`] compiled for AVX2: the row loops' square roots and divisions
         /// go 8 lanes wide instead of SSE2's 4 (the same IEEE operations, so the same results).
+        ///
+        /// # Safety
+        /// The CPU supports AVX2, and [`AdamKernel::run`]'s conditions hold.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2")]
         unsafe fn run_avx2(&self, at: RowPtrs, work: &[(usize, usize)]) {
@@ -644,6 +647,11 @@ pub(crate) mod flex {
             unsafe { self.run_any(at, work) }
         }
 
+        /// [`AdamKernel::run`] for any CPU.
+        ///
+        /// # Safety
+        /// [`AdamKernel::run`]'s conditions: every row in `work` lies inside `at`'s buffers, and no
+        /// other thread reads or writes those rows while this runs.
         #[inline(always)]
         unsafe fn run_any(&self, at: RowPtrs, work: &[(usize, usize)]) {
             let (s, w) = (&self.step, self.width);

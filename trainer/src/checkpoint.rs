@@ -129,11 +129,27 @@ fn i32_bytes(ids: &[u32]) -> Vec<u8> {
     bytes(&ids.iter().map(|&i| i as i32).collect::<Vec<i32>>())
 }
 
+/// A number a safetensors tensor holds, written little-endian as the format requires.
+pub(crate) trait LeBytes: Copy {
+    fn put(self, out: &mut Vec<u8>);
+}
+
+macro_rules! le_bytes {
+    ($($t:ty),*) => {$(
+        impl LeBytes for $t {
+            fn put(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+        }
+    )*};
+}
+le_bytes!(f32, i32, i64, u32);
+
 /// Values as the little-endian bytes a safetensors tensor holds.
-pub(crate) fn bytes<T: Copy>(v: &[T]) -> Vec<u8> {
-    // Safetensors is little-endian; so is every target ncf builds for.
-    let n = std::mem::size_of_val(v);
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, n) }.to_vec()
+pub(crate) fn bytes<T: LeBytes>(v: &[T]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(std::mem::size_of_val(v));
+    v.iter().for_each(|&x| x.put(&mut out));
+    out
 }
 
 /// A map's raw ids as one byte string and each id's end offset (little-endian i64).
