@@ -743,3 +743,30 @@ fn results_do_not_depend_on_the_thread_count() {
     let out = ncf().args(["train", "--epochs", "1"]).env("NCF_THREADS", "many").output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("NCF_THREADS=\"many\""));
 }
+
+/// `ncf data features` prints each column's inferred or declared encoding, and refuses an unknown
+/// kind or key column, naming the flag.
+#[test]
+fn data_features_prints_the_encoding() {
+    let dir = temp_dir("features");
+    let file = dir.join("users.csv");
+    let mut text = String::from("user_id,age,region,email\n");
+    for u in 0..40 {
+        text += &format!("u{u},{},{},u{u}@example.com\n", 20 + u, ["north", "south"][u % 2]);
+    }
+    std::fs::write(&file, text).unwrap();
+    let out = ncf().args(["data", "features"]).arg(&file).args(["--buckets", "4"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = |name: &str| stdout.lines().find(|l| l.starts_with(&format!("column \"{name}\""))).unwrap_or_else(|| panic!("{name}: {stdout}")).to_owned();
+    assert!(line("age").contains("numeric") && line("age").contains("4 buckets"), "{stdout}");
+    assert!(line("region").contains("categorical") && line("region").contains("3 rows"), "{stdout}");
+    assert!(line("email").contains("skipped") && line("email").contains("identifier-like"), "{stdout}");
+    let out = ncf().args(["data", "features"]).arg(&file).args(["--kind", "email=categorical"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("column \"email\"") && l.contains("declared") && l.contains("41 rows")));
+    for (args, wanted) in [(["--kind", "age=tall"], "none of categorical"), (["--key", "nobody"], "Pass --key")] {
+        let out = ncf().args(["data", "features"]).arg(&file).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(wanted), "{stderr}");
+    }
+}

@@ -120,3 +120,32 @@ fn part_directories_and_globs_read_as_their_concatenation() {
     assert!(err.contains("no part files"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// MovieLens 100K's side tables fit as one would by hand: u.user's age numeric, gender and
+/// occupation categorical, zip code skipped as identifier-like; u.item's 19 genre columns flags,
+/// title and URL skipped; every movie has at least one genre row.
+#[test]
+fn ml_100k_side_features_are_inferred() {
+    use ncf_datasets::features::{FeatureConfig, FeatureKind::*, FeatureVocab};
+    let (Some(users), Some(items), Some(data)) = (shared("ml-100k/u.user"), shared("ml-100k/u.item"), shared("ml-100k/u.data")) else { return };
+    let data = reader::read(&data, &ReadOptions::default()).unwrap();
+    let t = ncf_datasets::table::read_keyed(&users, None, &[]).unwrap();
+    let (vocab, _) = FeatureVocab::fit(&t, &FeatureConfig::default());
+    let kinds: Vec<_> = vocab.columns.iter().map(|c| c.kind).collect();
+    assert_eq!(kinds, [Numeric, Categorical, Categorical, Skip], "age, gender, occupation, zip");
+    assert_eq!((vocab.columns[1].values.len(), vocab.columns[2].values.len()), (2, 21));
+    let (f, without) = vocab.encode_all(&t, &data.users);
+    assert_eq!((f.len(), without), (943, 0));
+    assert!((0..943).all(|u| f.of(u).count() == 3), "one row per kept column");
+
+    let t = ncf_datasets::table::read_keyed(&items, None, &[]).unwrap();
+    let (vocab, summary) = FeatureVocab::fit(&t, &FeatureConfig::default());
+    let flags = vocab.columns.iter().filter(|c| c.kind == Flag).count();
+    assert_eq!(flags, 19, "{summary:?}");
+    assert_eq!((vocab.columns[0].kind, vocab.columns[3].kind), (Skip, Skip), "title and URL: {summary:?}");
+    let (f, without) = vocab.encode_all(&t, &data.items);
+    assert_eq!(without, 0);
+    let genre_weights = |i: usize| f.of(i).filter(|&(r, _)| vocab.columns.iter().any(|c| c.kind == Flag && c.offset == r)).map(|(_, w)| w).sum::<f32>();
+    // Movie 267 has no genre flag set in u.item ("unknown" is itself a flag column).
+    assert!((0..data.n_items()).all(|i| (genre_weights(i) - 1.0).abs() < 1e-5 || genre_weights(i) == 0.0));
+}

@@ -8,6 +8,7 @@ pub mod candidates;
 pub mod clean;
 pub mod error;
 mod fast_hash;
+pub mod features;
 pub mod given;
 pub mod history;
 pub mod interactions;

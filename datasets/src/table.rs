@@ -164,6 +164,11 @@ impl KeyedTable {
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
+
+    /// The values of non-key column `column`, one per row, in file order.
+    pub fn column(&self, column: usize) -> impl Iterator<Item = Option<&str>> {
+        self.values.chunks(self.names.len().max(1)).map(move |row| row[column].as_deref())
+    }
 }
 
 /// Reads a delimited side table: separator `,`, tab, `|` or `::` sniffed from the first line,
@@ -172,6 +177,11 @@ impl KeyedTable {
 /// index. The key defaults to a column named like an item id, else column 0; `keep` picks
 /// the other columns returned (all by default).
 pub fn read_keyed(path: &Path, key: Option<&ColumnRef>, keep: &[ColumnRef]) -> Result<KeyedTable> {
+    read_keyed_with(path, key, keep, ["item-key", "item-columns"])
+}
+
+/// [`read_keyed`], naming the command's flags for the key and the kept columns in its messages.
+pub fn read_keyed_with(path: &Path, key: Option<&ColumnRef>, keep: &[ColumnRef], flags: [&'static str; 2]) -> Result<KeyedTable> {
     let raw = std::fs::read(path).map_err(|error| DataError::Io { path: path.to_path_buf(), error })?;
     let first_line = raw.split(|&b| b == b'\n').next().unwrap_or(&[]);
     let double_colon = first_line.windows(2).any(|w| w == b"::");
@@ -217,14 +227,11 @@ pub fn read_keyed(path: &Path, key: Option<&ColumnRef>, keep: &[ColumnRef]) -> R
         })
     };
     let key_col = match key {
-        Some(c) => find(c, "item-key")?,
+        Some(c) => find(c, flags[0])?,
         None => names.iter().position(|n| has_header && ITEM_NAMES.contains(&n.to_ascii_lowercase().as_str())).unwrap_or(0),
     };
-    let kept: Vec<usize> = if keep.is_empty() {
-        (0..names.len()).filter(|&i| i != key_col).collect()
-    } else {
-        keep.iter().map(|c| find(c, "item-columns")).collect::<Result<_>>()?
-    };
+    let kept: Vec<usize> =
+        if keep.is_empty() { (0..names.len()).filter(|&i| i != key_col).collect() } else { keep.iter().map(|c| find(c, flags[1])).collect::<Result<_>>()? };
     let columns = df.columns();
     let strings = |i: usize| -> Result<Vec<Option<String>>> {
         let c = columns[i].cast(&DataType::String).map_err(io(path))?;

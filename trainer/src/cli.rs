@@ -52,6 +52,21 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
+    /// How a side-feature file (user or item attributes) would be encoded: each column's kind
+    /// (categorical, multi-hot, numeric buckets, flag, or skipped and why), values and missing.
+    Features {
+        file: std::path::PathBuf,
+        /// Key column (user or item id): name or 0-based index (default: an id-like name, else 0).
+        #[arg(long)]
+        key: Option<String>,
+        /// Declare a column's kind: --kind zip=categorical (repeatable; categorical, multi_hot,
+        /// numeric, flag or skip).
+        #[arg(long = "kind", value_name = "COLUMN=KIND")]
+        kinds: Vec<String>,
+        /// Quantile buckets of numeric columns.
+        #[arg(long, default_value_t = 10)]
+        buckets: usize,
+    },
     /// Users, items, interactions, density, per-user/item quantiles, duplicates.
     Stats {
         file: PathBuf,

@@ -16,6 +16,7 @@ use crate::output::{self, DirKind};
 pub fn run(cmd: &DataCommand) -> Result<()> {
     match cmd {
         DataCommand::Stats { file, read } => stats(file, read),
+        DataCommand::Features { file, key, kinds, buckets } => features(file, key.as_deref(), kinds, *buckets),
         DataCommand::Split { file, read, out, force, no_write, config, sets } => {
             split(file.as_deref(), read, if *no_write { None } else { out.as_deref() }, *force, config.as_deref(), sets)
         }
@@ -41,6 +42,43 @@ fn stats(file: &Path, flags: &ReadFlags) -> Result<()> {
     if let Some(r) = &data.rating {
         let (lo, hi) = r.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
         println!("ratings        {lo} to {hi}");
+    }
+    Ok(())
+}
+
+/// `ncf data features`: the fitted encoding of a side-feature file, a line per column.
+fn features(file: &Path, key: Option<&str>, kinds: &[String], buckets: usize) -> Result<()> {
+    use ncf_datasets::features::{FeatureConfig, FeatureKind, FeatureVocab};
+    let mut config = FeatureConfig { buckets: buckets.max(1), ..Default::default() };
+    for k in kinds {
+        let (column, kind) = crate::config::split_set(k).with_context(|| format!("--kind {k:?}: expected COLUMN=KIND"))?;
+        let kind: FeatureKind = toml::Value::String(kind.to_owned())
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("--kind {k:?}: {kind:?} is none of categorical, multi_hot, numeric, flag, skip"))?;
+        config.columns.insert(column.to_owned(), kind);
+    }
+    let key = key.map(|k| k.parse::<ncf_datasets::ColumnRef>().expect("infallible"));
+    let table = ncf_datasets::table::read_keyed_with(file, key.as_ref(), &[], ["key", "kind"])?;
+    let (vocab, summary) = FeatureVocab::fit(&table, &config);
+    println!("file           {} ({} keys, {} repeated keys ignored)", file.display(), table.len(), table.duplicates);
+    println!("feature rows   {}", vocab.rows);
+    for (c, s) in vocab.columns.iter().zip(&summary) {
+        let how = if s.inferred { "inferred" } else { "declared" };
+        let shown: Vec<&str> = c.values.iter().take(6).map(String::as_str).collect();
+        let values = match c.kind {
+            FeatureKind::Categorical | FeatureKind::MultiHot => format!("  values {}{}", shown.join(", "), if c.values.len() > 6 { ", ..." } else { "" }),
+            FeatureKind::Numeric => format!("  edges {:?}", c.edges),
+            _ => String::new(),
+        };
+        let note = if s.note.is_empty() { String::new() } else { format!("  ({})", s.note) };
+        println!(
+            "column {:<14} {:<11} {how:<8}  {} rows  {} distinct  {} missing{values}{note}",
+            format!("{:?}", c.name),
+            c.kind.name(),
+            c.rows(),
+            s.distinct,
+            s.missing
+        );
     }
     Ok(())
 }
