@@ -8,22 +8,31 @@
 //! [`Head::forward_rows`]. Matmuls are register-blocked loops (AVX2 + FMA where the CPU has them).
 //! The pass is a kernel behind burn's backend extension ([`HeadPass`]), as the row updates are.
 //! NeuMF factor 8, batch 4096, 6040 users × 10k items: 2.0 → 1.2–1.3 ms/step with the rest of
-//! session 8's changes (BENCHMARKS.md). Same numbers as the autodiff path up to f32 rounding
-//! (tests below); dropout in the tower keeps the autodiff path.
+//! session 8's changes (BENCHMARKS.md).
+//!
+//! This is a second copy of the model's math (the first is [`Head::forward_rows`] and
+//! `loss::batch_loss` under autodiff), so it runs only where [`supports`] says it is the same
+//! function: that gate refuses every head, loss and batch outside what the pass implements, and
+//! the step takes autodiff for them. `model/tests/fused_vs_autodiff.rs` runs both routes over
+//! the configuration space and checks they agree up to f32 rounding wherever the gate lets the
+//! fused pass in.
 
 // The host pass runs on flex only; other builds keep it compiled and unused (and burn's
 // generated routing never reads the kernel's arguments).
 #![cfg_attr(not(feature = "flex"), allow(dead_code, unused_imports, unused_variables))]
 
+use std::cell::Cell;
 use std::sync::Mutex;
 
 use burn::backend::backend_extension;
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::tensor::{Int, Tensor};
+use burn::nn::Linear;
+use burn::tensor::Tensor;
 
 use crate::config::{ModelKind, TableLayout};
 use crate::loss::LossKind;
 use crate::ncf::Head;
+use crate::step::StepInput;
 
 /// A batch's loss and gradients from [`head_grads`].
 #[derive(Debug, Clone)]
@@ -88,25 +97,113 @@ pub trait HeadPass: burn::backend::Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
-/// The fused pass where it applies (flex, no dropout in the tower); `None` elsewhere, for the
-/// caller to take the autodiff path.
+/// Whether the fused pass computes this step exactly as autodiff would: the one gate between
+/// the two routes. `Ok` where the pass is the same function as autodiff's [`Head::forward_rows`]
+/// and `loss::batch_loss`; otherwise why not, and the step takes autodiff, which trains every
+/// head, loss and batch. [`head_grads`] asks it first, so nothing reaches the pass around it.
+///
+/// The pass implements: flex; GMF, MLP, NeuMF and MF (dot product plus both biases); any
+/// factors; MLP towers of any depth and widths with ReLU after every layer; any layer with or
+/// without a bias; BCE (any labels) and BPR over whole groups of a positive and at least one
+/// negative; any batch size, users and items repeated or not. It refuses:
+/// - other backends: the pass is a flex kernel;
+/// - softmax and CCL, and any loss over shared negatives: they score a `[batch × candidates]`
+///   matrix ([`Head::score_matrix`]), the pass one logit per sample;
+/// - `model.history`: user rows mixed with their history items' rows ([`Head::with_history`]);
+/// - `model.dropout`: the tower's masks come from the device's generator inside autodiff's ops;
+/// - `model.cosine`: L2-normalised factors ([`Head::factors`]);
+/// - BPR over a partial group, or groups of one;
+/// - a head whose layers do not fit its table layout (none that `Ncf::init` builds): the pass
+///   lays the parameters out from the layout.
+///
+/// Every field of the head, its layout and the step input is named here and every model and
+/// loss kind matched without a wildcard, so a knob added to any of them stops this compiling
+/// until it is decided here (and the test's generator, which builds every `ModelConfig` and
+/// `LossConfig` field by name, enumerates it).
+pub fn supports(head: &Head, input: &StepInput, loss: LossKind, group: usize) -> Result<(), &'static str> {
+    let Head { mlp, output, layout, dropout, cosine, history } = head;
+    let TableLayout { kind, gmf, mlp: half } = *layout;
+    let StepInput { users, user_pos, items: _, item_pos: _, labels: _, shared, history: history_rows, ahead: _ } = input;
+    if !crate::rows::on_flex(&users.device()) {
+        return Err("not flex: the fused pass is a flex kernel");
+    }
+    match loss {
+        LossKind::Bce | LossKind::Bpr => {}
+        LossKind::Softmax | LossKind::Ccl => return Err("softmax and CCL score a matrix of shared candidates"),
+    }
+    if shared.is_some() {
+        return Err("shared negatives: the loss scores a matrix of candidates");
+    }
+    let [b] = user_pos.dims();
+    if loss == LossKind::Bpr && (group < 2 || !b.is_multiple_of(group)) {
+        return Err("BPR over a partial group or groups of one");
+    }
+    if *history != 0.0 || history_rows.is_some() {
+        return Err("model.history: user rows mixed with their history items' rows");
+    }
+    if *dropout != 0.0 {
+        return Err("model.dropout: the tower's masks come from the device's generator");
+    }
+    if *cosine {
+        return Err("model.cosine: L2-normalised factors");
+    }
+    // The parts each model has: GMF (or MF) factors, an MLP tower, an output layer.
+    let (factors, tower, has_output) = match kind {
+        ModelKind::Gmf => (true, false, true),
+        ModelKind::Mlp => (false, true, true),
+        ModelKind::Neumf => (true, true, true),
+        ModelKind::Mf => (true, false, false),
+    };
+    let misfit = Err("a head whose layers do not fit its table layout");
+    if (gmf > 0) != factors || (half > 0) != tower || mlp.is_empty() == tower {
+        return misfit;
+    }
+    let fits = |l: &Linear, d_in: usize| {
+        let [i, o] = l.weight.dims();
+        (i == d_in && l.bias.as_ref().is_none_or(|b| b.dims() == [o])).then_some(o)
+    };
+    let mut d_in = 2 * half;
+    for layer in mlp {
+        let Some(d_out) = fits(layer, d_in) else { return misfit };
+        d_in = d_out;
+    }
+    let last = if tower { d_in } else { 0 };
+    match output {
+        None if !has_output => Ok(()),
+        Some(o) if has_output && fits(o, gmf + last) == Some(1) => Ok(()),
+        _ => misfit,
+    }
+}
+
+thread_local! {
+    /// Fused passes run on this thread (see [`passes_on_this_thread`]).
+    static PASSES: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many fused passes this thread has run: how a test tells which route a step took.
+pub fn passes_on_this_thread() -> u64 {
+    PASSES.with(Cell::get)
+}
+
+/// The fused pass where [`supports`] lets it in; otherwise why not, for the caller to take the
+/// autodiff path.
 ///
 /// # Shapes
-/// - (user_rows, user_pos): `[u, width]`, `[batch]`; (item_rows, item_pos): `[i, width]`, `[batch]`;
-///   labels: `[batch]` (0/1; unused by BPR, whose batch is groups of `group` samples, the
-///   positive first)
+/// - user_rows: `[u, width]`, item_rows: `[i, width]`: the rows `input.users`, `input.items`
+///   index; `input.labels`: `[batch]` (unused by BPR, whose batch is groups of `group` samples,
+///   the positive first)
 pub fn head_grads(
     head: &Head,
-    (user_rows, user_pos): (&Tensor<2>, &Tensor<1, Int>),
-    (item_rows, item_pos): (&Tensor<2>, &Tensor<1, Int>),
-    labels: &Tensor<1>,
+    input: &StepInput,
+    user_rows: &Tensor<2>,
+    item_rows: &Tensor<2>,
     loss: LossKind,
     group: usize,
-) -> Option<HeadGrads> {
+) -> Result<HeadGrads, &'static str> {
     use burn::backend::Dispatch;
-    if head.dropout > 0.0 || head.cosine || !crate::rows::on_flex(&user_rows.device()) {
-        return None;
-    }
+    supports(head, input, loss, group)?;
+    PASSES.with(|p| p.set(p.get() + 1));
+    let StepInput { user_pos, item_pos, labels, .. } = input;
     let dense: Vec<_> = head.mlp.iter().chain(&head.output).collect();
     let flat = |t: Tensor<2>| {
         let n = t.shape().num_elements();
@@ -140,7 +237,7 @@ pub fn head_grads(
             grads.clone().narrow(0, at - n, n)
         })
         .collect();
-    Some(HeadGrads { loss: Tensor::from_dispatch(loss), user: Tensor::from_dispatch(user), item: Tensor::from_dispatch(item), params })
+    Ok(HeadGrads { loss: Tensor::from_dispatch(loss), user: Tensor::from_dispatch(user), item: Tensor::from_dispatch(item), params })
 }
 
 #[cfg(feature = "flex")]
@@ -686,108 +783,4 @@ fn run_with<const F: bool>(l: TableLayout, layers: &[Dense], output: Option<&Den
     }
     SCRATCH.with(|s| *s.borrow_mut() = [pu, pi, dpu, dpi]);
     Grads { loss: (loss * scale as f64) as f32, user: du, item: di, params: grads.into_iter().flat_map(|(w, b)| std::iter::once(w).chain(b)).collect() }
-}
-
-#[cfg(all(test, feature = "flex"))]
-mod tests {
-    use super::*;
-    use crate::config::ModelConfig;
-    use crate::loss::batch_loss;
-    use crate::ncf::Ncf;
-    use crate::optim::Track;
-    use burn::module::Module;
-    use burn::tensor::{Device, Distribution, TensorData};
-    use rand::{RngExt, SeedableRng};
-
-    fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().try_into_vec_as::<f32>().unwrap()
-    }
-
-    /// The autodiff path of `step::train_step`: loss, row gradients, parameter gradients.
-    #[allow(clippy::too_many_arguments)]
-    fn reference(
-        head: &Head,
-        u: &Tensor<2>,
-        up: &Tensor<1, Int>,
-        i: &Tensor<2>,
-        ip: &Tensor<1, Int>,
-        y: &Tensor<1>,
-        loss: LossKind,
-        group: usize,
-    ) -> (f32, Vec<f32>, Vec<f32>, Vec<Vec<f32>>) {
-        let head = head.clone().map(&mut Track);
-        let (u, i) = (u.clone().autodiff().require_grad(), i.clone().autodiff().require_grad());
-        let logits = head.forward_rows(u.clone(), up.clone(), i.clone(), ip.clone());
-        let l = batch_loss(loss, logits, y.clone(), group);
-        let grads = l.backward();
-        struct Collect<'a>(&'a burn::tensor::Gradients, Vec<Vec<f32>>);
-        impl burn::module::ModuleVisitor for Collect<'_> {
-            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
-                self.1.push(vals(p.val().grad(self.0).expect("tracked")));
-            }
-        }
-        let mut c = Collect(&grads, Vec::new());
-        head.visit(&mut c);
-        (l.into_scalar::<f32>(), vals(u.grad(&grads).unwrap()), vals(i.grad(&grads).unwrap()), c.1)
-    }
-
-    fn close(what: &str, a: &[f32], b: &[f32]) {
-        assert_eq!(a.len(), b.len(), "{what}: lengths");
-        let scale = b.iter().fold(0f32, |s, x| s.max(x.abs())).max(1e-6);
-        for (k, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= 2e-5 * scale + 1e-8, "{what}[{k}]: {x} vs {y} (largest {scale})");
-        }
-    }
-
-    #[test]
-    fn fused_loss_and_gradients_equal_autodiff() {
-        let d = Device::flex();
-        // The tower widths NCF uses (registers) and odd ones (the general loops); a batch that
-        // is not a multiple of the chunk; BCE and BPR (groups of 3); enough unique rows for the
-        // first layer's blocks to be shared with the second thread, and partial blocks.
-        let cases = [
-            (ModelKind::Neumf, vec![64, 32, 16, 8], 23, 41),
-            (ModelKind::Neumf, vec![64, 32, 16, 8], 700, 1500),
-            (ModelKind::Neumf, vec![10, 7, 3], 23, 41),
-            (ModelKind::Mlp, vec![16, 8, 4], 23, 41),
-            (ModelKind::Gmf, vec![], 23, 41),
-            (ModelKind::Mf, vec![], 23, 41),
-        ];
-        for (kind, layers, nu, ni) in cases {
-            for loss in [LossKind::Bce, LossKind::Bpr] {
-                let cfg = ModelConfig { kind, factors: 5, layers: layers.clone(), init_std: 0.3, ..Default::default() };
-                let (b, group) = (3 * 67 * (1 + nu / 100), 3);
-                let model = Ncf::init(&cfg, nu, ni, 7, &d);
-                let width = model.user.val().dims()[1];
-                let mut rng = rand::rngs::Xoshiro256PlusPlus::seed_from_u64(11);
-                let ints = |v: Vec<i32>| Tensor::<1, Int>::from_data(TensorData::new(v.clone(), [v.len()]), &d);
-                let up = ints((0..b).map(|_| rng.random_range(0..nu as i32)).collect());
-                let ip = ints((0..b).map(|_| rng.random_range(0..ni as i32)).collect());
-                let y = Tensor::<1>::from_data(TensorData::new((0..b).map(|k| (k % 4 == 0) as i32 as f32).collect::<Vec<_>>(), [b]), &d);
-                let u = Tensor::<2>::random([nu, width], Distribution::Normal(0.0, 0.5), &d);
-                let i = Tensor::<2>::random([ni, width], Distribution::Normal(0.0, 0.5), &d);
-                let got = head_grads(&model.head, (&u, &up), (&i, &ip), &y, loss, group).expect("flex, no dropout");
-                let want = reference(&model.head, &u, &up, &i, &ip, &y, loss, group);
-                let what = format!("{kind:?} {layers:?} {nu}x{ni} {loss:?}");
-                close(&format!("{what} loss"), &vals(got.loss), &[want.0]);
-                close(&format!("{what} user rows"), &vals(got.user), &want.1);
-                close(&format!("{what} item rows"), &vals(got.item), &want.2);
-                assert_eq!(got.params.len(), want.3.len(), "{what}: parameter count");
-                for (k, (a, b)) in got.params.into_iter().zip(&want.3).enumerate() {
-                    close(&format!("{what} parameter {k}"), &vals(a), b);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn dropout_takes_the_autodiff_path() {
-        let d = Device::flex();
-        let cfg = ModelConfig { dropout: 0.2, ..Default::default() };
-        let model = Ncf::init(&cfg, 3, 3, 1, &d);
-        let rows = model.user.val();
-        let pos = Tensor::<1, Int>::from_data(TensorData::new(vec![0, 1], [2]), &d);
-        let y = Tensor::<1>::zeros([2], &d);
-        assert!(head_grads(&model.head, (&rows, &pos), (&rows, &pos), &y, LossKind::Bce, 1).is_none());
-    }
 }

@@ -113,6 +113,7 @@ pub fn batch_loss(kind: LossKind, logits: Tensor<1>, labels: Tensor<1>, group: u
         LossKind::Bce => bce_with_logits(logits, labels),
         LossKind::Bpr => {
             let [b] = logits.dims();
+            assert!(group >= 2 && b.is_multiple_of(group), "BPR trains on whole groups of a positive and its negatives: {b} samples in groups of {group}");
             let g = logits.reshape([b / group, group]);
             let pos = g.clone().slice([0..b / group, 0..1]).expand([b / group, group - 1]);
             let neg = g.slice([0..b / group, 1..group]);

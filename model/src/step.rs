@@ -126,12 +126,9 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
         rows::gather_ahead(&model.item.val(), &input.items, next_items.unwrap_or_default(), &into, state)
     });
     assert_eq!(model.head.history > 0.0, input.history.is_some(), "a model with history trains on batches with history rows, and only it");
-    // Forward and backward: one fused pass where the backend has it (flex), else autodiff.
-    let fused = if optim.config.fused && input.shared.is_none() && input.history.is_none() {
-        head_grad::head_grads(&model.head, (&user_rows, &input.user_pos), (&item_rows, &input.item_pos), &input.labels, loss, group)
-    } else {
-        None
-    };
+    // Forward and backward: one fused pass where `head_grad::supports` says it computes this step
+    // (and `optim.fused` asks for it), else autodiff.
+    let fused = optim.config.fused.then(|| head_grad::head_grads(&model.head, &input, &user_rows, &item_rows, loss, group).ok()).flatten();
     // The head to update: the tracked one after autodiff, whose parameters key the gradients.
     let (loss, gu, gi, head_grads, head) = match fused {
         Some(g) => (g.loss, g.user, g.item, HeadGradients::Given(g.params), model.head.clone()),
