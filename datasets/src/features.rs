@@ -13,8 +13,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use std::path::PathBuf;
+
+use crate::ColumnRef;
+use crate::error::DataError;
 use crate::interactions::IdMap;
-use crate::table::KeyedTable;
+use crate::table::{KeyedTable, read_keyed_with};
 
 /// How a column becomes feature rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +53,12 @@ impl FeatureKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FeatureConfig {
+    /// The feature file (CSV/TSV/`|`/`::`-separated, with or without a header); `None`: no
+    /// features on this side.
+    pub path: Option<PathBuf>,
+    /// Key column (the user or item id): a name or a 0-based index; default an id-like name,
+    /// else the first column.
+    pub key: Option<String>,
     /// Declared kinds by column name (0-based index as a string for files without a header).
     pub columns: BTreeMap<String, FeatureKind>,
     /// Quantile buckets of a numeric column.
@@ -62,7 +72,53 @@ pub struct FeatureConfig {
 
 impl Default for FeatureConfig {
     fn default() -> Self {
-        Self { columns: BTreeMap::new(), buckets: 10, separator: "|".into(), max_distinct_share: 0.5 }
+        Self { path: None, key: None, columns: BTreeMap::new(), buckets: 10, separator: "|".into(), max_distinct_share: 0.5 }
+    }
+}
+
+/// Side features of both sides (`[features.user]`, `[features.item]`); none by default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeaturesConfig {
+    pub user: FeatureConfig,
+    pub item: FeatureConfig,
+}
+
+/// A side's features as a run uses them: the encoding fitted on its file and every entity's
+/// rows, entities in dense-id order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SideFeatures {
+    pub vocab: FeatureVocab,
+    pub entities: EntityFeatures,
+}
+
+impl SideFeatures {
+    /// Reads `config.path`, fits its encoding and encodes every entity of `ids`. Also returns
+    /// the column summary and how many entities had no line in the file. `flag` names the
+    /// command-line flag of the file in messages (e.g. `user-features`).
+    pub fn load(config: &FeatureConfig, ids: &IdMap, flag: &'static str) -> Result<Option<(Self, Vec<ColumnSummary>, usize)>, DataError> {
+        let Some(path) = &config.path else { return Ok(None) };
+        let key = config.key.as_deref().map(|k| k.parse::<ColumnRef>().expect("infallible"));
+        let table = read_keyed_with(path, key.as_ref(), &[], [flag, flag])?;
+        if table.names.is_empty() {
+            return Err(DataError::Parse {
+                path: path.clone(),
+                message: "no columns besides the key; a feature file needs a key column and at least one attribute column".into(),
+            });
+        }
+        for name in config.columns.keys() {
+            if !table.names.contains(name) {
+                return Err(DataError::MissingColumn {
+                    path: path.clone(),
+                    column: name.clone(),
+                    flag: "set features.*.columns",
+                    available: table.names.join(", "),
+                });
+            }
+        }
+        let (vocab, summary) = FeatureVocab::fit(&table, config);
+        let (entities, without) = vocab.encode_all(&table, ids);
+        Ok(Some((Self { vocab, entities }, summary, without)))
     }
 }
 

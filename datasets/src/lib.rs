@@ -26,6 +26,7 @@ pub use batch::{Batch, BatchBuilder};
 pub use candidates::SampledCandidates;
 pub use clean::{CleanConfig, CleanReport};
 pub use error::DataError;
+pub use features::{EntityFeatures, FeatureConfig, FeatureVocab, FeaturesConfig, SideFeatures};
 pub use given::{Given, GivenReport};
 pub use history::HistoryDraws;
 pub use interactions::{ByUser, IdMap, Interactions};

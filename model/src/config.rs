@@ -63,11 +63,15 @@ pub struct ModelConfig {
     /// the user row becomes `(1 - w)·own row + w·mean of its training items' rows`, SimpleX's
     /// history aggregation (mean pooling, no projection). Users without history keep their row.
     pub history: f64,
+    /// Whether each user and item has an id embedding (the paper's models). `false` with side
+    /// features trains a pure feature model: an entity is the sum of its feature rows, so
+    /// entities share everything their attributes share.
+    pub id_embeddings: bool,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { kind: ModelKind::Neumf, factors: 8, layers: vec![64, 32, 16, 8], init_std: 0.01, dropout: 0.0, cosine: false, history: 0.0 }
+        Self { kind: ModelKind::Neumf, factors: 8, layers: vec![64, 32, 16, 8], init_std: 0.01, dropout: 0.0, cosine: false, history: 0.0, id_embeddings: true }
     }
 }
 

@@ -123,7 +123,9 @@ pub trait HeadPass: burn::backend::Backend {
 pub fn supports(head: &Head, input: &StepInput, loss: LossKind, group: usize) -> Result<(), &'static str> {
     let Head { mlp, output, layout, dropout, cosine, history } = head;
     let TableLayout { kind, gmf, mlp: half } = *layout;
-    let StepInput { users, user_pos, items: _, item_pos: _, labels: _, shared, history: history_rows, ahead: _ } = input;
+    // Side features are composed into the rows before the pass (`user_rows`, `item_rows`): the
+    // pass computes the gradient with respect to those rows whatever they hold.
+    let StepInput { users, user_pos, items: _, item_pos: _, labels: _, shared, history: history_rows, ahead: _, user_features: _, item_features: _ } = input;
     if !crate::rows::on_flex(&users.device()) {
         return Err("not flex: the fused pass is a flex kernel");
     }

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod eval;
+pub mod features;
 pub mod head_grad;
 pub mod loss;
 pub mod metrics;
@@ -18,6 +19,7 @@ mod second_core;
 pub mod step;
 
 pub use config::{ModelConfig, ModelKind, TableLayout};
+pub use features::{FeatureRows, HostFeatureRows};
 pub use loss::{LossConfig, LossKind};
 pub use ncf::{COSINE_EPS, Head, HistoryRows, ItemSide, Ncf};
 pub use optim::{LrSchedule, OptimConfig, OptimKind, Optimizer};

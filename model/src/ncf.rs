@@ -10,6 +10,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 use rand_distr::{Distribution as _, Normal, Uniform};
 
 use crate::config::{ModelConfig, ModelKind, TableLayout};
+use crate::features::FeatureRows;
 
 /// GMF, MLP, NeuMF or MF: one user table, one item table (columns laid out by [`TableLayout`])
 /// and the dense head.
@@ -20,6 +21,14 @@ pub struct Ncf {
     /// `[n_items, layout.width()]`
     pub item: Param<Tensor<2>>,
     pub head: Head,
+    /// Side-feature tables, `[feature rows, layout.width()]`: an entity's vector is its id row
+    /// plus the weighted sum of its feature rows (see [`crate::features`]).
+    pub user_features: Option<Param<Tensor<2>>>,
+    pub item_features: Option<Param<Tensor<2>>>,
+    /// Whether the id tables are trained (`ModelConfig::id_embeddings`); without, they stay zero
+    /// and the model is a pure feature model.
+    #[module(skip)]
+    pub ids: bool,
 }
 
 /// The dense part: the MLP tower and the output layer. Small; updated densely.
@@ -112,8 +121,12 @@ impl Ncf {
             }
             Param::from_tensor(host_tensor(v, [rows, w], device))
         };
-        let user = table(n_users, &mut rng);
-        let item = table(n_items, &mut rng);
+        let (user, item) = if config.id_embeddings {
+            (table(n_users, &mut rng), table(n_items, &mut rng))
+        } else {
+            let zeros = |rows: usize| Param::from_tensor(Tensor::zeros([rows, layout.width()], device));
+            (zeros(n_users), zeros(n_items))
+        };
         let mlp: Vec<Linear> = match config.kind {
             ModelKind::Mlp | ModelKind::Neumf => config.layers.windows(2).map(|w| linear(w[0], w[1], &mut rng, device)).collect(),
             _ => Vec::new(),
@@ -125,7 +138,46 @@ impl Ncf {
             ModelKind::Mf => 0,
         };
         let output = (out_width > 0).then(|| linear(out_width, 1, &mut rng, device));
-        Self { user, item, head: Head { mlp, output, layout, dropout: config.dropout, cosine: config.cosine, history: config.history } }
+        let head = Head { mlp, output, layout, dropout: config.dropout, cosine: config.cosine, history: config.history };
+        Self { user, item, head, user_features: None, item_features: None, ids: config.id_embeddings }
+    }
+
+    /// The model with side-feature tables of `rows` rows per side (`None`: no features on that
+    /// side), drawn like the id tables from `seed`.
+    pub fn with_feature_tables(mut self, init_std: f64, (user, item): (Option<usize>, Option<usize>), seed: u64) -> Self {
+        let (w, device) = (self.head.layout.width(), self.user.val().device());
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0xFEA7_0000);
+        let normal = Normal::new(0.0f32, init_std as f32).expect("valid std");
+        let mut table = |rows: usize| {
+            let v: Vec<f32> = (0..rows * w).map(|_| normal.sample(&mut rng)).collect();
+            Param::from_tensor(host_tensor(v, [rows, w], &device))
+        };
+        self.user_features = user.map(&mut table);
+        self.item_features = item.map(&mut table);
+        self
+    }
+
+    /// The model as scoring sees it with features: each side's table replaced by id rows plus
+    /// composed feature rows ([`FeatureRows::compose`]), no feature tables left. A side's
+    /// composition may cover more entities than its id table (entities the model has never
+    /// seen, scored from features alone: their id rows are zero).
+    pub fn compose_features(&self, user: Option<&FeatureRows>, item: Option<&FeatureRows>) -> Ncf {
+        let side = |ids: &Param<Tensor<2>>, table: &Option<Param<Tensor<2>>>, rows: Option<&FeatureRows>| -> Param<Tensor<2>> {
+            let ids = ids.val();
+            let (Some(t), Some(f)) = (table, rows) else { return Param::from_tensor(ids) };
+            let [n, w] = ids.dims();
+            assert!(f.n >= n, "a composition covers every entity of the table: {} < {n}", f.n);
+            let ids = if f.n > n { Tensor::cat(vec![ids.clone(), Tensor::zeros([f.n - n, w], &ids.device())], 0) } else { ids };
+            Param::from_tensor(ids + f.compose(t.val()))
+        };
+        Ncf {
+            user: side(&self.user, &self.user_features, user),
+            item: side(&self.item, &self.item_features, item),
+            head: self.head.clone(),
+            user_features: None,
+            item_features: None,
+            ids: self.ids,
+        }
     }
 
     /// NeuMF initialised from trained GMF and MLP models (paper §3.4.1): the tables side by side,
@@ -176,6 +228,9 @@ impl Ncf {
             user: join(&gmf.user, &mlp.user),
             item: join(&gmf.item, &mlp.item),
             head: Head { mlp: mlp_layers, output: Some(output), layout, dropout: config.dropout, cosine: config.cosine, history: config.history },
+            user_features: None,
+            item_features: None,
+            ids: true,
         })
     }
 

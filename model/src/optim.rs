@@ -129,11 +129,14 @@ pub struct Optimizer {
     pub head: Vec<Option<Moments<1>>>,
     pub user: Option<RowMoments>,
     pub item: Option<RowMoments>,
+    /// Moments of the side-feature tables (see [`crate::features`]).
+    pub user_features: Option<RowMoments>,
+    pub item_features: Option<RowMoments>,
 }
 
 impl Optimizer {
     pub fn new(config: OptimConfig) -> Self {
-        Self { config, step: 0, head: Vec::new(), user: None, item: None }
+        Self { config, step: 0, head: Vec::new(), user: None, item: None, user_features: None, item_features: None }
     }
 
     /// Bias-corrected step sizes for the current step: (lr / (1-β1ᵗ), 1 / sqrt(1-β2ᵗ)).
@@ -176,11 +179,7 @@ impl Optimizer {
         match c.kind {
             OptimKind::Sgd => scatter::select_assign(table, 0, rows, g.mul_scalar(-c.lr), IndexingUpdateOp::Add),
             OptimKind::Adam => {
-                let slot = match side {
-                    TableSide::User => &mut self.user,
-                    TableSide::Item => &mut self.item,
-                };
-                let state = slot.take().unwrap_or_else(|| RowMoments::zeros_like(&table));
+                let state = self.slot(side).take().unwrap_or_else(|| RowMoments::zeros_like(&table));
                 if c.sparse {
                     let (table, state) = self.sparse_adam(table, rows, g, state);
                     *self.slot(side) = Some(state);
@@ -281,6 +280,8 @@ impl Optimizer {
         match side {
             TableSide::User => &mut self.user,
             TableSide::Item => &mut self.item,
+            TableSide::UserFeatures => &mut self.user_features,
+            TableSide::ItemFeatures => &mut self.item_features,
         }
     }
 }
@@ -306,7 +307,7 @@ impl Optimizer {
                 out.push((format!("head.{i}.v"), m.v.clone()));
             }
         }
-        for (side, state) in [("user", &self.user), ("item", &self.item)] {
+        for (side, state) in [("user", &self.user), ("item", &self.item), ("user_features", &self.user_features), ("item_features", &self.item_features)] {
             if let Some(s) = state {
                 let n: usize = s.m.dims().iter().product();
                 out.push((format!("{side}.m"), s.m.clone().reshape([n])));
@@ -347,10 +348,12 @@ impl Optimizer {
         };
         let user = table("user", model.user.val())?;
         let item = table("item", model.item.val())?;
+        let user_features = model.user_features.as_ref().map(|t| table("user_features", t.val())).transpose()?.flatten();
+        let item_features = model.item_features.as_ref().map(|t| table("item_features", t.val())).transpose()?.flatten();
         if let Some(name) = tensors.keys().next() {
             return Err(format!("unexpected optimizer state {name}"));
         }
-        Ok(Self { config, step, head, user, item })
+        Ok(Self { config, step, head, user, item, user_features, item_features })
     }
 }
 
@@ -359,6 +362,8 @@ impl Optimizer {
 pub enum TableSide {
     User,
     Item,
+    UserFeatures,
+    ItemFeatures,
 }
 
 /// Where a step's head gradients come from.

@@ -6,6 +6,7 @@
 use burn::module::{Module, Param};
 use burn::tensor::{Int, Tensor};
 
+use crate::features::FeatureRows;
 use crate::head_grad;
 use crate::loss::{LossConfig, LossKind, SharedScores, batch_loss, shared_loss};
 use crate::ncf::{HistoryRows, Ncf};
@@ -32,6 +33,10 @@ pub struct StepInput {
     /// The next batch's unique items, when the caller knows them: a large item table's rows for
     /// it are then fetched during this step (see [`Lookahead`]).
     pub ahead: Option<Lookahead>,
+    /// Which side-feature rows make the batch's unique users and items (their `n` is `[u]`,
+    /// `[i]`), for a model with feature tables on that side; `None` on a side without.
+    pub user_features: Option<FeatureRows>,
+    pub item_features: Option<FeatureRows>,
 }
 
 /// A batch's shared negatives: every sample is a positive, scored against the items of the
@@ -89,6 +94,8 @@ impl StepInput {
             shared: shared.map(|(config, log_probs)| SharedNegatives { neg_pos: packed.slice([d + len..e]), config, log_probs }),
             history,
             ahead: None,
+            user_features: None,
+            item_features: None,
         }
     }
 }
@@ -99,8 +106,19 @@ impl StepInput {
 /// negatives, and the loss is -log σ(pos - neg) over every (positive, negative) pair.
 pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: LossKind, group: usize) -> (Ncf, Tensor<1>) {
     optim.begin_step();
-    let fused_adam = optim.fused_adam_on(&input.items.device());
+    // A pure feature model (no id embeddings) leaves its zero id tables alone.
+    let fused_adam = optim.fused_adam_on(&input.items.device()) && model.ids;
     let (n_users, n_items) = (input.users.dims()[0], input.items.dims()[0]);
+    assert_eq!(
+        model.user_features.is_some(),
+        input.user_features.is_some(),
+        "a model with user features trains on batches with their feature rows, and only it"
+    );
+    assert_eq!(
+        model.item_features.is_some(),
+        input.item_features.is_some(),
+        "a model with item features trains on batches with their feature rows, and only it"
+    );
     if fused_adam {
         rows::expect_update(&model.user.val(), n_users);
         rows::expect_update(&model.item.val(), n_items);
@@ -126,6 +144,13 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
         rows::gather_ahead(&model.item.val(), &input.items, next_items.unwrap_or_default(), &into, state)
     });
     assert_eq!(model.head.history > 0.0, input.history.is_some(), "a model with history trains on batches with history rows, and only it");
+    // Side features: their composed rows added to the id rows the head sees.
+    let with_features = |rows: Tensor<2>, table: &Option<Param<Tensor<2>>>, f: &Option<FeatureRows>| match (table, f) {
+        (Some(t), Some(f)) => rows + f.compose(t.val()),
+        _ => rows,
+    };
+    let user_rows = with_features(user_rows, &model.user_features, &input.user_features);
+    let item_rows = with_features(item_rows, &model.item_features, &input.item_features);
     // Forward and backward: one fused pass where `head_grad::supports` says it computes this step
     // (and `optim.fused` asks for it), else autodiff.
     let fused = optim.config.fused.then(|| head_grad::head_grads(&model.head, &input, &user_rows, &item_rows, loss, group).ok()).flatten();
@@ -150,10 +175,14 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
         }
     };
     drop(pending);
+    // The feature rows' gradients, from the gradients of the rows they were added to.
+    let feature_grads = |f: &Option<FeatureRows>, g: &Tensor<2>| f.as_ref().map(|f| f.backward(g.clone()));
+    let (gfu, gfi) = (feature_grads(&input.user_features, &gu), feature_grads(&input.item_features, &gi));
     // With the next batch known, a large item table's update is left running on the second
     // thread, its rows in the next batch first, while the head and the user table are updated
     // here and the next step starts. `None`: deferred.
     let gi = match (pipeline, next_items) {
+        _ if !model.ids => None,
         (Some(p), Some(next)) if item_beside => {
             let step = optim.row_step();
             let state = optim.row_state(TableSide::Item, &model.item.val());
@@ -165,10 +194,10 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
             Some(gi)
         }
     };
-    let Ncf { user, item, head: _ } = model;
+    let Ncf { user, item, head: _, user_features, item_features, ids } = model;
     let head_and_user = |optim: &mut Optimizer| {
         let head = head.map(&mut HeadUpdate::new(optim, &head_grads));
-        (head, user.map(|table| optim.update_rows(TableSide::User, table, input.users, gu)))
+        (head, if ids { user.map(|table| optim.update_rows(TableSide::User, table, input.users, gu)) } else { user })
     };
     let ((head, user), item) = match gi {
         None => (head_and_user(optim), item),
@@ -187,7 +216,13 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
             (head_user, item.map(|table| optim.update_rows(TableSide::Item, table, input.items, gi)))
         }
     };
-    (Ncf { user, item, head }, loss)
+    let mut update_features = |side, table: Option<Param<Tensor<2>>>, f: Option<FeatureRows>, g: Option<Tensor<2>>| match (table, f, g) {
+        (Some(t), Some(f), Some(g)) => Some(t.map(|t| optim.update_rows(side, t, f.rows, g))),
+        (t, ..) => t,
+    };
+    let user_features = update_features(TableSide::UserFeatures, user_features, input.user_features, gfu);
+    let item_features = update_features(TableSide::ItemFeatures, item_features, input.item_features, gfi);
+    (Ncf { user, item, head, user_features, item_features, ids }, loss)
 }
 
 /// The loss of a batch of positives against its shared negatives: each positive's user row
@@ -525,16 +560,90 @@ mod tests {
             }
             match &first_device {
                 None => first_device = Some(all),
-                Some(flex) => {
-                    // The first steps agree closely; later ones drift apart with rounding, which
-                    // Adam's normalised steps amplify and which can flip a hinge (CCL's margins,
-                    // ReLU) to the other side.
-                    for (case, (a, b)) in flex.iter().zip(&all).enumerate() {
-                        for (step, (x, y)) in a.iter().zip(b).enumerate().take(3) {
-                            assert!((x - y).abs() <= 1e-3 + 1e-3 * x.abs(), "case {case} step {step}: {x} vs {y} on {d:?}: {a:?} vs {b:?}");
+                Some(flex) => agree_early(flex, &all, &d),
+            }
+        }
+    }
+
+    /// The first steps of each case agree closely across devices; later ones drift apart with
+    /// rounding, which Adam's normalised steps amplify and which can flip a hinge (CCL's
+    /// margins, ReLU) to the other side.
+    fn agree_early(first: &[Vec<f32>], other: &[Vec<f32>], d: &Device) {
+        for (case, (a, b)) in first.iter().zip(other).enumerate() {
+            for (step, (x, y)) in a.iter().zip(b).enumerate().take(3) {
+                assert!((x - y).abs() <= 1e-3 + 1e-3 * x.abs(), "case {case} step {step}: {x} vs {y} on {d:?}: {a:?} vs {b:?}");
+            }
+        }
+    }
+
+    /// Side features: every model and loss trains with feature tables on both sides, on every
+    /// backend; only the feature rows the batch's entities use move, and a pure feature model
+    /// (no id embeddings) leaves its zero id tables alone.
+    #[test]
+    fn feature_tables_train_row_sparsely_with_every_model_and_loss_on_every_backend() {
+        use crate::features::HostFeatureRows;
+        use crate::loss::LossConfig;
+        // 6 users over 4 user-feature rows, 10 items over 5 item-feature rows (CSR).
+        let (u_off, u_rows, u_w) = ([0u32, 1, 3, 4, 5, 6, 8], [0u32, 0, 1, 2, 0, 2, 0, 1], [1.0f32, 0.5, 0.5, 1.0, 1.0, 1.0, 0.5, 0.5]);
+        let i_off: Vec<u32> = (0..=10).collect();
+        let i_rows: Vec<u32> = (0..10).map(|i| i % 4).collect();
+        let i_w = [1.0f32; 10];
+        let mut first_device: Option<Vec<Vec<f32>>> = None;
+        for d in crate::optim::fused_tests::devices() {
+            let mut all = Vec::new();
+            for kind in [ModelKind::Gmf, ModelKind::Mlp, ModelKind::Neumf, ModelKind::Mf] {
+                for loss in [LossKind::Bce, LossKind::Bpr, LossKind::Softmax, LossKind::Ccl] {
+                    for ids in [true, false] {
+                        let cfg = ModelConfig { kind, factors: 4, layers: vec![8, 4], init_std: 0.1, id_embeddings: ids, ..Default::default() };
+                        let mut model = Ncf::init(&cfg, 6, 10, 2, &d).with_feature_tables(0.1, (Some(4), Some(5)), 7);
+                        let table = |t: &Option<Param<Tensor<2>>>| rows(t.as_ref().unwrap().val());
+                        let (fu0, fi0, u0) = (table(&model.user_features), table(&model.item_features), rows(model.user.val()));
+                        let mut optim = Optimizer::new(OptimConfig { lr: 0.05, ..Default::default() });
+                        let mut losses = Vec::new();
+                        // Users 1 and 4, items 2, 5, 7, 3 (BCE: labels 1, 1, 0, 0; BPR: groups of
+                        // a positive and a negative; the shared losses: positives 2 and 5 against
+                        // shared negatives 7 and 3).
+                        let (users, items) = ([1, 4], [2, 5, 7, 3]);
+                        let shared = matches!(loss, LossKind::Softmax | LossKind::Ccl);
+                        for _ in 0..30 {
+                            let packed: Vec<i32> = if shared {
+                                [&users[..], &[0, 1], &items, &[0, 1], &[1, 1], &[2, 3]].concat()
+                            } else {
+                                [&users[..], &[0, 0, 1, 1], &items, &[0, 2, 1, 3], &[1, 0, 1, 0]].concat()
+                            };
+                            let n = packed.len();
+                            let len = if shared { 2 } else { 4 };
+                            let config = shared.then(|| (LossConfig { temperature: 0.5, margin: 0.2, ..Default::default() }, None));
+                            let mut x = StepInput::from_packed(Tensor::from_data(TensorData::new(packed, [n]), &d), (2, 4, len), config, None);
+                            x.user_features = Some(HostFeatureRows::gather(users.map(|u| u as usize), &u_off, &u_rows, &u_w, 4).to_device(&d));
+                            x.item_features = Some(HostFeatureRows::gather(items.map(|i| i as usize), &i_off, &i_rows, &i_w, 5).to_device(&d));
+                            let (m, l) = train_step(model, &mut optim, x, loss, if loss == LossKind::Bpr { 2 } else { 1 });
+                            model = m;
+                            losses.push(l.into_scalar::<f32>());
                         }
+                        let what = format!("{kind:?} {loss:?} ids {ids} on {d:?}");
+                        assert!(losses[29] < losses[0] * 0.9, "{what}: {losses:?}");
+                        let (fu1, fi1, u1) = (table(&model.user_features), table(&model.item_features), rows(model.user.val()));
+                        // MF by cosine would keep unused bias columns; none here: compare whole rows.
+                        for r in 0..4 {
+                            // Users 1 and 4 use rows 0, 1 and 0, 2; row 3 is nobody's.
+                            assert_eq!(fu0[r] != fu1[r], r < 3, "{what}: user feature row {r}");
+                        }
+                        for r in 0..5 {
+                            // Items 2, 5, 7, 3 use rows 2, 1, 3, 3; rows 0 and 4 are unused.
+                            assert_eq!(fi0[r] != fi1[r], (1..4).contains(&r), "{what}: item feature row {r}");
+                        }
+                        if !ids {
+                            assert_eq!(u0, u1, "{what}: a pure feature model's id rows stay zero");
+                            assert!(u1.iter().flatten().all(|&v| v == 0.0));
+                        }
+                        all.push(losses);
                     }
                 }
+            }
+            match &first_device {
+                None => first_device = Some(all),
+                Some(flex) => agree_early(flex, &all, &d),
             }
         }
     }

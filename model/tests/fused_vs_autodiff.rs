@@ -95,7 +95,9 @@ fn models(dropout: f64, cosine: bool, history: f64) -> Vec<ModelConfig> {
         let towers = if matches!(kind, ModelKind::Mlp | ModelKind::Neumf) { towers() } else { vec![Vec::new()] };
         for &factors in factors {
             for layers in &towers {
-                out.push(ModelConfig { kind, factors, layers: layers.clone(), init_std: 0.5, dropout, cosine, history });
+                // id_embeddings decides which tables the step updates, not the head's math (the
+                // pass sees the rows it is given, side features already added): not an axis.
+                out.push(ModelConfig { kind, factors, layers: layers.clone(), init_std: 0.5, dropout, cosine, history, id_embeddings: true });
             }
         }
     }
@@ -275,7 +277,7 @@ fn model(case: &Case, x: &Batch, rng: &mut Xoshiro256PlusPlus, d: &Device) -> Nc
         Biases::None => false,
         Biases::Alternate => k.is_multiple_of(2),
     };
-    let Ncf { user, item, head } = &mut m;
+    let Ncf { user, item, head, .. } = &mut m;
     for (k, layer) in head.mlp.iter_mut().chain(head.output.as_mut()).enumerate() {
         if !keep(k) {
             layer.bias = None;

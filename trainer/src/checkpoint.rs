@@ -19,12 +19,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::Device;
-use ncf_datasets::{IdMap, SampledCandidates, UserItems};
+use ncf_datasets::{EntityFeatures, FeatureVocab, IdMap, SampledCandidates, SideFeatures, UserItems};
 use ncf_model::{Ncf, Optimizer};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
+use crate::features::RunFeatures;
 use crate::history::EpochRecord;
 use crate::host;
 use crate::output;
@@ -38,7 +39,11 @@ use crate::output;
 /// 4: `train.safetensors` may hold the validation split (`valid_offsets`, `valid_items`), which
 /// `recommend` and `evaluate` mask like training items; the history's test metrics may be null
 /// (epochs not evaluated) and gain validation metrics. Format 3 (no validation split) still loads.
-pub const FORMAT_VERSION: u32 = 4;
+/// 5: side features: `checkpoint.json` may hold each side's feature encoding (`user_features`,
+/// `item_features`), `model.safetensors` the feature tables, `train.safetensors` each entity's
+/// feature rows (`user_feature_offsets` `[n + 1]`, `user_feature_rows`, `user_feature_weights`;
+/// likewise for items). Format 4 (no features) still loads.
+pub const FORMAT_VERSION: u32 = 5;
 /// The oldest format this ncf still reads.
 const OLDEST_READ: u32 = 2;
 
@@ -61,6 +66,12 @@ pub struct Meta {
     /// refused instead of loaded. Filled in by [`save`]; absent in checkpoints before it.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub checksums: std::collections::BTreeMap<String, u32>,
+    /// Each side's feature encoding, so entities the run never saw encode the same way. Filled
+    /// in by [`save`] from [`Saved::features`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_features: Option<FeatureVocab>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_features: Option<FeatureVocab>,
 }
 
 /// The CRC-32 of a file.
@@ -86,6 +97,8 @@ pub struct Checkpoint {
     /// Sampled-evaluation candidates imported with a given split (`split.negatives_path`), which
     /// cannot be redrawn from the seed; `None` when the run drew its own.
     pub candidates: Option<SampledCandidates>,
+    /// The run's side features (encodings and every user's and item's feature rows).
+    pub features: RunFeatures,
 }
 
 impl Checkpoint {
@@ -104,7 +117,18 @@ impl Checkpoint {
     /// The model as `recommend`, `score` and `evaluate` score with it: the users' training
     /// histories folded into their rows when the model mixes them in (`model.history`).
     pub fn scoring_model(&self) -> Ncf {
-        self.model.fold_history(self.train.offsets(), self.train.all_items())
+        self.scoring_model_with(&self.features)
+    }
+
+    /// [`Checkpoint::scoring_model`] with `features` in place of the run's: the run's own, or
+    /// those with new users appended ([`RunFeatures::with_new_users`]), who get rows from their
+    /// features alone and no history.
+    pub fn scoring_model_with(&self, features: &RunFeatures) -> Ncf {
+        let model = features.compose(&self.model);
+        let mut offsets = self.train.offsets().to_vec();
+        let end = *offsets.last().expect("CSR offsets start at 0");
+        offsets.resize(model.n_users() + 1, end);
+        model.fold_history(&offsets, self.train.all_items())
     }
 }
 
@@ -122,6 +146,7 @@ pub struct Saved<'a> {
     pub optim: Option<&'a Optimizer>,
     /// Imported evaluation candidates to keep with the run (see [`Checkpoint::candidates`]).
     pub candidates: Option<&'a SampledCandidates>,
+    pub features: &'a RunFeatures,
 }
 
 /// Dense ids as the `I32` values safetensors stores them in.
@@ -204,6 +229,19 @@ pub fn save(dir: &Path, saved: &Saved) -> Result<()> {
         views.push(("eval_users", TensorView::new(Dtype::I32, vec![c.rows()], users)?));
         views.push(("eval_items", TensorView::new(Dtype::I32, vec![c.rows(), c.width()], items)?));
     }
+    // Each side's feature rows (CSR): name, type, bytes.
+    let mut feature_parts: Vec<(String, Dtype, Vec<u8>)> = Vec::new();
+    for (side, f) in [("user", &saved.features.user), ("item", &saved.features.item)] {
+        if let Some(f) = f {
+            let e = &f.entities;
+            feature_parts.push((format!("{side}_feature_offsets"), Dtype::I32, i32_bytes(&e.offsets)));
+            feature_parts.push((format!("{side}_feature_rows"), Dtype::I32, i32_bytes(&e.rows)));
+            feature_parts.push((format!("{side}_feature_weights"), Dtype::F32, bytes(&e.weights)));
+        }
+    }
+    for (name, dtype, b) in &feature_parts {
+        views.push((name, TensorView::new(*dtype, vec![b.len() / 4], b)?));
+    }
     safetensors::serialize_to_file(views, None, &tmp.join("train.safetensors"))?;
     if let Some(optim) = saved.optim {
         let state: Vec<(String, Vec<u8>, usize)> = optim
@@ -219,6 +257,8 @@ pub fn save(dir: &Path, saved: &Saved) -> Result<()> {
     }
     saved.model.save_into(&mut SafetensorsStore::from_file(tmp.join("model.safetensors"))).map_err(|e| anyhow::anyhow!("saving weights: {e}"))?;
     let mut meta = saved.meta.clone();
+    meta.user_features = saved.features.user.as_ref().map(|f| f.vocab.clone());
+    meta.item_features = saved.features.item.as_ref().map(|f| f.vocab.clone());
     for name in ["model.safetensors", "train.safetensors", "optim.safetensors"] {
         if tmp.join(name).exists() {
             meta.checksums.insert(name.to_owned(), crc32(&tmp.join(name))?);
@@ -332,7 +372,22 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
         }
     };
 
-    let mut model = Ncf::init(&config.model, meta.n_users, meta.n_items, config.seed, device);
+    let f32s = |name: &str| -> Result<Vec<f32>> { Ok(get(name, Dtype::F32)?.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()) };
+    let side = |vocab: &Option<FeatureVocab>, name: &str, n: usize| -> Result<Option<SideFeatures>> {
+        let Some(vocab) = vocab else { return Ok(None) };
+        let part = |p: &str| format!("{name}_feature_{p}");
+        let entities = EntityFeatures { offsets: i32s(&part("offsets"))?, rows: i32s(&part("rows"))?, weights: f32s(&part("weights"))? };
+        let consistent = entities.len() == n
+            && entities.offsets.windows(2).all(|w| w[0] <= w[1])
+            && entities.offsets.last().is_some_and(|&e| e as usize == entities.rows.len() && e as usize == entities.weights.len())
+            && entities.rows.iter().all(|&r| r < vocab.rows);
+        if !consistent {
+            bail!("{}: inconsistent {name} feature rows", train_path.display());
+        }
+        Ok(Some(SideFeatures { vocab: vocab.clone(), entities }))
+    };
+    let features = RunFeatures { user: side(&meta.user_features, "user", meta.n_users)?, item: side(&meta.item_features, "item", meta.n_items)? };
+    let mut model = features.init_model(&config, meta.n_users, meta.n_items, device);
     let weights = file("model.safetensors");
     // burn's apply panics on a shape mismatch: check names, shapes and sizes from the header first.
     check_weights(&weights, &model)?;
@@ -342,7 +397,7 @@ pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
     if !result.is_success() || !result.missing.is_empty() {
         bail!("{}: weights do not match the model in config.toml: {result}", weights.display());
     }
-    Ok(Checkpoint { meta, config, model, train, valid, test, popularity, users, items, candidates })
+    Ok(Checkpoint { meta, config, model, train, valid, test, popularity, users, items, candidates, features })
 }
 
 /// Checks each file `meta` has a checksum of (`optim.safetensors` too, when present).

@@ -164,6 +164,13 @@ pub struct TrainArgs {
     /// Print host reads per step and where each epoch's time goes.
     #[arg(long)]
     pub profile: bool,
+    /// User attributes: a key column (the user id) plus categorical, multi-hot, numeric or 0/1
+    /// columns, added to each user's vector (= --set features.user.path=...; see `ncf data features`).
+    #[arg(long, value_name = "FILE")]
+    pub user_features: Option<PathBuf>,
+    /// Item attributes, likewise (= --set features.item.path=...).
+    #[arg(long, value_name = "FILE")]
+    pub item_features: Option<PathBuf>,
     /// Continue RUN from its last/ checkpoint (weights, optimizer state, epoch, metrics) up to
     /// train.epochs; only --epochs, --log-every and train.patience may change.
     #[arg(long, value_name = "RUN", conflicts_with_all = ["config", "out", "data"])]
@@ -193,6 +200,16 @@ impl TrainArgs {
         let mut config = RunConfig::resolve(base.as_deref().or(self.config.as_deref()), &sets)?;
         if let Some(path) = &self.reader.data {
             config.data.path = Some(path.clone());
+        }
+        for (flag, path, side) in
+            [("--user-features", &self.user_features, &mut config.features.user), ("--item-features", &self.item_features, &mut config.features.item)]
+        {
+            if let Some(path) = path {
+                if self.resume.is_some() {
+                    anyhow::bail!("{flag}: a resumed run keeps the features it was started with");
+                }
+                side.path = Some(path.clone());
+            }
         }
         self.reader.flags.apply(&mut config.data.read)?;
         Ok(config)
@@ -233,9 +250,15 @@ pub struct RecommendArgs {
     /// Only recommend these items: a file with one raw item id per line, or id,id,...
     #[arg(long)]
     pub items: Option<String>,
-    /// Requested users the checkpoint has never seen: fail, leave out, or give popular items.
+    /// Requested users the checkpoint has never seen (and, with --user-features, without a line
+    /// there): fail, leave out, or give popular items.
     #[arg(long, value_enum, default_value = "popular")]
     pub unknown_users: UnknownUsers,
+    /// Attributes of users the checkpoint has never seen, with the training file's columns: they
+    /// are scored from their features (source = features) instead of popularity. Needs a model
+    /// trained with --user-features.
+    #[arg(long, value_name = "FILE")]
+    pub user_features: Option<PathBuf>,
     /// Item table to join (CSV, TSV, pipe-separated like MovieLens u.item; Latin-1 accepted).
     #[arg(long)]
     pub item_metadata: Option<PathBuf>,
@@ -291,9 +314,14 @@ pub struct ScoreArgs {
     /// Replace --out even when it is not an ncf export with these columns.
     #[arg(long)]
     pub force: bool,
-    /// Pairs with a user or item the checkpoint has never seen: fail or leave out.
+    /// Pairs with a user or item the checkpoint has never seen (users: and without a line in
+    /// --user-features): fail or leave out.
     #[arg(long, value_enum, default_value = "skip")]
     pub unknown: UnknownPairs,
+    /// Attributes of users the checkpoint has never seen, scored from them (a model trained
+    /// with --user-features).
+    #[arg(long, value_name = "FILE")]
+    pub user_features: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendName,
 }

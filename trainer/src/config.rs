@@ -106,6 +106,8 @@ pub struct RunConfig {
     /// Settings of the losses over batch-shared negatives (`train.loss` picks the loss).
     pub loss: LossConfig,
     pub pretrain: PretrainConfig,
+    /// Side features of users and items (files and how their columns are encoded).
+    pub features: ncf_datasets::FeaturesConfig,
 }
 
 impl Default for RunConfig {
@@ -120,6 +122,7 @@ impl Default for RunConfig {
             train: TrainConfig::default(),
             loss: LossConfig::default(),
             pretrain: PretrainConfig::default(),
+            features: Default::default(),
         }
     }
 }
@@ -209,8 +212,19 @@ impl RunConfig {
     /// that a saved `config.toml` names the same files from any directory (`--resume`,
     /// `ncf evaluate`).
     pub fn absolutize_paths(&mut self) {
-        let (d, s, p) = (&mut self.data, &mut self.split, &mut self.pretrain);
-        for path in [&mut d.path, &mut s.train_path, &mut s.test_path, &mut s.valid_path, &mut s.negatives_path, &mut p.gmf, &mut p.mlp].into_iter().flatten() {
+        let (d, s, p, f) = (&mut self.data, &mut self.split, &mut self.pretrain, &mut self.features);
+        let paths = [
+            &mut d.path,
+            &mut s.train_path,
+            &mut s.test_path,
+            &mut s.valid_path,
+            &mut s.negatives_path,
+            &mut p.gmf,
+            &mut p.mlp,
+            &mut f.user.path,
+            &mut f.item.path,
+        ];
+        for path in paths.into_iter().flatten() {
             if let Ok(abs) = std::path::absolute(&*path) {
                 *path = abs;
             }

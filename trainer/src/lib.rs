@@ -17,6 +17,7 @@ mod data;
 mod data_cmd;
 mod evaluate;
 mod export;
+mod features;
 mod history;
 mod host;
 mod manifest;

@@ -119,9 +119,12 @@ fn examples(ids: &[&str]) -> String {
     s.join(", ")
 }
 
-/// One requested user: a dense id, or a raw id the checkpoint has never seen.
+/// One requested user: a dense id, a user the checkpoint has never seen scored from its
+/// features (`--user-features`; a dense id past the checkpoint's users), or a raw id the
+/// checkpoint has never seen.
 enum Target {
     Known(u32),
+    Features(u32, String),
     Unknown(String),
 }
 
@@ -169,8 +172,9 @@ impl<'a> Scorer<'a> {
             scores = scores + r.clone();
         }
         if !self.include_seen {
-            let flat: Vec<i32> =
-                users.iter().enumerate().flat_map(|(r, &user)| self.train.items(user).iter().map(move |&i| (r * n) as i32 + i as i32)).collect();
+            // Users past the training table (scored from features) have seen nothing.
+            let seen = |user: u32| if (user as usize) < self.train.n_users() { self.train.items(user) } else { &[] };
+            let flat: Vec<i32> = users.iter().enumerate().flat_map(|(r, &user)| seen(user).iter().map(move |&i| (r * n) as i32 + i as i32)).collect();
             if !flat.is_empty() {
                 let m = flat.len();
                 let idx = Tensor::<1, Int>::from_data(TensorData::new(flat, [m]), device);
@@ -264,7 +268,13 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
     fn file(spec: &str) -> &Path {
         Some(Path::new(spec)).filter(|p| p.is_file()).unwrap_or(Path::new(""))
     }
-    let inputs = [file(&args.users), file(args.items.as_deref().unwrap_or("")), args.item_metadata.as_deref().unwrap_or(Path::new(""))];
+    let none = Path::new("");
+    let inputs = [
+        file(&args.users),
+        file(args.items.as_deref().unwrap_or("")),
+        args.item_metadata.as_deref().unwrap_or(none),
+        args.user_features.as_deref().unwrap_or(none),
+    ];
     output::refuse_inputs(out, &inputs)?;
     let selected = backend::select(args.backend)?;
     say!("{}", selected.line());
@@ -288,19 +298,41 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
             .collect()
     };
     // A shard keeps its users alone (known or not), by their raw ids.
-    let targets: Vec<Target> = match args.shard {
+    let mut targets: Vec<Target> = match args.shard {
         Some(shard) => targets
             .into_iter()
             .filter(|t| {
                 shard.holds(match t {
                     Target::Known(u) => ck.users.raw(*u),
-                    Target::Unknown(raw) => raw,
+                    Target::Features(_, raw) | Target::Unknown(raw) => raw,
                 })
             })
             .collect(),
         None => targets,
     };
-    let unknown: Vec<&str> = targets.iter().filter_map(|t| if let Target::Unknown(r) = t { Some(r.as_str()) } else { None }).collect();
+    let unknown_of =
+        |targets: &[Target]| -> Vec<String> { targets.iter().filter_map(|t| if let Target::Unknown(r) = t { Some(r.clone()) } else { None }).collect() };
+    // New users with a line in --user-features are scored from their features.
+    let features = match &args.user_features {
+        None => ck.features.clone(),
+        Some(path) => {
+            let unknown = unknown_of(&targets);
+            let raw: Vec<&str> = unknown.iter().map(String::as_str).collect();
+            let (features, found) = ck.features.with_new_users(path, ck.config.features.user.key.as_deref(), &raw)?;
+            let dense: std::collections::HashMap<String, u32> = found.into_iter().enumerate().map(|(k, raw)| (raw, (ck.meta.n_users + k) as u32)).collect();
+            say!("--user-features: {} of {} users new to the checkpoint are scored from their features", dense.len(), unknown.len());
+            for t in targets.iter_mut() {
+                if let Target::Unknown(raw) = t
+                    && let Some(&u) = dense.get(raw.as_str())
+                {
+                    *t = Target::Features(u, std::mem::take(raw));
+                }
+            }
+            features
+        }
+    };
+    let unknown = unknown_of(&targets);
+    let unknown: Vec<&str> = unknown.iter().map(String::as_str).collect();
     if !unknown.is_empty() {
         let from = if Path::new(&args.users).is_file() { format!("{}: ", args.users) } else { String::new() };
         let head = format!("{from}{} of {} requested users are not in the checkpoint (e.g. {})", unknown.len(), targets.len(), examples(&unknown));
@@ -328,7 +360,7 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
         columns.extend(m.names.iter().map(|n| (n.clone(), Kind::Str)));
     }
     let seen = ck.seen();
-    let model = ck.scoring_model();
+    let model = ck.scoring_model_with(&features);
     let scorer = Scorer::new(&model, &seen, device, allowed.as_deref(), args.include_seen, selected.host_memory(), k);
     // A shard writes its part into the claimed directory, replacing its own earlier part.
     let ext = match format {
@@ -347,7 +379,15 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
     let bar = Progress::users(targets.len());
     let mut users_out = 0usize;
     let blocks: Vec<&[Target]> = targets.chunks(scorer.chunk).collect();
-    let known_of = |block: &[Target]| -> Vec<u32> { block.iter().filter_map(|t| if let Target::Known(u) = t { Some(*u) } else { None }).collect() };
+    let known_of = |block: &[Target]| -> Vec<u32> {
+        block
+            .iter()
+            .filter_map(|t| match t {
+                Target::Known(u) | Target::Features(u, _) => Some(*u),
+                Target::Unknown(_) => None,
+            })
+            .collect()
+    };
     // The output rows of one block of requested users, in request order.
     let mut batch_of = |block: &[Target], lists: Vec<Vec<(u32, f32)>>| -> Vec<Values> {
         let mut scored = lists.into_iter();
@@ -356,6 +396,7 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
         for t in block {
             let (raw, rows, src) = match t {
                 Target::Known(u) => (ck.users.raw(*u), scored.next().expect("one list per known user"), "model"),
+                Target::Features(_, raw) => (raw.as_str(), scored.next().expect("one list per user with features"), "features"),
                 Target::Unknown(_) if args.unknown_users == UnknownUsers::Skip => continue,
                 Target::Unknown(raw) => (raw.as_str(), popular.clone(), "popularity"),
             };

@@ -18,12 +18,30 @@ const BATCH: usize = 1 << 16;
 
 pub fn run(args: &ScoreArgs) -> Result<()> {
     let format = OutFormat::resolve(&args.out, args.out_format)?;
-    output::refuse_inputs(&args.out, &[&args.pairs])?;
+    output::refuse_inputs(&args.out, &[args.pairs.as_path(), args.user_features.as_deref().unwrap_or(std::path::Path::new(""))])?;
     let selected = backend::select(args.backend)?;
     say!("{}", selected.line());
     let device = &selected.device;
     let ck = checkpoint::load(&args.checkpoint, device)?;
-    let pairs = Pairs::read(&args.pairs, &args.read, &ck.users, &ck.items)?;
+    let mut pairs = Pairs::read(&args.pairs, &args.read, &ck.users, &ck.items)?;
+    // Users new to the checkpoint with a line in --user-features are scored from their features.
+    let features = match &args.user_features {
+        None => ck.features.clone(),
+        Some(path) => {
+            let mut new: Vec<&str> = (0..pairs.data.len()).filter(|&r| pairs.user[r].is_none()).map(|r| pairs.raw_user(r)).collect();
+            new.sort_unstable();
+            new.dedup();
+            let (features, found) = ck.features.with_new_users(path, ck.config.features.user.key.as_deref(), &new)?;
+            let dense: std::collections::HashMap<String, u32> = found.into_iter().enumerate().map(|(k, raw)| (raw, (ck.meta.n_users + k) as u32)).collect();
+            say!("--user-features: {} of {} users new to the checkpoint are scored from their features", dense.len(), new.len());
+            for r in 0..pairs.data.len() {
+                if pairs.user[r].is_none() {
+                    pairs.user[r] = dense.get(pairs.raw_user(r)).copied();
+                }
+            }
+            features
+        }
+    };
     let (unknown, examples) = pairs.unknown();
     if unknown > 0 {
         let head = format!(
@@ -48,7 +66,7 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     let rows: Vec<usize> = (0..pairs.data.len()).filter(|&r| pairs.user[r].is_some() && pairs.item[r].is_some()).collect();
     let columns = [("user".to_owned(), Kind::Str), ("item".into(), Kind::Str), (column.into(), Kind::F32)];
     let mut export = Export::create(&args.out, format, &columns, &[args.pairs.as_path()], args.force)?;
-    let model = ck.scoring_model();
+    let model = ck.scoring_model_with(&features);
     for block in rows.chunks(BATCH) {
         let n = block.len();
         let ints = |v: Vec<i32>| Tensor::<1, Int>::from_data(TensorData::new(v, [n]), device);

@@ -16,6 +16,7 @@ use crate::checkpoint::{self, FORMAT_VERSION, Meta, Saved};
 use crate::cli::TrainArgs;
 use crate::config::RunConfig;
 use crate::curves;
+use crate::features::RunFeatures;
 use crate::history::{self, EpochRecord, FullMetrics, Metrics, SelectOn};
 use crate::host;
 use crate::manifest::{self, Recorder, Status};
@@ -250,6 +251,7 @@ pub(crate) fn run_epoch(
     samples: &EpochSamples,
     (batch_size, group, loss_kind): (usize, usize, LossKind),
     (shared, history, epoch): (Option<&SharedSetup>, Option<&HistoryDraws>, u64),
+    features: &RunFeatures,
     log_every: usize,
     device: &Device,
     bar: &indicatif::ProgressBar,
@@ -301,6 +303,7 @@ pub(crate) fn run_epoch(
             pending = post(&mut builder, step + 2);
             prof.wait_batches += t_wait.elapsed().as_secs_f64();
             let t_step = Instant::now();
+            let (user_features, item_features) = features.batch(&batch, device);
             let n = batch.packed.len();
             let packed = Tensor::<1, Int>::from_data(TensorData::new(batch.packed, [n]), device);
             let mut input = StepInput::from_packed(
@@ -310,6 +313,7 @@ pub(crate) fn run_epoch(
                 batch.n_hist,
             );
             input.ahead = Some(Lookahead { next_items: next.as_ref().map(|b| b.uniq_items().to_vec()), pipeline: pipeline.clone() });
+            (input.user_features, input.item_features) = (user_features, item_features);
             let (m, loss) = train_step(model, optim, input, loss_kind, group);
             model = m;
             let weighted = loss.mul_scalar(batch.len as f32);
@@ -347,10 +351,13 @@ fn default_run_dir(model: &str) -> PathBuf {
 
 /// The model a fresh run starts from: seeded initialisation, or NeuMF built from pretrained
 /// GMF and MLP runs on the same data.
-fn initial_model(config: &RunConfig, data: &ncf_datasets::Interactions, device: &Device) -> Result<Ncf> {
+fn initial_model(config: &RunConfig, data: &ncf_datasets::Interactions, features: &RunFeatures, device: &Device) -> Result<Ncf> {
     let (Some(gmf_dir), Some(mlp_dir)) = (&config.pretrain.gmf, &config.pretrain.mlp) else {
-        return Ok(Ncf::init(&config.model, data.n_users(), data.n_items(), config.seed, device));
+        return Ok(features.init_model(config, data.n_users(), data.n_items(), device));
     };
+    if features.table_rows() != (None, None) {
+        anyhow::bail!("pretrain.gmf/pretrain.mlp with side features: pretraining builds NeuMF from id embeddings only; train NeuMF with features from scratch");
+    }
     let load = |dir: &Path| -> Result<checkpoint::Checkpoint> {
         let ck = checkpoint::load(dir, device).with_context(|| format!("loading pretrained run {}", dir.display()))?;
         if ck.users.raw_ids() != data.users.raw_ids() || ck.items.raw_ids() != data.items.raw_ids() {
@@ -378,6 +385,7 @@ fn resume_from(
     config: &RunConfig,
     data: &ncf_datasets::Interactions,
     split: &Split,
+    features: &RunFeatures,
     device: &Device,
 ) -> Result<(Ncf, Optimizer, Vec<EpochRecord>)> {
     let saved_path = run.join("config.toml");
@@ -395,10 +403,10 @@ fn resume_from(
     let last = run.join("last");
     if !last.join("checkpoint.json").exists() {
         say!("resuming {}: it was stopped before its first checkpoint, so it starts from epoch 1", run.display());
-        return Ok((initial_model(config, data, device)?, Optimizer::new(config.optim.clone()), Vec::new()));
+        return Ok((initial_model(config, data, features, device)?, Optimizer::new(config.optim.clone()), Vec::new()));
     }
     let ck = checkpoint::load(&last, device)?;
-    if ck.train != split.train || ck.valid != split.valid {
+    if ck.train != split.train || ck.valid != split.valid || ck.features != *features {
         anyhow::bail!("{}: the data or split differs from the one this run was trained on", last.display());
     }
     let optim = checkpoint::load_optimizer(&last, &ck, device)?;
@@ -473,6 +481,7 @@ pub fn run_with(args: &TrainArgs, prune: &mut Pruner) -> Result<PathBuf> {
         }
         say!("split: {} train, {} validation, {} test interactions", split.train.nnz(), valid.nnz(), split.test.nnz());
     }
+    let features = RunFeatures::load(&config, &data)?;
     let width = config.model.layout().width();
     selected.check_table("the user embedding table", data.n_users(), width)?;
     selected.check_table("the item embedding table", data.n_items(), width)?;
@@ -486,8 +495,8 @@ pub fn run_with(args: &TrainArgs, prune: &mut Pruner) -> Result<PathBuf> {
     let history_draws =
         (config.model.history > 0.0).then(|| HistoryDraws::new(std::sync::Arc::new(split.train.clone()), config.sampler.history_max, config.seed));
     let (mut model, mut optim, mut history) = match &args.resume {
-        Some(run) => resume_from(run, &config, &data, &split, device)?,
-        None => (initial_model(&config, &data, device)?, Optimizer::new(config.optim.clone()), Vec::new()),
+        Some(run) => resume_from(run, &config, &data, &split, &features, device)?,
+        None => (initial_model(&config, &data, &features, device)?, Optimizer::new(config.optim.clone()), Vec::new()),
     };
     let k = config.train.k;
     // Validation ranks against the training items masked; test against training and validation.
@@ -554,6 +563,7 @@ pub fn run_with(args: &TrainArgs, prune: &mut Pruner) -> Result<PathBuf> {
                 &samples,
                 (batch_size, group, config.train.loss),
                 (shared.as_ref(), history_draws.as_ref(), epoch as u64),
+                &features,
                 config.train.log_every,
                 device,
                 &bar,
@@ -564,8 +574,9 @@ pub fn run_with(args: &TrainArgs, prune: &mut Pruner) -> Result<PathBuf> {
             let t_eval = Instant::now();
             let eval_reads = host::reads();
             let evaluated = history::evaluate_at(&history, epoch, config.train.epochs, config.train.eval_every, stop_rule);
-            // Scored as `ncf recommend` will: with the users' training histories folded in.
-            let scoring = evaluated.then(|| model.fold_history(split.train.offsets(), split.train.all_items()));
+            // Scored as `ncf recommend` will: features composed in, the users' training histories
+            // folded in.
+            let scoring = evaluated.then(|| features.compose(&model).fold_history(split.train.offsets(), split.train.all_items()));
             let valid = valid_eval.as_ref().zip(scoring.as_ref()).map(|(e, m)| e.evaluate(m, k, device));
             let test = scoring.as_ref().map(|m| test_eval.evaluate(m, k, device));
             if args.profile {
@@ -606,6 +617,8 @@ pub fn run_with(args: &TrainArgs, prune: &mut Pruner) -> Result<PathBuf> {
                 history: history.clone(),
                 optim_step: optim.step,
                 checksums: Default::default(),
+                user_features: None,
+                item_features: None,
             };
             let saved = |optim| Saved {
                 meta: &meta,
@@ -618,6 +631,7 @@ pub fn run_with(args: &TrainArgs, prune: &mut Pruner) -> Result<PathBuf> {
                 items: &data.items,
                 optim,
                 candidates: imported_candidates,
+                features: &features,
             };
             // best/ first: a run stopped at any moment that has a last/ has a best/ too.
             if history::best(&history, metric, select_on).is_some_and(|b| b.epoch == epoch) {

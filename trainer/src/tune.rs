@@ -170,6 +170,8 @@ fn trial_args(args: &TuneArgs, sets: Vec<String>, dir: &Path, resume: bool, forc
         seed: None,
         log_every: None,
         profile: false,
+        user_features: None,
+        item_features: None,
         resume: resume.then(|| dir.to_owned()),
     }
 }
