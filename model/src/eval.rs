@@ -7,7 +7,9 @@ use crate::ncf::Ncf;
 
 /// Summed sampled-protocol metrics of a chunk of candidate rows: `[hits, ndcg]` at `k`.
 ///
-/// Column 0 of `items` is the test item; rank = number of negatives scoring ≥ it.
+/// Column 0 of `items` is the test item; rank = number of negatives scoring ≥ it. Columns that
+/// repeat the test item are padding (a user who has seen nearly every item has fewer negatives
+/// to draw) and never count.
 ///
 /// # Shapes
 /// - users: `[rows]`, items: `[rows, width]` → `[2]`
@@ -23,10 +25,11 @@ pub fn sampled_sums(model: &Ncf, users: Tensor<1, Int>, items: Tensor<2, Int>, k
 pub fn sampled_rows(model: &Ncf, users: Tensor<1, Int>, items: Tensor<2, Int>, k: usize) -> Tensor<2> {
     let [rows, width] = items.dims();
     let user_rep = users.unsqueeze_dim::<2>(1).expand([rows, width]).reshape([rows * width]);
+    let real = items.clone().slice([0..rows, 1..width]).not_equal(items.clone().slice([0..rows, 0..1]).expand([rows, width - 1]));
     let scores = model.score_pairs(user_rep, items.reshape([rows * width])).reshape([rows, width]);
     let test = scores.clone().slice([0..rows, 0..1]);
     let negs = scores.slice([0..rows, 1..width]);
-    let rank = negs.greater_equal(test.expand([rows, width - 1])).int().sum_dim(1).float(); // [rows, 1]
+    let rank = negs.greater_equal(test.expand([rows, width - 1])).bool_and(real).int().sum_dim(1).float(); // [rows, 1]
     let hit = rank.clone().lower_elem(k as f32).float();
     let ndcg = hit.clone() * (rank.add_scalar(2.0).log().recip().mul_scalar(std::f32::consts::LN_2));
     Tensor::cat(vec![hit, ndcg], 1)
@@ -133,6 +136,26 @@ mod tests {
         let users = Tensor::<1, Int>::from_data(TensorData::new(vec![user as i32; n_items], [n_items]), d);
         let items = Tensor::<1, Int>::from_data(TensorData::new((0..n_items as i32).collect::<Vec<_>>(), [n_items]), d);
         model.score_pairs(users, items).into_data().try_into_vec_as::<f32>().unwrap()
+    }
+
+    /// A row padded with its test item (fewer unseen items than negatives) ranks the test item
+    /// among its real negatives only: padding never counts as a tie.
+    #[test]
+    fn padding_never_outranks_the_test_item() {
+        let d = Device::flex();
+        let model = Ncf::init(&ModelConfig { kind: ModelKind::Gmf, init_std: 1.0, ..Default::default() }, 1, 5, 3, &d);
+        let s = scores_of(&model, 0, 5, &d);
+        // Item 0's rank among items 1..5, then the same row padded to 20 negatives.
+        let rank = sampled_rank(s[0], &s[1..]);
+        let row: Vec<i32> = (0..5).chain(std::iter::repeat_n(0, 16)).collect();
+        let users = Tensor::<1, Int>::from_data(TensorData::new(vec![0], [1]), &d);
+        let items = Tensor::<2, Int>::from_data(TensorData::new(row, [1, 21]), &d);
+        let got = sampled_rows(&model, users, items, 10).into_data().try_into_vec_as::<f32>().unwrap();
+        assert!(got[0] == 1.0 && (got[1] as f64 - ndcg_single_at(rank, 10)).abs() < 1e-6, "rank {rank}: {got:?}");
+        // All padding: the test item is first.
+        let users = Tensor::<1, Int>::from_data(TensorData::new(vec![0], [1]), &d);
+        let items = Tensor::<2, Int>::from_data(TensorData::new(vec![3; 12], [1, 12]), &d);
+        assert_eq!(sampled_rows(&model, users, items, 1).into_data().try_into_vec_as::<f32>().unwrap(), [1.0, 1.0]);
     }
 
     #[test]
