@@ -9,6 +9,17 @@ pub fn ncf() -> Command {
     Command::cargo_bin("ncf").expect("ncf binary")
 }
 
+/// `checkpoint.json` text with its `format_version` set to `version`, whatever it was: tests
+/// that fake older or newer checkpoints keep doing so when the current format moves on.
+#[allow(dead_code)] // only the targets that fake older or newer checkpoints use it
+pub fn with_format_version(json: &str, version: u32) -> String {
+    let at = json.find("\"format_version\":").expect("format_version in checkpoint.json") + "\"format_version\":".len();
+    let digits = json[at..].trim_start();
+    let start = json.len() - digits.len();
+    let end = start + digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+    format!("{}{version}{}", &json[..start], &json[end..])
+}
+
 /// A fresh, empty directory for one test, named after the test target, `name` and this process.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ncf-{}-{name}-{}", env!("CARGO_CRATE_NAME"), std::process::id()));

@@ -515,7 +515,7 @@ fn format_3_checkpoints_still_load() {
     let meta = std::fs::read_to_string(best.join("checkpoint.json")).unwrap();
     assert!(!meta.contains("\"valid\""), "{meta}");
     let before = ok(run(ncf().args(["evaluate", "--backend", "flex", "--checkpoint"]).arg(&run_dir)));
-    std::fs::write(best.join("checkpoint.json"), meta.replace("\"format_version\": 4", "\"format_version\": 3")).unwrap();
+    std::fs::write(best.join("checkpoint.json"), ncf_bin::with_format_version(&meta, 3)).unwrap();
     let after = ok(run(ncf().args(["evaluate", "--backend", "flex", "--checkpoint"]).arg(&run_dir)));
     let numbers = |s: &str| s.lines().filter(|l| l.starts_with("sampled") || l.starts_with("full")).collect::<Vec<_>>().join("\n");
     assert_eq!(numbers(&after), numbers(&before));
@@ -545,7 +545,7 @@ fn bad_inputs_fail_clearly_without_partial_output() {
     std::fs::write(reshaped.join("config.toml"), cfg).unwrap();
     let old = copy("old-format");
     let meta = std::fs::read_to_string(old.join("checkpoint.json")).unwrap();
-    let meta = meta.replace("\"format_version\": 4", "\"format_version\": 1");
+    let meta = ncf_bin::with_format_version(&meta, 1);
     assert!(meta.contains("\"format_version\": 1"));
     std::fs::write(old.join("checkpoint.json"), meta).unwrap();
     let meta_file = dir.join("movies.csv");

@@ -286,7 +286,7 @@ fn format_2_checkpoints_still_load() {
     recommend(&dir.join("v3.csv"));
     let best = run.join("best");
     let meta = std::fs::read_to_string(best.join("checkpoint.json")).unwrap();
-    std::fs::write(best.join("checkpoint.json"), meta.replace("\"format_version\": 4", "\"format_version\": 2")).unwrap();
+    std::fs::write(best.join("checkpoint.json"), ncf_bin::with_format_version(&meta, 2)).unwrap();
     // The ids of this file are 0..40 and 0..30, interned in first-seen order.
     let recs = std::fs::read_to_string(dir.join("v3.csv")).unwrap();
     let e = refused(ncf().args(["recommend", "--backend", "flex", "--checkpoint"]).arg(&run).arg("--out").arg(dir.join("v2.csv")).output().unwrap());
@@ -306,7 +306,7 @@ fn format_2_checkpoints_still_load() {
     std::fs::write(best.join("items.txt"), order(1)).unwrap();
     recommend(&dir.join("v2.csv"));
     assert_eq!(std::fs::read_to_string(dir.join("v2.csv")).unwrap(), recs);
-    let other = meta.replace("\"format_version\": 4", "\"format_version\": 99");
+    let other = ncf_bin::with_format_version(&meta, 99);
     std::fs::write(best.join("checkpoint.json"), other).unwrap();
     let e = refused(ncf().args(["recommend", "--backend", "flex", "--checkpoint"]).arg(&run).arg("--out").arg(dir.join("v99.csv")).output().unwrap());
     assert!(e.contains("format version 99") && e.contains("retrain"), "{e}");
