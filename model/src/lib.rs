@@ -3,6 +3,7 @@
 //! or command lines; every tensor lives on the `Device` the caller picks.
 
 pub mod config;
+pub mod data_parallel;
 pub mod eval;
 pub mod head_grad;
 pub mod loss;
@@ -18,6 +19,7 @@ mod second_core;
 pub mod step;
 
 pub use config::{ModelConfig, ModelKind, TableLayout};
+pub use data_parallel::DataParallel;
 pub use loss::{LossConfig, LossKind};
 pub use ncf::{COSINE_EPS, Head, HistoryRows, ItemSide, Ncf};
 pub use optim::{LrSchedule, OptimConfig, OptimKind, Optimizer};
