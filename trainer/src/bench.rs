@@ -361,7 +361,7 @@ impl<'a> TrainRun<'a> {
         let bar = indicatif::ProgressBar::hidden();
         let t = Instant::now();
         let (model, _loss, _) =
-            train::run_epoch(model, &mut self.optim, &samples, (self.batch, 1, LossKind::Bce), (None, None, 0), usize::MAX, self.device, &bar);
+            train::run_epoch(model, &mut self.optim, None, &samples, (self.batch, 1, LossKind::Bce), (None, None, 0), usize::MAX, self.device, &bar);
         let secs = t.elapsed().as_secs_f64();
         self.model = Some(model);
         (secs, samples.len())

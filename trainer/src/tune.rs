@@ -170,6 +170,7 @@ fn trial_args(args: &TuneArgs, sets: Vec<String>, dir: &Path, resume: bool, forc
         seed: None,
         log_every: None,
         profile: false,
+        devices: None,
         resume: resume.then(|| dir.to_owned()),
     }
 }
