@@ -168,6 +168,7 @@ fn a_pure_feature_model_trains_and_bad_feature_files_are_refused() {
     refuse(&["--user-features", key_only.to_str().unwrap()], "bad1", "key_only.csv");
     refuse(&["--user-features", dir.join("missing.csv").to_str().unwrap()], "bad2", "missing.csv");
     refuse(&["--user-features", users.to_str().unwrap(), "--set", "model.id_embeddings=false"], "bad3", "--item-features");
+    refuse(&["--user-features", users.to_str().unwrap(), "--devices", "0,1"], "bad4", "one device");
     // Recommending new users from features with a model trained without them.
     train(&dir, "plain", &[]);
     let output = ncf()

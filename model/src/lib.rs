@@ -3,6 +3,7 @@
 //! or command lines; every tensor lives on the `Device` the caller picks.
 
 pub mod config;
+pub mod data_parallel;
 pub mod eval;
 pub mod features;
 pub mod head_grad;
@@ -20,6 +21,7 @@ pub mod step;
 
 pub use config::{ModelConfig, ModelKind, TableLayout};
 pub use features::{FeatureRows, HostFeatureRows};
+pub use data_parallel::DataParallel;
 pub use loss::{LossConfig, LossKind};
 pub use ncf::{COSINE_EPS, Head, HistoryRows, ItemSide, Ncf};
 pub use optim::{LrSchedule, OptimConfig, OptimKind, Optimizer};

@@ -372,6 +372,33 @@ pub enum HeadGradients {
     Graph(Gradients),
     /// Computed directly, flattened, in the head's visit order (see [`crate::head_grad`]).
     Given(Vec<Tensor<1>>),
+    /// Flattened, in the head's visit order, `None` for a parameter without a gradient: what
+    /// [`HeadGradients::into_slots`] gives, e.g. after summing across devices.
+    Slots(Vec<Option<Tensor<1>>>),
+}
+
+impl HeadGradients {
+    /// Every head parameter's gradient, flattened, in visit order; `head` is the head whose
+    /// parameters key the gradients (the tracked one after autodiff).
+    pub fn into_slots(self, head: &crate::ncf::Head) -> Vec<Option<Tensor<1>>> {
+        match self {
+            Self::Given(grads) => grads.into_iter().map(Some).collect(),
+            Self::Slots(slots) => slots,
+            Self::Graph(grads) => {
+                struct Collect<'a>(&'a Gradients, Vec<Option<Tensor<1>>>);
+                impl ModuleVisitor for Collect<'_> {
+                    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                        let t = param.val();
+                        let n: usize = t.dims().iter().product();
+                        self.1.push(t.grad(self.0).map(|g| g.reshape([n])));
+                    }
+                }
+                let mut c = Collect(&grads, Vec::new());
+                head.visit(&mut c);
+                c.1
+            }
+        }
+    }
 }
 
 /// Maps a head to its updated plain parameters, given this step's gradients.
@@ -401,6 +428,7 @@ impl ModuleMapper for HeadUpdate<'_> {
             let grad = match self.grads {
                 HeadGradients::Graph(grads) => t.grad(grads).map(|g| g.reshape([n])),
                 HeadGradients::Given(grads) => grads.get(slot).cloned(),
+                HeadGradients::Slots(grads) => grads.get(slot).cloned().flatten(),
             };
             let w = t.inner();
             let Some(g) = grad else { return w };

@@ -9,7 +9,7 @@ use burn::tensor::{Int, Tensor};
 use crate::features::FeatureRows;
 use crate::head_grad;
 use crate::loss::{LossConfig, LossKind, SharedScores, batch_loss, shared_loss};
-use crate::ncf::{HistoryRows, Ncf};
+use crate::ncf::{Head, HistoryRows, Ncf};
 use crate::optim::{HeadGradients, HeadUpdate, Optimizer, TableSide, Track};
 use crate::rows;
 
@@ -50,6 +50,10 @@ pub struct SharedNegatives {
     /// share of training pairs) and as a shared negative (the sampler's distribution), for the
     /// logQ correction: `([n_items], [n_items])`. `None`: no correction.
     pub log_probs: Option<(Tensor<1>, Tensor<1>)>,
+    /// When this input is one shard of a batch (data parallel, [`crate::data_parallel`]): the
+    /// item positions of the batch's other positives, in-batch candidates after the shard's own
+    /// (`[B - b]`, B the whole batch). `None`: the input is the whole batch.
+    pub others: Option<Tensor<1, Int>>,
 }
 
 /// What a training loop hands every step when it knows the batch after it.
@@ -91,7 +95,7 @@ impl StepInput {
             items: packed.clone().slice([b..c]),
             item_pos: packed.clone().slice([c..d]),
             labels: packed.clone().slice([d..d + len]).float(),
-            shared: shared.map(|(config, log_probs)| SharedNegatives { neg_pos: packed.slice([d + len..e]), config, log_probs }),
+            shared: shared.map(|(config, log_probs)| SharedNegatives { neg_pos: packed.slice([d + len..e]), config, log_probs, others: None }),
             history,
             ahead: None,
             user_features: None,
@@ -151,29 +155,8 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
     };
     let user_rows = with_features(user_rows, &model.user_features, &input.user_features);
     let item_rows = with_features(item_rows, &model.item_features, &input.item_features);
-    // Forward and backward: one fused pass where `head_grad::supports` says it computes this step
-    // (and `optim.fused` asks for it), else autodiff.
-    let fused = optim.config.fused.then(|| head_grad::head_grads(&model.head, &input, &user_rows, &item_rows, loss, group).ok()).flatten();
-    // The head to update: the tracked one after autodiff, whose parameters key the gradients.
-    let (loss, gu, gi, head_grads, head) = match fused {
-        Some(g) => (g.loss, g.user, g.item, HeadGradients::Given(g.params), model.head.clone()),
-        None => {
-            let (user_rows, item_rows) = (user_rows.autodiff().require_grad(), item_rows.autodiff().require_grad());
-            let head = model.head.clone().map(&mut Track);
-            let users = match &input.history {
-                Some(h) => head.with_history(user_rows.clone(), item_rows.clone(), h),
-                None => user_rows.clone(),
-            };
-            let loss = match &input.shared {
-                Some(shared) => shared_batch_loss(&head, (users, &input.user_pos), (item_rows.clone(), &input.items, &input.item_pos), shared, loss),
-                None => batch_loss(loss, head.forward_rows(users, input.user_pos, item_rows.clone(), input.item_pos), input.labels, group),
-            };
-            let grads = loss.backward();
-            let gu = user_rows.grad(&grads).expect("user rows are tracked");
-            let gi = item_rows.grad(&grads).expect("item rows are tracked");
-            (loss.detach().inner(), gu, gi, HeadGradients::Graph(grads), head)
-        }
-    };
+    let StepGradients { loss, user: gu, item: gi, head: head_grads, tracked: head } =
+        gradients(&model.head, (user_rows, item_rows), &input, loss, group, optim.config.fused);
     drop(pending);
     // The feature rows' gradients, from the gradients of the rows they were added to.
     let feature_grads = |f: &Option<FeatureRows>, g: &Tensor<2>| f.as_ref().map(|f| f.backward(g.clone()));
@@ -225,6 +208,67 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
     (Ncf { user, item, head, user_features, item_features, ids }, loss)
 }
 
+/// A batch's mean loss and its gradients, before any update: the first half of [`train_step`].
+pub struct StepGradients {
+    /// Mean loss over the batch (detached, on the device): `[1]`.
+    pub loss: Tensor<1>,
+    /// Gradients of the batch's unique user and item rows: `[u, width]`, `[i, width]`.
+    pub user: Tensor<2>,
+    pub item: Tensor<2>,
+    pub head: HeadGradients,
+    /// The head whose parameters key [`StepGradients::head`]: after autodiff the tracked copy,
+    /// else the model's own.
+    pub tracked: Head,
+}
+
+/// Forward and backward of one batch given its gathered rows (`[u, width]`, `[i, width]`, in the
+/// order of `input.users` and `input.items`): one fused pass where the backend has it (flex)
+/// and `fused` allows it, else autodiff on tracked leaves.
+pub fn gradients(head: &Head, (user_rows, item_rows): (Tensor<2>, Tensor<2>), input: &StepInput, loss: LossKind, group: usize, fused: bool) -> StepGradients {
+    // Forward and backward: one fused pass where `head_grad::supports` says it computes this step
+    // (and `fused` asks for it), else autodiff.
+    let fused = fused.then(|| head_grad::head_grads(head, input, &user_rows, &item_rows, loss, group).ok()).flatten();
+    // The head to update: the tracked one after autodiff, whose parameters key the gradients.
+    match fused {
+        Some(g) => StepGradients { loss: g.loss, user: g.user, item: g.item, head: HeadGradients::Given(g.params), tracked: head.clone() },
+        None => {
+            let (user_rows, item_rows) = (user_rows.autodiff().require_grad(), item_rows.autodiff().require_grad());
+            let head = head.clone().map(&mut Track);
+            let users = match &input.history {
+                Some(h) => head.with_history(user_rows.clone(), item_rows.clone(), h),
+                None => user_rows.clone(),
+            };
+            let loss = match &input.shared {
+                Some(shared) => shared_batch_loss(&head, (users, &input.user_pos), (item_rows.clone(), &input.items, &input.item_pos), shared, loss),
+                None => {
+                    batch_loss(loss, head.forward_rows(users, input.user_pos.clone(), item_rows.clone(), input.item_pos.clone()), input.labels.clone(), group)
+                }
+            };
+            let grads = loss.backward();
+            let gu = user_rows.grad(&grads).expect("user rows are tracked");
+            let gi = item_rows.grad(&grads).expect("item rows are tracked");
+            StepGradients { loss: loss.detach().inner(), user: gu, item: gi, head: HeadGradients::Graph(grads), tracked: head }
+        }
+    }
+}
+
+/// The second half of [`train_step`] without its pipelining: starts an optimizer step and
+/// updates the head and the rows `users` and `items` (unique, `[u]`, `[i]`) of the tables with
+/// `grads` (whose head gradients may also be [`HeadGradients::Slots`]).
+pub fn apply_gradients(model: Ncf, optim: &mut Optimizer, (users, items): (Tensor<1, Int>, Tensor<1, Int>), grads: StepGradients) -> Ncf {
+    optim.begin_step();
+    let StepGradients { user: gu, item: gi, head: head_grads, tracked, .. } = grads;
+    let Ncf { user, item, head: _, user_features, item_features, ids } = model;
+    assert!(user_features.is_none() && item_features.is_none(), "side features train through train_step");
+    let head = tracked.map(&mut HeadUpdate::new(optim, &head_grads));
+    let (user, item) = if ids {
+        (user.map(|table| optim.update_rows(TableSide::User, table, users, gu)), item.map(|table| optim.update_rows(TableSide::Item, table, items, gi)))
+    } else {
+        (user, item)
+    };
+    Ncf { user, item, head, user_features, item_features, ids }
+}
+
 /// The loss of a batch of positives against its shared negatives: each positive's user row
 /// scored against the items of every positive of the batch and the shared negatives.
 fn shared_batch_loss(
@@ -236,7 +280,12 @@ fn shared_batch_loss(
 ) -> Tensor<1> {
     let ([b], [n]) = (item_pos.dims(), shared.neg_pos.dims());
     let device = item_pos.device();
-    let candidates = Tensor::cat(vec![item_pos.clone(), shared.neg_pos.clone()], 0); // [b + n]
+    // In-batch candidates: this input's positives, then (a data-parallel shard) the batch's others.
+    let mut columns = vec![item_pos.clone()];
+    columns.extend(shared.others.clone());
+    columns.push(shared.neg_pos.clone());
+    let candidates = Tensor::cat(columns, 0); // [bb + n]
+    let bb = candidates.dims()[0] - n;
     let mut scores = head.score_matrix(user_rows.select(0, user_pos.clone()), item_rows.select(0, candidates.clone()));
     if kind == LossKind::Ccl && !head.cosine {
         // CCL's margins are cosines: bound other heads' logits to the same range.
@@ -244,18 +293,18 @@ fn shared_batch_loss(
     }
     // A candidate is a negative of a row unless it is the row's own item (the diagonal, a
     // repeated item, a shared negative that happens to be it); in-batch columns only if asked.
-    let own = item_pos.clone().reshape([b, 1]).expand([b, b + n]).equal(candidates.clone().reshape([1, b + n]).expand([b, b + n]));
+    let own = item_pos.clone().reshape([b, 1]).expand([b, bb + n]).equal(candidates.clone().reshape([1, bb + n]).expand([b, bb + n]));
     let mut negative = own.bool_not();
     if !shared.config.in_batch {
-        let cols = Tensor::<1, Int>::arange(0..(b + n) as i64, &device).greater_equal_elem(b as i64);
-        negative = negative.bool_and(cols.reshape([1, b + n]).expand([b, b + n]));
+        let cols = Tensor::<1, Int>::arange(0..(bb + n) as i64, &device).greater_equal_elem(bb as i64);
+        negative = negative.bool_and(cols.reshape([1, bb + n]).expand([b, bb + n]));
     }
     let log_rate = match (&shared.log_probs, kind) {
         (Some((as_positive, as_negative)), LossKind::Softmax) => {
-            // Expected count among a batch's candidates: b · p(positive), n · p(negative).
+            // Expected count among a batch's candidates: bb · p(positive), n · p(negative).
             let ids = items.clone().select(0, candidates);
-            let p = as_positive.clone().select(0, ids.clone().slice([0..b])).add_scalar((b as f32).ln());
-            let q = as_negative.clone().select(0, ids.slice([b..b + n])).add_scalar((n.max(1) as f32).ln());
+            let p = as_positive.clone().select(0, ids.clone().slice([0..bb])).add_scalar((bb as f32).ln());
+            let q = as_negative.clone().select(0, ids.slice([bb..bb + n])).add_scalar((n.max(1) as f32).ln());
             Some(Tensor::cat(vec![p, q], 0))
         }
         _ => None,

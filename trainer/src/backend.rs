@@ -28,6 +28,8 @@ pub struct Selected {
     /// Largest buffer one kernel can bind, in bytes (wgpu: the adapter's
     /// `max_storage_buffer_binding_size`, which ncf requests in full); `None` = no such limit.
     pub max_binding: Option<u64>,
+    /// The wgpu adapter kind opened (wgpu only): `--devices` opens others of the same kind.
+    pub wgpu_kind: Option<burn::tensor::DeviceKind>,
 }
 
 impl Selected {
@@ -56,6 +58,60 @@ impl Selected {
     /// Whether this is a software wgpu adapter (lavapipe, llvmpipe): real but slow, never auto-picked.
     pub fn software_adapter(&self) -> bool {
         self.reason.ends_with(SOFTWARE)
+    }
+
+    /// The devices `--devices LIST` names on this backend, device 0 of the list first, each with
+    /// a description: CUDA ordinals; wgpu adapters of the kind this backend opened, by index
+    /// among that kind; on flex, ndarray (one CPU device) and a software wgpu adapter, replicas
+    /// of the one device (a software adapter opens a second runtime for index 1, two at most),
+    /// which check data-parallel training without GPUs and do not speed it up.
+    pub fn devices(&self, list: &str) -> Result<Vec<(Device, String)>> {
+        let indices = parse_devices(list)?;
+        match self.name {
+            BackendName::Flex | BackendName::Ndarray => {
+                Ok(indices.iter().map(|i| (self.device.clone(), format!("{} replica {i} ({})", self.name.as_str(), self.adapter))).collect())
+            }
+            BackendName::Cuda => cuda_devices(list, &indices),
+            BackendName::Wgpu => self.wgpu_devices(list, &indices),
+            BackendName::Auto => unreachable!("select resolves auto"),
+        }
+    }
+
+    #[cfg(feature = "wgpu")]
+    fn wgpu_devices(&self, list: &str, indices: &[usize]) -> Result<Vec<(Device, String)>> {
+        use burn::tensor::DeviceKind;
+        let kind = self.wgpu_kind.clone().expect("a wgpu backend records its adapter kind");
+        let software = matches!(kind, DeviceKind::Cpu);
+        indices
+            .iter()
+            .map(|&i| {
+                let want = match (kind.clone(), i) {
+                    (DeviceKind::DiscreteGpu(_), i) => DeviceKind::DiscreteGpu(i),
+                    (DeviceKind::IntegratedGpu(_), i) => DeviceKind::IntegratedGpu(i),
+                    (DeviceKind::VirtualGpu(_), i) => DeviceKind::VirtualGpu(i),
+                    (_, 0) => DeviceKind::Cpu,
+                    // A second runtime on the one software adapter (the default device is it
+                    // when no hardware adapter exists).
+                    (_, 1) => DeviceKind::DefaultDevice,
+                    _ => bail!("--devices {list}: a software wgpu adapter ({}) gives two devices at most, 0 and 1", self.adapter),
+                };
+                let device = if want == kind {
+                    self.device.clone()
+                } else {
+                    Device::wgpu_options()
+                        .device_kind(want.clone())
+                        .init()
+                        .map_err(|e| anyhow::anyhow!("--devices {list}: could not open wgpu device {i} ({want:?}): {e}"))?
+                };
+                let what = if software { format!("wgpu {want:?} runtime on {} (a replica: software adapter)", self.adapter) } else { format!("wgpu {want:?}") };
+                Ok((device, what))
+            })
+            .collect()
+    }
+
+    #[cfg(not(feature = "wgpu"))]
+    fn wgpu_devices(&self, _: &str, _: &[usize]) -> Result<Vec<(Device, String)>> {
+        bail!("this ncf was built without the `wgpu` feature")
     }
 
     /// Whether device memory is host memory, so reading scores back costs no transfer.
@@ -112,7 +168,7 @@ pub fn select(name: BackendName) -> Result<Selected> {
 
 #[cfg(feature = "flex")]
 fn flex(reason: &str) -> Result<Selected> {
-    Ok(Selected { device: Device::flex(), name: BackendName::Flex, adapter: cpu_name(), reason: reason.into(), max_binding: None })
+    Ok(Selected { device: Device::flex(), name: BackendName::Flex, adapter: cpu_name(), reason: reason.into(), max_binding: None, wgpu_kind: None })
 }
 
 #[cfg(not(feature = "flex"))]
@@ -123,7 +179,7 @@ fn flex(_: &str) -> Result<Selected> {
 #[cfg(feature = "ndarray")]
 #[allow(deprecated)] // burn-ndarray is deprecated upstream; kept as an opt-in backend.
 fn ndarray() -> Result<Selected> {
-    Ok(Selected { device: Device::ndarray(), name: BackendName::Ndarray, adapter: cpu_name(), reason: "requested".into(), max_binding: None })
+    Ok(Selected { device: Device::ndarray(), name: BackendName::Ndarray, adapter: cpu_name(), reason: "requested".into(), max_binding: None, wgpu_kind: None })
 }
 
 #[cfg(not(feature = "ndarray"))]
@@ -137,7 +193,39 @@ fn cuda() -> Result<Selected> {
     if Device::enumerate(burn::tensor::DeviceType::Cuda).is_empty() {
         bail!("--backend cuda: no NVIDIA driver or CUDA device found; use --backend wgpu or flex");
     }
-    Ok(Selected { device: Device::cuda(0), name: BackendName::Cuda, adapter: "CUDA device 0".into(), reason: "requested".into(), max_binding: None })
+    Ok(Selected {
+        device: Device::cuda(0),
+        name: BackendName::Cuda,
+        adapter: "CUDA device 0".into(),
+        reason: "requested".into(),
+        max_binding: None,
+        wgpu_kind: None,
+    })
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_devices(list: &str, indices: &[usize]) -> Result<Vec<(Device, String)>> {
+    let n = Device::enumerate(burn::tensor::DeviceType::Cuda).len();
+    if let Some(i) = indices.iter().find(|&&i| i >= n) {
+        bail!("--devices {list}: no CUDA device {i} ({n} found)");
+    }
+    Ok(indices.iter().map(|&i| (Device::cuda(i), format!("CUDA device {i}"))).collect())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_devices(_: &str, _: &[usize]) -> Result<Vec<(Device, String)>> {
+    bail!("this ncf was built without the `cuda` feature: rebuild with `--features cuda`")
+}
+
+/// `0,1,3` → `[0, 1, 3]`: indices separated by commas, none twice.
+pub fn parse_devices(list: &str) -> Result<Vec<usize>> {
+    let Some(indices) = list.split(',').map(|s| s.trim().parse().ok()).collect::<Option<Vec<usize>>>() else {
+        bail!("--devices {list:?}: expected device indices separated by commas, e.g. 0,1");
+    };
+    if let Some((_, dup)) = indices.iter().enumerate().find(|(k, i)| indices[..*k].contains(i)) {
+        bail!("--devices {list}: device {dup} is named twice");
+    }
+    Ok(indices)
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -210,12 +298,13 @@ fn wgpu_device(kind: Option<burn::tensor::wgpu::wgpu::DeviceType>, reason: &str)
         DeviceType::VirtualGpu => DeviceKind::VirtualGpu(0),
         _ => DeviceKind::Cpu,
     };
-    let device = Device::wgpu_options().device_kind(device_kind).init().map_err(|e| anyhow::anyhow!("--backend wgpu: could not open {}: {e}", info.name))?;
+    let device =
+        Device::wgpu_options().device_kind(device_kind.clone()).init().map_err(|e| anyhow::anyhow!("--backend wgpu: could not open {}: {e}", info.name))?;
     let lowered = std::env::var(MAX_BINDING_ENV).ok().and_then(|v| v.parse::<u64>().ok());
     let max_binding = lowered.map_or(*limit, |l| l.min(*limit));
     let adapter = format!("{} ({:?}, {:?}, max binding {})", info.name, info.device_type, info.backend, human(max_binding));
     let reason = if gpu::is_hardware(info) { reason.to_string() } else { format!("{reason}; {SOFTWARE}") };
-    Ok(Selected { device, name: BackendName::Wgpu, adapter, reason, max_binding: Some(max_binding) })
+    Ok(Selected { device, name: BackendName::Wgpu, adapter, reason, max_binding: Some(max_binding), wgpu_kind: Some(device_kind) })
 }
 
 #[cfg(not(feature = "wgpu"))]

@@ -363,6 +363,7 @@ impl<'a> TrainRun<'a> {
         let (model, _loss, _) = train::run_epoch(
             model,
             &mut self.optim,
+            None,
             &samples,
             (self.batch, 1, LossKind::Bce),
             (None, None, 0),

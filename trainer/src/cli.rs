@@ -171,6 +171,11 @@ pub struct TrainArgs {
     /// Item attributes, likewise (= --set features.item.path=...).
     #[arg(long, value_name = "FILE")]
     pub item_features: Option<PathBuf>,
+    /// Data-parallel training on these devices of --backend, e.g. 0,1: CUDA ordinals, or wgpu
+    /// adapters of the chosen type; on flex (one CPU device) and a software wgpu adapter, replicas
+    /// for checking, not speed. train.batch_size stays the global batch, split across them.
+    #[arg(long, value_name = "LIST")]
+    pub devices: Option<String>,
     /// Continue RUN from its last/ checkpoint (weights, optimizer state, epoch, metrics) up to
     /// train.epochs; only --epochs, --log-every and train.patience may change.
     #[arg(long, value_name = "RUN", conflicts_with_all = ["config", "out", "data"])]

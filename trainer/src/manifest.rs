@@ -97,6 +97,10 @@ pub struct Invocation {
     pub host: String,
     /// The first epoch it trained (1 unless resumed).
     pub first_epoch: usize,
+    /// With `--devices`: the devices it trained on, replica 0 (evaluated, checkpointed) first;
+    /// empty: one device, `adapter`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
     pub phases: Phases,
     /// What ended a failed invocation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -209,6 +213,7 @@ impl Recorder {
             threads: rayon::current_num_threads(),
             host: host_name(),
             first_epoch,
+            devices: Vec::new(),
             phases: Phases::default(),
             error: None,
         };
@@ -227,6 +232,11 @@ impl Recorder {
             invocations,
         };
         Ok(Self { manifest, started: started.0 })
+    }
+
+    /// Records the devices of a data-parallel invocation (`--devices`).
+    pub fn devices(&mut self, devices: Vec<String>) {
+        self.manifest.invocations.last_mut().expect("begin pushes one").devices = devices;
     }
 
     /// The current invocation's phase times, to add to.

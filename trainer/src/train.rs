@@ -7,9 +7,10 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ncf_datasets::{Batch, BatchBuilder, EpochSamples, HistoryDraws, NegativeSampler, SampledCandidates, SharedDraws, Split, UserItems};
+use ncf_model::data_parallel::HostBatch;
 use ncf_model::eval::{RankingChunk, full_ranking_rows, full_ranking_sums, sampled_rows, sampled_sums};
 use ncf_model::step::Lookahead;
-use ncf_model::{LossConfig, LossKind, Ncf, Optimizer, StepInput, train_step};
+use ncf_model::{DataParallel, LossConfig, LossKind, Ncf, Optimizer, StepInput, train_step};
 
 use crate::backend;
 use crate::checkpoint::{self, FORMAT_VERSION, Meta, Saved};
@@ -245,9 +246,12 @@ impl SharedSetup {
 
 /// One epoch of steps; batches are built on the step's second thread while the device computes.
 /// Returns the model and the epoch's mean loss (read back once per `log_every` steps and at the end).
+/// With `dp`, every batch is a global batch split across its devices, `model` and `optim`
+/// being replica 0.
 pub(crate) fn run_epoch(
     mut model: Ncf,
     optim: &mut Optimizer,
+    mut dp: Option<&mut DataParallel>,
     samples: &EpochSamples,
     (batch_size, group, loss_kind): (usize, usize, LossKind),
     (shared, history, epoch): (Option<&SharedSetup>, Option<&HistoryDraws>, u64),
@@ -303,18 +307,26 @@ pub(crate) fn run_epoch(
             pending = post(&mut builder, step + 2);
             prof.wait_batches += t_wait.elapsed().as_secs_f64();
             let t_step = Instant::now();
-            let (user_features, item_features) = features.batch(&batch, device);
-            let n = batch.packed.len();
-            let packed = Tensor::<1, Int>::from_data(TensorData::new(batch.packed, [n]), device);
-            let mut input = StepInput::from_packed(
-                packed,
-                (batch.n_users, batch.n_items, batch.len),
-                shared.map(|s| (s.config.clone(), s.log_probs.clone())),
-                batch.n_hist,
-            );
-            input.ahead = Some(Lookahead { next_items: next.as_ref().map(|b| b.uniq_items().to_vec()), pipeline: pipeline.clone() });
-            (input.user_features, input.item_features) = (user_features, item_features);
-            let (m, loss) = train_step(model, optim, input, loss_kind, group);
+            let (m, loss) = match dp.as_deref_mut() {
+                Some(dp) => {
+                    let host = HostBatch { packed: &batch.packed, n_users: batch.n_users, n_items: batch.n_items, len: batch.len, n_hist: batch.n_hist };
+                    dp.step(model, optim, host, shared.map(|s| (&s.config, s.log_probs.as_ref())), loss_kind, group)
+                }
+                None => {
+                    let (user_features, item_features) = features.batch(&batch, device);
+                    let n = batch.packed.len();
+                    let packed = Tensor::<1, Int>::from_data(TensorData::new(batch.packed, [n]), device);
+                    let mut input = StepInput::from_packed(
+                        packed,
+                        (batch.n_users, batch.n_items, batch.len),
+                        shared.map(|s| (s.config.clone(), s.log_probs.clone())),
+                        batch.n_hist,
+                    );
+                    input.ahead = Some(Lookahead { next_items: next.as_ref().map(|b| b.uniq_items().to_vec()), pipeline: pipeline.clone() });
+                    (input.user_features, input.item_features) = (user_features, item_features);
+                    train_step(model, optim, input, loss_kind, group)
+                }
+            };
             model = m;
             let weighted = loss.mul_scalar(batch.len as f32);
             acc = Some(match acc.take() {
@@ -462,8 +474,24 @@ pub fn run_with(args: &TrainArgs, prune: &mut Pruner) -> Result<PathBuf> {
     let mut config = args.resolve_config()?;
     config.absolutize_paths();
     let run_dir = claim_run_dir(args, &config)?;
-    let selected = backend::select(args.backend)?;
+    // A bad list or a loss that cannot be split is refused before anything is read or written.
+    if let Some(list) = &args.devices
+        && backend::parse_devices(list)?.len() > 1
+    {
+        DataParallel::supports(config.train.loss, config.shared_negatives()).map_err(|e| anyhow::anyhow!("--devices {list}: {e}"))?;
+        if config.features.user.path.is_some() || config.features.item.path.is_some() {
+            anyhow::bail!("--devices {list}: side features (--user-features, --item-features) train on one device for now; drop --devices");
+        }
+    }
+    let mut selected = backend::select(args.backend)?;
     say!("{}", selected.line());
+    // `--devices`: device 0 of the list is the run's device (evaluation, checkpoints); a list of
+    // one is that device alone.
+    let devices = args.devices.as_deref().map(|list| selected.devices(list)).transpose()?.unwrap_or_default();
+    if let Some((first, _)) = devices.first() {
+        selected.device = first.clone();
+    }
+    let selected = selected;
     let device = &selected.device;
 
     let t_data = Instant::now();
@@ -539,7 +567,22 @@ pub fn run_with(args: &TrainArgs, prune: &mut Pruner) -> Result<PathBuf> {
     if first > config.train.epochs {
         say!("{} already has {} epochs; pass --epochs N (N > {}) to train further", run_dir.display(), history.len(), history.len());
     }
+    let mut dp = (devices.len() > 1).then(|| {
+        let dp = DataParallel::new(&model, &optim, devices.iter().map(|(d, _)| d.clone()).collect());
+        let k = devices.len();
+        let (least, most) = ((batch_size / group / k) * group, (batch_size / group).div_ceil(k) * group);
+        let per_device = if least == most { least.to_string() } else { format!("{least}-{most}") };
+        say!(
+            "data parallel: {k} devices ({}); global batch {batch_size}, {per_device} samples per device; gradients summed by {} ({width} values per unique row)",
+            devices.iter().map(|(_, what)| what.as_str()).collect::<Vec<_>>().join(", "),
+            dp.reduce().name(),
+        );
+        dp
+    });
     let mut recorder = Recorder::begin(&run_dir, &config, &selected, first, started)?;
+    if !devices.is_empty() {
+        recorder.devices(devices.iter().map(|(_, what)| what.clone()).collect());
+    }
     *recorder.phases() = manifest::Phases { data: data_secs, setup: started.0.elapsed().as_secs_f64() - data_secs, ..Default::default() };
     recorder.save(&run_dir, &config, &history, Status::Running)?;
     let progress = Progress::new(config.train.epochs);
@@ -553,6 +596,12 @@ pub fn run_with(args: &TrainArgs, prune: &mut Pruner) -> Result<PathBuf> {
             // Dropout masks come from the device's generator: seeded per epoch, so a resumed run
             // draws the same ones.
             device.seed(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch as u64);
+            // Each device its own masks (data parallel with dropout trains like one device only in
+            // distribution).
+            // Replicas sharing device 0 (flex) share its generator.
+            for (j, (d, _)) in devices.iter().enumerate().skip(1).filter(|(_, (d, _))| d != device) {
+                d.seed(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch as u64 ^ ((j as u64) << 32));
+            }
             optim.config.lr = config.optim.lr_at(epoch, config.train.epochs);
             let samples = sampler.epoch_grouped(epoch as u64, pairwise);
             let bar = progress.batches(samples.len());
@@ -560,6 +609,7 @@ pub fn run_with(args: &TrainArgs, prune: &mut Pruner) -> Result<PathBuf> {
             let (m, loss, prof) = run_epoch(
                 model,
                 &mut optim,
+                dp.as_mut(),
                 &samples,
                 (batch_size, group, config.train.loss),
                 (shared.as_ref(), history_draws.as_ref(), epoch as u64),

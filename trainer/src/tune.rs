@@ -172,6 +172,7 @@ fn trial_args(args: &TuneArgs, sets: Vec<String>, dir: &Path, resume: bool, forc
         profile: false,
         user_features: None,
         item_features: None,
+        devices: None,
         resume: resume.then(|| dir.to_owned()),
     }
 }
