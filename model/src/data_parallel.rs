@@ -313,5 +313,7 @@ fn optimizer_to(optim: &Optimizer, device: &Device) -> Optimizer {
         head: optim.head.iter().map(|m| m.as_ref().map(|m| Moments { m: m.m.clone().to_device(device), v: m.v.clone().to_device(device) })).collect(),
         user: rows(&optim.user),
         item: rows(&optim.item),
+        user_features: rows(&optim.user_features),
+        item_features: rows(&optim.item_features),
     }
 }

@@ -20,8 +20,8 @@ mod second_core;
 pub mod step;
 
 pub use config::{ModelConfig, ModelKind, TableLayout};
-pub use features::{FeatureRows, HostFeatureRows};
 pub use data_parallel::DataParallel;
+pub use features::{FeatureRows, HostFeatureRows};
 pub use loss::{LossConfig, LossKind};
 pub use ncf::{COSINE_EPS, Head, HistoryRows, ItemSide, Ncf};
 pub use optim::{LrSchedule, OptimConfig, OptimKind, Optimizer};
