@@ -534,6 +534,81 @@ pub(crate) mod fused_tests {
         }
     }
 
+    /// Many steps in sequence, as training runs them: random subsets of the rows each step (so
+    /// rows skip steps and catch up), the state carried from call to call, t from 1. The fused
+    /// update must follow the composed one step by step, not only on one call.
+    #[test]
+    fn fused_adam_follows_the_composed_ops_over_many_steps() {
+        for d in devices() {
+            let (n, w, steps) = (300usize, 8usize, 200u64);
+            let mut seed = 0x2545_f491_4f6c_dd1du64;
+            let mut next = move || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            };
+            let init: Vec<f32> = (0..n * w).map(|_| (next() % 2001) as f32 / 10_000.0 - 0.1).collect();
+            let mut fused_table = Tensor::<2>::from_data(TensorData::new(init.clone(), [n, w]), &d);
+            let mut composed_table = Tensor::<2>::from_data(TensorData::new(init, [n, w]), &d);
+            let config = OptimConfig { lr: 0.01, ..Default::default() };
+            let mut fused = Optimizer::new(OptimConfig { fused: true, ..config.clone() });
+            let mut composed = Optimizer::new(OptimConfig { fused: false, ..config });
+            let mut worst = [0.0f32; 3];
+            for step in 1..=steps {
+                // About a third of the rows, some rows rarely: row r is in with probability ~ 1/(1 + r % 7).
+                let ids: Vec<i32> = (0..n as i32).filter(|&r| next() % (1 + r as u64 % 7) == 0 && next() % 3 == 0).collect();
+                if ids.is_empty() {
+                    continue;
+                }
+                let r = ids.len();
+                let g: Vec<f32> = (0..r * w).map(|_| (next() % 2001) as f32 / 20_000.0 - 0.05).collect();
+                // The rows sliced from a larger buffer, as a training batch packs them: after `off`
+                // other values (offsets 0 and unaligned) and before positions in the batch, which
+                // are row ids too.
+                let off = step as usize % 3;
+                let packed: Vec<i32> = (0..off as i32).chain(ids.iter().copied()).chain(0..r as i32).collect();
+                let len = packed.len();
+                let rows_t = Tensor::<1, Int>::from_data(TensorData::new(packed, [len]), &d).slice([off..off + r]);
+                let grad = Tensor::<2>::from_data(TensorData::new(g, [r, w]), &d);
+                fused.begin_step();
+                composed.begin_step();
+                fused_table = fused.update_rows(TableSide::Item, fused_table, rows_t.clone(), grad.clone());
+                composed_table = composed.update_rows(TableSide::Item, composed_table, rows_t, grad);
+                let (a, b) = (values(fused_table.clone()), values(composed_table.clone()));
+                let (fs, cs) = (fused.item.as_ref().unwrap(), composed.item.as_ref().unwrap());
+                let (fm, cm) = (values(fs.m.clone()), values(cs.m.clone()));
+                let (fv, cv) = (values(fs.v.clone()), values(cs.v.clone()));
+                let (fl, cl) = (values(fs.last.clone()), values(cs.last.clone()));
+                assert_eq!(fl, cl, "{d:?} step {step} last");
+                for k in 0..n * w {
+                    let what = || {
+                        format!(
+                            "{d:?} step {step} row {} col {}: table {} vs {}, m {} vs {}, v {} vs {}, last {}",
+                            k / w,
+                            k % w,
+                            a[k],
+                            b[k],
+                            fm[k],
+                            cm[k],
+                            fv[k],
+                            cv[k],
+                            fl[k / w]
+                        )
+                    };
+                    // v relative to itself, m and the table relative to their scale: m crosses zero.
+                    let err =
+                        [(fv[k] - cv[k]).abs() / cv[k].max(1e-30), (fm[k] - cm[k]).abs() / cm[k].abs().max(1e-3), (a[k] - b[k]).abs() / b[k].abs().max(0.1)];
+                    for (worst, e) in worst.iter_mut().zip(err) {
+                        *worst = worst.max(e);
+                    }
+                    assert!(err[0] <= 2e-6 && err[1] <= 2e-6 && err[2] <= 1e-5, "{}: relative errors (v, m, table) {err:?}", what());
+                }
+            }
+            eprintln!("{d:?}: largest relative errors (v, m, table) over {steps} steps {worst:?}");
+        }
+    }
+
     #[test]
     fn fused_sgd_and_gather_match_the_composed_ops() {
         for d in devices() {

@@ -1004,6 +1004,12 @@ mod cube {
         ln_b2: f32,
         r: f32,
         ln_r: f32,
+        // 1 - β1, 1 - β2 and 1 - r, taken in f64 as the composed ops take them: 1 - β2 from β2 =
+        // 0.999 rounded to f32 is 1.3e-5 of itself short, a bias in every v that training amplified
+        // into weights 0.04 away from the composed path's after one epoch.
+        one_b1: f32,
+        one_b2: f32,
+        one_r: f32,
         width: u32,
     ) {
         if ABSOLUTE_POS >= rows.len() {
@@ -1019,8 +1025,8 @@ mod cube {
         if k > 0.0 {
             // See RowStep::row_factors; the same formula in f32.
             let rk = f32::exp(k * ln_r);
-            let geo = (1.0 - rk) * r / (1.0 - r);
-            let j_bar = ((1.0 - rk) - k * rk * (1.0 - r)) / f32::max((1.0 - rk) * (1.0 - r), 1e-12);
+            let geo = (1.0 - rk) * r / one_r;
+            let j_bar = ((1.0 - rk) - k * rk * one_r) / f32::max((1.0 - rk) * one_r, 1e-12);
             let t_mid = prev + j_bar;
             let c1 = f32::max(1.0 - f32::exp(t_mid * ln_b1), 1e-12);
             let c2 = f32::max(1.0 - f32::exp(t_mid * ln_b2), 1e-12);
@@ -1036,8 +1042,8 @@ mod cube {
             let m0 = m[base + c];
             let v0 = v[base + c];
             let catch = m0 * catch_up / (f32::sqrt(v0) + eps);
-            let m1 = m0 * d1 + (1.0 - b1) * g;
-            let v1 = v0 * d2 + (1.0 - b2) * g * g;
+            let m1 = m0 * d1 + one_b1 * g;
+            let v1 = v0 * d2 + one_b2 * g * g;
             table[base + c] = x - (m1 * step_size / (f32::sqrt(v1) * inv_sqrt_c2 + eps) + catch);
             m[base + c] = m1;
             v[base + c] = v1;
@@ -1121,6 +1127,9 @@ mod cube {
                 s.beta2.ln() as f32,
                 ratio as f32,
                 ratio.ln() as f32,
+                (1.0 - s.beta1) as f32,
+                (1.0 - s.beta2) as f32,
+                (1.0 - ratio) as f32,
                 width as u32,
             );
             (table, m, v, last)
