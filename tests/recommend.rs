@@ -494,7 +494,7 @@ fn bpr_scores_are_written_raw() {
     std::fs::write(&pairs, "user,item\n2,5\n").unwrap();
     let out = dir.join("s.csv");
     let stdout = ok(run(ncf().args(["score", "--backend", "flex", "--checkpoint"]).arg(&run_dir).arg("--pairs").arg(&pairs).arg("--out").arg(&out)));
-    assert!(stdout.contains("raw model output"), "{stdout}");
+    assert!(stdout.contains("raw model output (trained with bpr"), "{stdout}");
     let rows = csv_rows(&out, "user,item,score");
     let reference = Reference::load(&run_dir);
     let want = reference.scores("2")[reference.items.iter().position(|x| x == "5").unwrap()];

@@ -61,7 +61,8 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     if probability {
         println!("{column}: sigmoid of the model output (the model was trained with BCE)");
     } else {
-        println!("{column}: the raw model output (trained with BPR: a ranking score, not a probability)");
+        let loss = ck.config.train.loss.name();
+        println!("{column}: the raw model output (trained with {loss}: a ranking score, not a probability)");
     }
     let rows: Vec<usize> = (0..pairs.data.len()).filter(|&r| pairs.user[r].is_some() && pairs.item[r].is_some()).collect();
     let columns = [("user".to_owned(), Kind::Str), ("item".into(), Kind::Str), (column.into(), Kind::F32)];
