@@ -120,6 +120,16 @@ impl Checkpoint {
         self.scoring_model_with(&self.features)
     }
 
+    /// The run's features with the users of `raw` that have a line in `path` appended
+    /// ([`RunFeatures::with_new_users`], the run's key column), and each such user's dense id
+    /// in them (after the checkpoint's users); prints how many of `raw` were found.
+    pub fn new_users_from(&self, path: &Path, raw: &[&str]) -> Result<(RunFeatures, HashMap<String, u32>)> {
+        let (features, found) = self.features.with_new_users(path, self.config.features.user.key.as_deref(), raw)?;
+        let dense: HashMap<String, u32> = found.into_iter().enumerate().map(|(k, raw)| (raw, (self.meta.n_users + k) as u32)).collect();
+        say!("--user-features: {} of {} users new to the checkpoint are scored from their features", dense.len(), raw.len());
+        Ok((features, dense))
+    }
+
     /// [`Checkpoint::scoring_model`] with `features` in place of the run's: the run's own, or
     /// those with new users appended ([`RunFeatures::with_new_users`]), who get rows from their
     /// features alone and no history.

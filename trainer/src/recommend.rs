@@ -318,9 +318,7 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
         Some(path) => {
             let unknown = unknown_of(&targets);
             let raw: Vec<&str> = unknown.iter().map(String::as_str).collect();
-            let (features, found) = ck.features.with_new_users(path, ck.config.features.user.key.as_deref(), &raw)?;
-            let dense: std::collections::HashMap<String, u32> = found.into_iter().enumerate().map(|(k, raw)| (raw, (ck.meta.n_users + k) as u32)).collect();
-            say!("--user-features: {} of {} users new to the checkpoint are scored from their features", dense.len(), unknown.len());
+            let (features, dense) = ck.new_users_from(path, &raw)?;
             for t in targets.iter_mut() {
                 if let Target::Unknown(raw) = t
                     && let Some(&u) = dense.get(raw.as_str())

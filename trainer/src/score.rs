@@ -31,9 +31,7 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
             let mut new: Vec<&str> = (0..pairs.data.len()).filter(|&r| pairs.user[r].is_none()).map(|r| pairs.raw_user(r)).collect();
             new.sort_unstable();
             new.dedup();
-            let (features, found) = ck.features.with_new_users(path, ck.config.features.user.key.as_deref(), &new)?;
-            let dense: std::collections::HashMap<String, u32> = found.into_iter().enumerate().map(|(k, raw)| (raw, (ck.meta.n_users + k) as u32)).collect();
-            say!("--user-features: {} of {} users new to the checkpoint are scored from their features", dense.len(), new.len());
+            let (features, dense) = ck.new_users_from(path, &new)?;
             for r in 0..pairs.data.len() {
                 if pairs.user[r].is_none() {
                     pairs.user[r] = dense.get(pairs.raw_user(r)).copied();
