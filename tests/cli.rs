@@ -697,7 +697,8 @@ fn given_split_round_trip() {
 
 /// `--threads N` (or NCF_THREADS) sizes every CPU part, and results do not depend on it: the
 /// default demo trained with 1, 2, 3 and 8 threads writes the same metrics and bit-identical
-/// weights, for NeuMF (the fused flex step) and for MF with shared-negative softmax and history.
+/// weights, for NeuMF and MLP with BPR (the fused flex step, at batches its slices and row blocks
+/// spread over the threads) and for MF with shared-negative softmax and history.
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
     let dir = temp_dir("threads");
@@ -712,8 +713,11 @@ fn results_do_not_depend_on_the_thread_count() {
         // Every column but the seconds.
         std::fs::read_to_string(run.join("metrics.csv")).unwrap().lines().map(|l| l.rsplit_once(',').unwrap().0.to_owned()).collect()
     };
-    let configs: [&[&str]; 2] =
-        [&["--model", "neumf"], &["--model", "mf", "--set", "train.loss=softmax", "--set", "sampler.shared_negatives=200", "--set", "model.history=0.3"]];
+    let configs: [&[&str]; 3] = [
+        &["--model", "neumf", "--set", "train.batch_size=4096"],
+        &["--model", "mlp", "--set", "train.loss=bpr", "--set", "train.batch_size=1024"],
+        &["--model", "mf", "--set", "train.loss=softmax", "--set", "sampler.shared_negatives=200", "--set", "model.history=0.3"],
+    ];
     for (c, args) in configs.iter().enumerate() {
         let mut reference = None;
         for threads in [1, 2, 3, 8] {

@@ -3,12 +3,16 @@
 //! Through autodiff, a NeuMF step on flex is ~60 small tensor ops forward and backward, each
 //! allocating (and in flex copying) its result, plus the graph's bookkeeping. Here the batch goes
 //! through in chunks of 64 samples whose activations stay in L1: the MLP tower, the GMF product,
-//! the output layer, the loss and the way back, accumulating each parameter's gradient and the
-//! gradient of every unique user and item row. The first MLP layer runs on the unique rows, as in
+//! the output layer, the loss and the way back. The first MLP layer runs on the unique rows, as in
 //! [`Head::forward_rows`]. Matmuls are register-blocked loops (AVX2 + FMA where the CPU has them).
 //! The pass is a kernel behind burn's backend extension ([`HeadPass`]), as the row updates are.
-//! NeuMF factor 8, batch 4096, 6040 users × 10k items: 2.0 → 1.2–1.3 ms/step with the rest of
-//! session 8's changes (BENCHMARKS.md).
+//!
+//! Every stage is cut into pieces fixed by the batch alone and spread over the caller and the
+//! helper threads ([`crate::second_core`], sized by `--threads`): the first layer's forward in
+//! blocks of unique rows; the tower in slices of [`SLICE_CHUNKS`] chunks, each summing its own
+//! parameter gradients (added in slice order) and writing its samples' logit and first-layer
+//! gradients; then each block of unique rows gathers its rows' gradients from its samples in batch
+//! order. So the result is the same, bit for bit, on any number of threads.
 //!
 //! This is a second copy of the model's math (the first is [`Head::forward_rows`] and
 //! `loss::batch_loss` under autodiff), so it runs only where [`supports`] says it is the same
@@ -317,9 +321,10 @@ struct Grads {
 }
 
 thread_local! {
-    /// The first layer's outputs on the unique rows and their gradients, kept from one step to
-    /// the next (about 1 MB at batch 4096): fresh buffers would be zeroed, or paged in, every step.
-    static SCRATCH: std::cell::RefCell<[Vec<f32>; 4]> = Default::default();
+    /// The first layer's outputs on the unique rows and their gradients, and the samples' logit
+    /// and first-layer gradients, kept from one step to the next (about 2 MB at batch 4096):
+    /// fresh buffers would be zeroed, or paged in, every step.
+    static SCRATCH: std::cell::RefCell<[Vec<f32>; 6]> = Default::default();
 }
 
 /// Samples per chunk (rounded to whole BPR groups): a chunk's activations stay in L1.
@@ -361,9 +366,9 @@ fn first_backward<const F: bool>(rows: &[f32], w: usize, n: usize, m: usize, dp:
     gemm::<F>(dp, d1, n, d1, wt, m, out, w, false);
 }
 
-/// [`first_forward`] and [`first_backward`] compiled with AVX2 and FMA, for the blocks the
-/// second thread may run: a closure does not inherit [`run_fma`]'s target features, and
-/// `mul_add` outside them is a libm call.
+/// [`first_forward`] compiled with AVX2 and FMA, for the blocks a helper thread may run: a
+/// closure does not inherit [`run_fma`]'s target features, and `mul_add` outside them is a libm
+/// call.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA.
@@ -371,17 +376,6 @@ fn first_backward<const F: bool>(rows: &[f32], w: usize, n: usize, m: usize, dp:
 #[target_feature(enable = "avx2,fma")]
 unsafe fn first_forward_fma(rows: &[f32], w: usize, m: usize, wt: &[f32], d1: usize, out: &mut [f32]) {
     first_forward::<true>(rows, w, m, wt, d1, out)
-}
-
-/// [`first_backward`] compiled with AVX2 and FMA (see [`first_forward_fma`]).
-///
-/// # Safety
-/// The CPU has AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn first_backward_fma(rows: &[f32], w: usize, n: usize, m: usize, dp: &[f32], d1: usize, wt: &[f32], out: &mut [f32], dw: &mut [f32]) {
-    first_backward::<true>(rows, w, n, m, dp, d1, wt, out, dw)
 }
 
 /// `a·b + c`, fused where `F` (then compiled with FMA, see [`run_fma`]).
@@ -511,12 +505,12 @@ fn gemm_tn<const F: bool>(a: &[f32], lda: usize, b: &[f32], ldb: usize, m: usize
     }
 }
 
-/// Unique rows per block of the first layer's work, and the fewest rows (users and items) worth
-/// sharing that work with the second thread.
+/// Unique rows per block of the first layer's and the rows' gradient work, and the fewest rows
+/// (users and items) worth sharing the first layer's forward with the helper threads.
 const ROW_BLOCK: usize = 256;
 const MIN_SHARED_ROWS: usize = 2048;
 
-/// Calls `f(k)` once for every `k < n`: on this thread and the second one when `share` (flex
+/// Calls `f(k)` once for every `k < n`: on this thread and the helper threads when `share` (flex
 /// builds), here otherwise.
 fn spread(n: usize, share: bool, f: impl Fn(usize) + Sync) {
     #[cfg(feature = "flex")]
@@ -554,21 +548,296 @@ fn softplus_sigmoid(x: f32) -> (f32, f32) {
     (x.max(0.0) + e.ln_1p(), if x >= 0.0 { inv } else { e * inv })
 }
 
+/// Chunks per slice of the batch: the pieces the pass spreads over threads. Each slice has
+/// parameter-gradient buffers of its own, summed in slice order, and writes its samples' logit
+/// and first-layer gradients to its own range, so the result does not depend on the threads.
+const SLICE_CHUNKS: usize = 4;
+
+/// What every slice of the batch reads (see [`slice_pass`]).
+struct Pass<'a> {
+    l: TableLayout,
+    layers: &'a [Dense<'a>],
+    x: &'a Batch<'a>,
+    /// The first MLP layer's outputs on the unique user and item rows (before ReLU).
+    pu: &'a [f32],
+    pi: &'a [f32],
+    /// Later layers' weights transposed, `[d_out, d_in]` (empty for the first).
+    back: &'a [Vec<f32>],
+    widths: &'a [usize],
+    /// The output layer (none for MF), its weight and bias (empty and 0 for MF).
+    output: Option<&'a Dense<'a>>,
+    wo: &'a [f32],
+    bo: f32,
+    chunk: usize,
+    /// 1 / the number of loss terms.
+    scale: f32,
+}
+
+/// A slice's loss (summed over its terms, unscaled) and its part of the gradients of every dense
+/// layer but the first, in visit order (the first layer's entry stays empty).
+struct SliceOut {
+    loss: f64,
+    grads: Vec<(Vec<f32>, Option<Vec<f32>>)>,
+}
+
+/// Samples `s0..s0 + dl.len()` forward, through the loss and back down the tower, in chunks whose
+/// activations stay in L1. Writes each sample's logit gradient to `dl` and its gradient at the
+/// first layer's output to `dz0` (`[samples, d1]`); the row gradients are gathered from those by
+/// [`rows_back`].
+#[inline(always)]
+fn slice_pass<const F: bool>(p: &Pass, s0: usize, dl_out: &mut [f32], dz0: &mut [f32]) -> SliceOut {
+    let (x, layers, widths) = (p.x, p.layers, p.widths);
+    let (g, m, w) = (p.l.gmf, p.l.mlp, x.width);
+    let mf = p.l.kind == ModelKind::Mf;
+    let d1 = widths.first().copied().unwrap_or(0);
+    let last = widths.last().copied().unwrap_or(0);
+    let mut grads: Vec<(Vec<f32>, Option<Vec<f32>>)> = layers
+        .iter()
+        .enumerate()
+        .map(|(k, d)| if k == 0 { (Vec::new(), None) } else { (vec![0f32; d.d_in * d.d_out], d.b.map(|_| vec![0f32; d.d_out])) })
+        .collect();
+    if let Some(o) = p.output {
+        grads.push((vec![0f32; o.w.len()], o.b.map(|_| vec![0f32; 1])));
+    }
+    // A chunk's activations (after ReLU) and their gradients, per layer.
+    let mut h: Vec<Vec<f32>> = widths.iter().map(|&d| vec![0f32; p.chunk * d]).collect();
+    let mut dz: Vec<Vec<f32>> = widths.iter().map(|&d| vec![0f32; p.chunk * d]).collect();
+    let mut logit = vec![0f32; p.chunk];
+    let mut loss = 0f64;
+
+    for c0 in (0..dl_out.len()).step_by(p.chunk) {
+        let cn = p.chunk.min(dl_out.len() - c0);
+        let dl = &mut dl_out[c0..c0 + cn];
+        let at = |s: usize| (x.user_pos[s0 + c0 + s], x.item_pos[s0 + c0 + s]);
+        // Forward.
+        if m > 0 {
+            for s in 0..cn {
+                let (u, i) = at(s);
+                let row = &mut h[0][s * d1..s * d1 + d1];
+                for ((o, a), b) in row.iter_mut().zip(&p.pu[u * d1..u * d1 + d1]).zip(&p.pi[i * d1..i * d1 + d1]) {
+                    *o = (a + b).max(0.0);
+                }
+            }
+            for k in 1..layers.len() {
+                let (before, after) = h.split_at_mut(k);
+                let (d_in, d_out) = (widths[k - 1], widths[k]);
+                gemm::<F>(&before[k - 1], d_in, cn, d_in, layers[k].w, d_out, &mut after[0], d_out, false);
+                let bias = layers[k].b;
+                for row in after[0][..cn * d_out].chunks_exact_mut(d_out) {
+                    match bias {
+                        Some(bias) => row.iter_mut().zip(bias).for_each(|(r, b)| *r = (*r + b).max(0.0)),
+                        None => row.iter_mut().for_each(|r| *r = r.max(0.0)),
+                    }
+                }
+            }
+        }
+        for s in 0..cn {
+            let (u, i) = at(s);
+            let (ur, ir) = (&x.user[u * w..u * w + w], &x.item[i * w..i * w + w]);
+            logit[s] = if mf {
+                ur[..g].iter().zip(&ir[..g]).fold(ur[g] + ir[g], |z, (a, b)| fma::<F>(*a, *b, z))
+            } else {
+                let mut z = p.bo;
+                for f in 0..g {
+                    z = fma::<F>(ur[f] * ir[f], p.wo[f], z);
+                }
+                if m > 0 {
+                    for (a, c) in h[h.len() - 1][s * last..s * last + last].iter().zip(&p.wo[g..]) {
+                        z = fma::<F>(*a, *c, z);
+                    }
+                }
+                z
+            };
+        }
+        // The loss and its gradient at each logit.
+        match x.loss {
+            LossKind::Bce => {
+                for s in 0..cn {
+                    let (z, y) = (logit[s], x.labels[s0 + c0 + s]);
+                    // (1-y)·z - log σ(z) = (1-y)·z + softplus(-z); σ(z) = 1 - σ(-z)
+                    let (sp, sg) = softplus_sigmoid(-z);
+                    loss += ((1.0 - y) * z + sp) as f64;
+                    dl[s] = (1.0 - sg - y) * p.scale;
+                }
+            }
+            LossKind::Bpr => {
+                dl.fill(0.0);
+                for a in (0..cn).step_by(x.group) {
+                    for q in a + 1..a + x.group {
+                        // -log σ(pos - neg) = softplus(neg - pos)
+                        let (sp, sg) = softplus_sigmoid(logit[q] - logit[a]);
+                        loss += sp as f64;
+                        let s = sg * p.scale;
+                        dl[a] -= s;
+                        dl[q] += s;
+                    }
+                }
+            }
+            LossKind::Softmax | LossKind::Ccl => unreachable!("the fused head trains per-sample losses only"),
+        }
+        if mf {
+            continue;
+        }
+        // Back through the output layer (the GMF product's rows are [`rows_back`]'s).
+        let n_out = grads.len() - 1;
+        for s in 0..cn {
+            let (u, i) = at(s);
+            let d = dl[s];
+            let (ur, ir) = (&x.user[u * w..u * w + w], &x.item[i * w..i * w + w]);
+            let (dwo, dbo) = &mut grads[n_out];
+            if let Some(dbo) = dbo {
+                dbo[0] += d;
+            }
+            for f in 0..g {
+                dwo[f] = fma::<F>(d, ur[f] * ir[f], dwo[f]);
+            }
+            if m > 0 {
+                let top = h.len() - 1;
+                let (ha, dza) = (&h[top][s * last..s * last + last], &mut dz[top][s * last..s * last + last]);
+                for o in 0..last {
+                    dwo[g + o] = fma::<F>(d, ha[o], dwo[g + o]);
+                    dza[o] = if ha[o] > 0.0 { d * p.wo[g + o] } else { 0.0 };
+                }
+            }
+        }
+        if m == 0 {
+            continue;
+        }
+        // Back down the tower.
+        for k in (1..layers.len()).rev() {
+            let (d_in, d_out) = (widths[k - 1], widths[k]);
+            let (dw, db) = &mut grads[k];
+            gemm_tn::<F>(&h[k - 1], d_in, &dz[k], d_out, cn, d_in, d_out, dw);
+            if let Some(db) = db {
+                add_rows(db, &dz[k][..cn * d_out]);
+            }
+            let (below, here) = dz.split_at_mut(k);
+            gemm::<F>(&here[0], d_out, cn, d_out, &p.back[k], d_in, &mut below[k - 1], d_in, false);
+            for (dzr, hr) in below[k - 1][..cn * d_in].iter_mut().zip(&h[k - 1][..cn * d_in]) {
+                if *hr <= 0.0 {
+                    *dzr = 0.0;
+                }
+            }
+        }
+        dz0[c0 * d1..(c0 + cn) * d1].copy_from_slice(&dz[0][..cn * d1]);
+    }
+    SliceOut { loss, grads }
+}
+
+/// [`slice_pass`] compiled with AVX2 and FMA, for the slices a helper thread runs (a closure does
+/// not inherit [`run_fma`]'s target features).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn slice_pass_fma(p: &Pass, s0: usize, dl: &mut [f32], dz0: &mut [f32]) -> SliceOut {
+    slice_pass::<true>(p, s0, dl, dz0)
+}
+
+/// One side's rows (users or items) for [`rows_back`].
+struct Side<'a> {
+    /// This side's unique rows and the other side's, `width` apart.
+    rows: &'a [f32],
+    other: &'a [f32],
+    /// Per sample: its row on the other side.
+    other_pos: &'a [usize],
+    /// This side's samples by row, in batch order (see [`by_row`]).
+    samples: &'a [u32],
+    start: &'a [usize],
+    /// This side's half of the first layer's weight, transposed: `[d1, m]`.
+    wt: &'a [f32],
+}
+
+/// The samples of each of `n` rows in batch order: row `r`'s are `samples[start[r]..start[r + 1]]`.
+fn by_row(pos: &[usize], n: usize) -> (Vec<u32>, Vec<usize>) {
+    let mut start = vec![0usize; n + 1];
+    for &r in pos {
+        start[r + 1] += 1;
+    }
+    for r in 0..n {
+        start[r + 1] += start[r];
+    }
+    let mut fill = start.clone();
+    let mut samples = vec![0u32; pos.len()];
+    for (s, &r) in pos.iter().enumerate() {
+        samples[fill[r]] = s as u32;
+        fill[r] += 1;
+    }
+    (samples, start)
+}
+
+/// The gradients of rows `r0..r0 + n` of one side: the GMF (or MF) product's part summed over
+/// their samples in batch order, then (with a tower) the first layer's part from the sum of their
+/// samples' `dz0` rows (into `dp`), adding the block's part of the first layer's weight gradient
+/// to `dw`. `out` is the block's rows of the side's gradient, `dp` of its first-layer gradient.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn rows_back<const F: bool>(p: &Pass, side: &Side, dl: &[f32], dz0: &[f32], r0: usize, out: &mut [f32], dp: &mut [f32], dw: &mut [f32]) {
+    let (g, m, w) = (p.l.gmf, p.l.mlp, p.x.width);
+    let mf = p.l.kind == ModelKind::Mf;
+    let d1 = p.widths.first().copied().unwrap_or(0);
+    let n = out.len() / w;
+    for r in 0..n {
+        let gr = &mut out[r * w..r * w + w];
+        for &s in &side.samples[side.start[r0 + r]..side.start[r0 + r + 1]] {
+            let s = s as usize;
+            let d = dl[s];
+            let o = side.other_pos[s];
+            let other = &side.other[o * w..o * w + w];
+            if mf {
+                for f in 0..g {
+                    gr[f] = fma::<F>(d, other[f], gr[f]);
+                }
+                gr[g] += d;
+            } else {
+                for f in 0..g {
+                    gr[f] = fma::<F>(d * p.wo[f], other[f], gr[f]);
+                }
+            }
+            if m > 0 {
+                add_rows(&mut dp[r * d1..r * d1 + d1], &dz0[s * d1..s * d1 + d1]);
+            }
+        }
+    }
+    if m > 0 {
+        first_backward::<F>(&side.rows[r0 * w + g..], w, n, m, dp, d1, side.wt, &mut out[g..], dw);
+    }
+}
+
+/// [`rows_back`] compiled with AVX2 and FMA (see [`slice_pass_fma`]).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows_back_fma(p: &Pass, side: &Side, dl: &[f32], dz0: &[f32], r0: usize, out: &mut [f32], dp: &mut [f32], dw: &mut [f32]) {
+    rows_back::<true>(p, side, dl, dz0, r0, out, dp, dw)
+}
+
+/// `whole` cut into consecutive pieces of `len(k)` values for `k < n` (pieces may be empty).
+fn pieces(mut whole: &mut [f32], n: usize, len: impl Fn(usize) -> usize) -> Vec<&mut [f32]> {
+    (0..n)
+        .map(|k| {
+            let (here, rest) = std::mem::take(&mut whole).split_at_mut(len(k));
+            whole = rest;
+            here
+        })
+        .collect()
+}
+
 #[inline(always)]
 fn run_with<const F: bool>(l: TableLayout, layers: &[Dense], output: Option<&Dense>, x: &Batch) -> Grads {
     let (g, m, w) = (l.gmf, l.mlp, x.width);
     let (nu, ni) = (x.user.len() / w, x.item.len() / w);
     let b = x.user_pos.len();
-    let mf = l.kind == ModelKind::Mf;
     let mut du = vec![0f32; nu * w];
     let mut di = vec![0f32; ni * w];
-    // Parameter gradients in visit order: each layer's weight, then its bias.
-    let mut grads: Vec<(Vec<f32>, Option<Vec<f32>>)> =
-        layers.iter().chain(output).map(|d| (vec![0f32; d.d_in * d.d_out], d.b.map(|_| vec![0f32; d.d_out]))).collect();
 
     // The first MLP layer on the unique rows, its bias folded into the user side.
     let d1 = layers.first().map_or(0, |d| d.d_out);
-    let [mut pu, mut pi, mut dpu, mut dpi] = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let [mut pu, mut pi, mut dpu, mut dpi, mut dl, mut dz0] = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     // Overwritten by the first layer's forward below; its gradients accumulate from zero.
     pu.resize(nu * d1, 0.0);
     pi.resize(ni * d1, 0.0);
@@ -576,7 +845,7 @@ fn run_with<const F: bool>(l: TableLayout, layers: &[Dense], output: Option<&Den
         g.clear();
         g.resize(n * d1, 0.0);
     }
-    // Blocks of unique rows, shared with the second thread when there are enough of them.
+    // Blocks of unique rows, shared with the helpers when there are enough of them.
     let share = nu + ni >= MIN_SHARED_ROWS;
     if m > 0 {
         let first = &layers[0];
@@ -600,189 +869,108 @@ fn run_with<const F: bool>(l: TableLayout, layers: &[Dense], output: Option<&Den
         }
     }
     // Later layers' weights transposed, for the way back: `[d_out, d_in]` (the first layer's
-    // two halves are transposed for its own backward, at the end).
+    // two halves are transposed for its own backward, below).
     let back: Vec<Vec<f32>> = layers.iter().enumerate().map(|(k, d)| if k == 0 { Vec::new() } else { transposed(d.w, d.d_in, d.d_out) }).collect();
     let widths: Vec<usize> = layers.iter().map(|d| d.d_out).collect();
-    let last = widths.last().copied().unwrap_or(0);
     let (wo, bo) = match output {
         Some(o) => (o.w, o.b.map_or(0.0, |b| b[0])),
         None => (&[][..], 0.0),
     };
-
     let chunk = if x.loss == LossKind::Bpr { x.group * (CHUNK / x.group).max(1) } else { CHUNK };
-    // A chunk's activations (after ReLU) and their gradients, per layer.
-    let mut h: Vec<Vec<f32>> = widths.iter().map(|&d| vec![0f32; chunk * d]).collect();
-    let mut dz: Vec<Vec<f32>> = widths.iter().map(|&d| vec![0f32; chunk * d]).collect();
-    let mut logit = vec![0f32; chunk];
-    let mut dl = vec![0f32; chunk];
-    let mut loss = 0f64;
     let pairs = if x.loss == LossKind::Bpr { (b / x.group) * (x.group - 1) } else { b };
     let scale = 1.0 / pairs as f32;
+    let pass = Pass { l, layers, x, pu: &pu, pi: &pi, back: &back, widths: &widths, wo, bo, output, chunk, scale };
 
-    for c0 in (0..b).step_by(chunk) {
-        let cn = chunk.min(b - c0);
-        let at = |s: usize| (x.user_pos[c0 + s], x.item_pos[c0 + s]);
-        // Forward.
-        if m > 0 {
-            for s in 0..cn {
-                let (u, i) = at(s);
-                let row = &mut h[0][s * d1..s * d1 + d1];
-                for ((o, p), q) in row.iter_mut().zip(&pu[u * d1..u * d1 + d1]).zip(&pi[i * d1..i * d1 + d1]) {
-                    *o = (p + q).max(0.0);
-                }
-            }
-            for k in 1..layers.len() {
-                let (before, after) = h.split_at_mut(k);
-                let (d_in, d_out) = (widths[k - 1], widths[k]);
-                gemm::<F>(&before[k - 1], d_in, cn, d_in, layers[k].w, d_out, &mut after[0], d_out, false);
-                let bias = layers[k].b;
-                for row in after[0][..cn * d_out].chunks_exact_mut(d_out) {
-                    match bias {
-                        Some(bias) => row.iter_mut().zip(bias).for_each(|(r, b)| *r = (*r + b).max(0.0)),
-                        None => row.iter_mut().for_each(|r| *r = r.max(0.0)),
-                    }
-                }
-            }
+    // The batch in slices, on as many threads as there are slices and helpers.
+    let slice = chunk * SLICE_CHUNKS;
+    let n_slices = b.div_ceil(slice);
+    // Every value is written by its slice.
+    dl.resize(b, 0.0);
+    dz0.resize(b * d1, 0.0);
+    let len = |k: usize| slice.min(b - k * slice);
+    let parts: Vec<_> = pieces(&mut dl, n_slices, len).into_iter().zip(pieces(&mut dz0, n_slices, |k| len(k) * d1)).map(|p| Mutex::new((p, None))).collect();
+    spread(n_slices, n_slices > 1, |k| {
+        let mut part = parts[k].lock().unwrap_or_else(|e| e.into_inner());
+        let ((dl, dz0), out) = &mut *part;
+        #[cfg(target_arch = "x86_64")]
+        if F {
+            // SAFETY: as in the forward's blocks.
+            *out = Some(unsafe { slice_pass_fma(&pass, k * slice, dl, dz0) });
+            return;
         }
-        for s in 0..cn {
-            let (u, i) = at(s);
-            let (ur, ir) = (&x.user[u * w..u * w + w], &x.item[i * w..i * w + w]);
-            logit[s] = if mf {
-                ur[..g].iter().zip(&ir[..g]).fold(ur[g] + ir[g], |z, (p, q)| fma::<F>(*p, *q, z))
-            } else {
-                let mut z = bo;
-                for f in 0..g {
-                    z = fma::<F>(ur[f] * ir[f], wo[f], z);
-                }
-                if m > 0 {
-                    for (a, c) in h[h.len() - 1][s * last..s * last + last].iter().zip(&wo[g..]) {
-                        z = fma::<F>(*a, *c, z);
-                    }
-                }
-                z
-            };
-        }
-        // The loss and its gradient at each logit.
-        match x.loss {
-            LossKind::Bce => {
-                for s in 0..cn {
-                    let (z, y) = (logit[s], x.labels[c0 + s]);
-                    // (1-y)·z - log σ(z) = (1-y)·z + softplus(-z); σ(z) = 1 - σ(-z)
-                    let (sp, sg) = softplus_sigmoid(-z);
-                    loss += ((1.0 - y) * z + sp) as f64;
-                    dl[s] = (1.0 - sg - y) * scale;
-                }
+        *out = Some(slice_pass::<F>(&pass, k * slice, dl, dz0));
+    });
+    // The slices' sums, in slice order.
+    let mut loss = 0f64;
+    let mut grads: Vec<(Vec<f32>, Option<Vec<f32>>)> =
+        layers.iter().chain(output).map(|d| (vec![0f32; d.d_in * d.d_out], d.b.map(|_| vec![0f32; d.d_out]))).collect();
+    for part in parts {
+        let out = part.into_inner().unwrap_or_else(|e| e.into_inner()).1.expect("every slice ran");
+        loss += out.loss;
+        for ((w, b), (pw, pb)) in grads.iter_mut().zip(out.grads) {
+            add_rows(w, &pw);
+            if let (Some(b), Some(pb)) = (b, pb) {
+                add_rows(b, &pb);
             }
-            LossKind::Bpr => {
-                dl[..cn].fill(0.0);
-                for p in (0..cn).step_by(x.group) {
-                    for q in p + 1..p + x.group {
-                        // -log σ(pos - neg) = softplus(neg - pos)
-                        let d = logit[q] - logit[p];
-                        let (sp, sg) = softplus_sigmoid(d);
-                        loss += sp as f64;
-                        let s = sg * scale;
-                        dl[p] -= s;
-                        dl[q] += s;
-                    }
-                }
-            }
-            LossKind::Softmax | LossKind::Ccl => unreachable!("the fused head trains per-sample losses only"),
-        }
-        // Back through the output layer and the GMF product.
-        let n_out = grads.len().saturating_sub(1);
-        for s in 0..cn {
-            let (u, i) = at(s);
-            let d = dl[s];
-            let (ur, ir) = (&x.user[u * w..u * w + w], &x.item[i * w..i * w + w]);
-            let (gu, gi) = (&mut du[u * w..u * w + w], &mut di[i * w..i * w + w]);
-            if mf {
-                for f in 0..g {
-                    gu[f] = fma::<F>(d, ir[f], gu[f]);
-                    gi[f] = fma::<F>(d, ur[f], gi[f]);
-                }
-                gu[g] += d;
-                gi[g] += d;
-                continue;
-            }
-            let (dwo, dbo) = &mut grads[n_out];
-            if let Some(dbo) = dbo {
-                dbo[0] += d;
-            }
-            for f in 0..g {
-                let dg = d * wo[f];
-                dwo[f] = fma::<F>(d, ur[f] * ir[f], dwo[f]);
-                gu[f] = fma::<F>(dg, ir[f], gu[f]);
-                gi[f] = fma::<F>(dg, ur[f], gi[f]);
-            }
-            if m > 0 {
-                let top = h.len() - 1;
-                let (ha, dza) = (&h[top][s * last..s * last + last], &mut dz[top][s * last..s * last + last]);
-                for o in 0..last {
-                    dwo[g + o] = fma::<F>(d, ha[o], dwo[g + o]);
-                    dza[o] = if ha[o] > 0.0 { d * wo[g + o] } else { 0.0 };
-                }
-            }
-        }
-        if m == 0 {
-            continue;
-        }
-        // Back down the tower.
-        for k in (1..layers.len()).rev() {
-            let (d_in, d_out) = (widths[k - 1], widths[k]);
-            let (dw, db) = &mut grads[k];
-            gemm_tn::<F>(&h[k - 1], d_in, &dz[k], d_out, cn, d_in, d_out, dw);
-            if let Some(db) = db {
-                add_rows(db, &dz[k][..cn * d_out]);
-            }
-            let (below, here) = dz.split_at_mut(k);
-            gemm::<F>(&here[0], d_out, cn, d_out, &back[k], d_in, &mut below[k - 1], d_in, false);
-            for (dzr, hr) in below[k - 1][..cn * d_in].iter_mut().zip(&h[k - 1][..cn * d_in]) {
-                if *hr <= 0.0 {
-                    *dzr = 0.0;
-                }
-            }
-        }
-        for s in 0..cn {
-            let (u, i) = at(s);
-            let row = &dz[0][s * d1..s * d1 + d1];
-            add_rows(&mut dpu[u * d1..u * d1 + d1], row);
-            add_rows(&mut dpi[i * d1..i * d1 + d1], row);
         }
     }
 
+    // The rows' gradients, in blocks of unique rows: each row's samples in batch order.
+    let (user_samples, user_start) = by_row(x.user_pos, nu);
+    let (item_samples, item_start) = by_row(x.item_pos, ni);
+    let (wa, wb) = match layers.first() {
+        Some(first) => {
+            let (wa, wb) = first.w.split_at(m * d1);
+            (transposed(wa, m, d1), transposed(wb, m, d1))
+        }
+        None => (Vec::new(), Vec::new()),
+    };
+    let sides = [
+        Side { rows: x.user, other: x.item, other_pos: x.item_pos, samples: &user_samples, start: &user_start, wt: &wa },
+        Side { rows: x.item, other: x.user, other_pos: x.user_pos, samples: &item_samples, start: &item_start, wt: &wb },
+    ];
+    let (user_blocks, item_blocks) = (nu.div_ceil(ROW_BLOCK), ni.div_ceil(ROW_BLOCK));
+    let rows_in = |k: usize, n: usize| ROW_BLOCK.min(n - k * ROW_BLOCK);
+    let blocks: Vec<_> = (pieces(&mut du, user_blocks, |k| rows_in(k, nu) * w)
+        .into_iter()
+        .zip(pieces(&mut dpu, user_blocks, |k| rows_in(k, nu) * d1))
+        .enumerate()
+        .map(|(k, o)| (0, k, o)))
+    .chain(
+        pieces(&mut di, item_blocks, |k| rows_in(k, ni) * w)
+            .into_iter()
+            .zip(pieces(&mut dpi, item_blocks, |k| rows_in(k, ni) * d1))
+            .enumerate()
+            .map(|(k, o)| (1, k, o)),
+    )
+    .map(|(side, k, (out, dp))| (side, k, Mutex::new((out, dp, vec![0f32; m * d1]))))
+    .collect();
+    spread(blocks.len(), share || n_slices > 1, |j| {
+        let (side, k, slot) = &blocks[j];
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let (out, dp, dw) = &mut *slot;
+        #[cfg(target_arch = "x86_64")]
+        if F {
+            // SAFETY: as in the forward's blocks.
+            return unsafe { rows_back_fma(&pass, &sides[*side], &dl, &dz0, k * ROW_BLOCK, out, dp, dw) };
+        }
+        rows_back::<F>(&pass, &sides[*side], &dl, &dz0, k * ROW_BLOCK, out, dp, dw);
+    });
     if m > 0 {
-        // The first layer, on the unique rows again.
+        // The first layer's weight gradient, block by block in order; its bias's from the user
+        // rows (where the bias was folded in).
         let (dw1, db1) = &mut grads[0];
+        for (side, _, slot) in blocks {
+            let (_, _, part) = slot.into_inner().unwrap_or_else(|e| e.into_inner());
+            let at = side * m * d1;
+            add_rows(&mut dw1[at..at + m * d1], &part);
+        }
         if let Some(db1) = db1 {
             add_rows(db1, &dpu);
         }
-        let (wa, wb) = layers[0].w.split_at(m * d1);
-        let (wa, wb) = (transposed(wa, m, d1), transposed(wb, m, d1));
-        // Per block: its part of the weight gradient (summed below) and its rows' gradient.
-        let user_blocks = nu.div_ceil(ROW_BLOCK);
-        let blocks: Vec<_> = (du.chunks_mut(ROW_BLOCK * w).enumerate().map(|(k, o)| (x.user, &dpu, &wa, k, Mutex::new((o, vec![0f32; m * d1])))))
-            .chain(di.chunks_mut(ROW_BLOCK * w).enumerate().map(|(k, o)| (x.item, &dpi, &wb, k, Mutex::new((o, vec![0f32; m * d1])))))
-            .collect();
-        spread(blocks.len(), share, |j| {
-            let (rows, dp, wt, k, slot) = &blocks[j];
-            let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
-            let (out, dw) = &mut *slot;
-            let (r0, n) = (k * ROW_BLOCK, out.len() / w);
-            let (rows, dp) = (&rows[r0 * w + g..], &dp[r0 * d1..]);
-            #[cfg(target_arch = "x86_64")]
-            if F {
-                // SAFETY: as in the forward's blocks.
-                return unsafe { first_backward_fma(rows, w, n, m, dp, d1, wt, &mut out[g..], dw) };
-            }
-            first_backward::<F>(rows, w, n, m, dp, d1, wt, &mut out[g..], dw);
-        });
-        for (j, (.., slot)) in blocks.into_iter().enumerate() {
-            let (_, part) = slot.into_inner().unwrap_or_else(|e| e.into_inner());
-            let side = if j < user_blocks { 0 } else { m * d1 };
-            add_rows(&mut dw1[side..side + m * d1], &part);
-        }
+    } else {
+        drop(blocks);
     }
-    SCRATCH.with(|s| *s.borrow_mut() = [pu, pi, dpu, dpi]);
+    SCRATCH.with(|s| *s.borrow_mut() = [pu, pi, dpu, dpi, dl, dz0]);
     Grads { loss: (loss * scale as f64) as f32, user: du, item: di, params: grads.into_iter().flat_map(|(w, b)| std::iter::once(w).chain(b)).collect() }
 }

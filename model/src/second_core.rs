@@ -1,46 +1,63 @@
-//! A second thread for memory-bound kernels. A large table's row update waits on DRAM; two cores
-//! keep twice the cache misses in flight. Spawning a thread for it each step costs 80–200 µs on
-//! the 2-core VM this was measured on (as much as the split saves), so one thread is kept. Each
-//! step's start wakes it ([`expect_work`]); it then spins (politely, yielding) until a few
-//! milliseconds have passed or a millisecond after its last job, so it is already running when the
-//! gather or the update shares its rows with it ([`for_each`]). While steps keep coming it thus
-//! stays busy on the second core; it parks within milliseconds once they stop (evaluation, I/O).
+//! Helper threads for the training step's CPU kernels: as many as `--threads` allows besides the
+//! caller (rayon's global pool size minus one), kept alive between steps. A large table's row
+//! update waits on DRAM, and every added core keeps more cache misses in flight; the fused head
+//! pass splits its batch into slices. Spawning threads for it each step costs 80–200 µs on the
+//! 2-core VM this was measured on (as much as the split saves), and waking rayon's pool for each
+//! of a step's half-dozen parallel pieces costs about as much, so the helpers are kept here. Each
+//! step's start wakes them ([`expect_work`]); they then spin (politely, yielding) until a few
+//! milliseconds have passed or a millisecond after their last job, so they are already running
+//! when the gather, the head pass or the update shares its work with them ([`for_each`]). While
+//! steps keep coming they stay busy; they park within milliseconds once steps stop (evaluation,
+//! I/O).
 //!
-//! [`beside`] starts one piece of work on the thread while the caller does another; what that
+//! Work is shared by claiming: [`for_each`]'s pieces go to whichever thread asks next, and a
+//! helper that has not started by the time the caller has run out of pieces is taken back, so a
+//! descheduled helper never holds the caller up by more than the piece it holds. Which thread
+//! runs a piece never changes a result: every caller writes each piece's output to a place of its
+//! own and combines them in piece order.
+//!
+//! [`beside`] starts one piece of work on a helper while the caller does another; what that
 //! piece shares ([`for_each`]) the caller joins as soon as its own piece is done. The step uses it
 //! to start the item table's update while the head and the user table are updated. [`post`]
 //! queues a job nobody waits for until its ticket is dropped: the step uses it to copy the next
 //! batch's rows of that table, and read this batch's, while the forward and backward passes run.
 //! [`post_owed`] queues one that must run: a large item table's update, left running into the
-//! next step (`rows::Pipeline`), and the training loop's next batch (`rows::later`).
+//! next step (`rows::Pipeline`), and the training loop's next batch (`rows::later`). Posted jobs
+//! run on the first helper, one at a time, in the order posted.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// How long the thread keeps spinning after a job before it parks.
+/// How long a helper keeps spinning after a job before it parks.
 const LINGER: Duration = Duration::from_millis(1);
 
 /// A job on the caller's stack; valid until the caller has seen `done` (see [`share`]).
 type JobRef = &'static (dyn Fn() + Sync);
 
-struct Shared {
+/// One helper thread's hand-over slot.
+struct Helper {
     job: Mutex<Option<JobRef>>,
     wake: Condvar,
+    /// Set once the job it took last has returned.
     done: AtomicBool,
+}
+
+struct Shared {
+    helpers: Box<[Helper]>,
     panicked: AtomicBool,
-    /// Nanoseconds since `epoch` until which the thread spins instead of parking.
+    /// Nanoseconds since `epoch` until which the helpers spin instead of parking.
     spin_until: AtomicU64,
     epoch: Instant,
-    /// One caller at a time; others run their second half themselves.
+    /// One caller at a time; others run all of their work themselves.
     busy: Mutex<()>,
-    /// Work the thread shares back while running a [`beside`] job (a [`share`] made on the
-    /// thread itself): the caller joins it once its own half is done.
+    /// Work a helper shares back while running a [`beside`] job (a [`share`] made on a helper
+    /// itself): the caller joins it once its own half is done.
     help: Mutex<Option<JobRef>>,
     /// How many runs of the `help` job are under way on the caller's thread.
     helping: AtomicUsize,
-    /// Jobs run in the order posted ([`post`], [`post_owed`]).
+    /// Jobs run in the order posted ([`post`], [`post_owed`]), by the first helper.
     posted: Mutex<PostedSlot>,
 }
 
@@ -54,8 +71,8 @@ struct PostedSlot {
 }
 
 thread_local! {
-    /// Whether this is the second thread.
-    static SECOND: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether this is a helper thread.
+    static HELPER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 impl Shared {
@@ -63,19 +80,24 @@ impl Shared {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    fn worker(&self) {
+    /// Helper `me`'s loop: its own slot first, then (the first helper only) the posted queue,
+    /// then spin or park.
+    fn worker(&self, me: usize) {
+        let h = &self.helpers[me];
         loop {
             let job = {
-                let mut slot = self.job.lock().unwrap_or_else(|e| e.into_inner());
+                let mut slot = h.job.lock().unwrap_or_else(|e| e.into_inner());
                 loop {
                     if let Some(job) = slot.take() {
                         break job;
                     }
-                    let posted = {
+                    let posted = if me == 0 {
                         let mut p = self.posted.lock().unwrap_or_else(|e| e.into_inner());
                         let job = p.jobs.pop_front();
                         p.running = job.as_ref().map(|j| j.0);
                         job
+                    } else {
+                        None
                     };
                     if let Some((_, posted)) = posted {
                         drop(slot);
@@ -83,16 +105,16 @@ impl Shared {
                         // posted job reports through its own state (see `post`, `post_owed`).
                         let _ = catch_unwind(AssertUnwindSafe(posted));
                         self.posted.lock().unwrap_or_else(|e| e.into_inner()).running = None;
-                        slot = self.job.lock().unwrap_or_else(|e| e.into_inner());
+                        slot = h.job.lock().unwrap_or_else(|e| e.into_inner());
                         continue;
                     }
                     if self.now() < self.spin_until.load(Ordering::Acquire) {
                         drop(slot);
                         // Polite spinning: burn's pool or another process may want this core.
                         std::thread::yield_now();
-                        slot = self.job.lock().unwrap_or_else(|e| e.into_inner());
+                        slot = h.job.lock().unwrap_or_else(|e| e.into_inner());
                     } else {
-                        slot = self.wake.wait(slot).unwrap_or_else(|e| e.into_inner());
+                        slot = h.wake.wait(slot).unwrap_or_else(|e| e.into_inner());
                     }
                 }
             };
@@ -102,23 +124,32 @@ impl Shared {
             // Stay awake a little for the next hand-over (the next step's gather follows this
             // step's update within microseconds); park after that.
             self.spin_until.fetch_max(self.now() + LINGER.as_nanos() as u64, Ordering::AcqRel);
-            self.done.store(true, Ordering::Release);
+            h.done.store(true, Ordering::Release);
+        }
+    }
+
+    /// Wakes every helper (a parked one re-reads `spin_until` and its slot).
+    fn wake_all(&self) {
+        for h in &self.helpers {
+            // Under the slot's lock, so a helper cannot check its slot and park in between.
+            let _slot = h.job.lock().unwrap_or_else(|e| e.into_inner());
+            h.wake.notify_one();
         }
     }
 }
 
-/// The thread, started on first use; `None` if it could not be spawned.
+/// The helpers, started on first use: rayon's global pool size (`--threads`) minus one; `None`
+/// for one thread or if none could be spawned.
 fn shared() -> Option<&'static Shared> {
     static SHARED: OnceLock<Option<&'static Shared>> = OnceLock::new();
     *SHARED.get_or_init(|| {
-        // `--threads 1`: no second thread; its jobs run on the caller, in the same order.
-        if rayon::current_num_threads() < 2 {
+        // `--threads 1`: no helper; their jobs run on the caller, in the same order.
+        let wanted = rayon::current_num_threads().saturating_sub(1);
+        if wanted == 0 {
             return None;
         }
         let s: &'static Shared = Box::leak(Box::new(Shared {
-            job: Mutex::new(None),
-            wake: Condvar::new(),
-            done: AtomicBool::new(false),
+            helpers: (0..wanted).map(|_| Helper { job: Mutex::new(None), wake: Condvar::new(), done: AtomicBool::new(false) }).collect(),
             panicked: AtomicBool::new(false),
             spin_until: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -127,43 +158,51 @@ fn shared() -> Option<&'static Shared> {
             helping: AtomicUsize::new(0),
             posted: Mutex::new(PostedSlot::default()),
         }));
-        let run = move || {
-            SECOND.with(|c| c.set(true));
-            s.worker()
-        };
-        std::thread::Builder::new().name("ncf-rows".into()).spawn(run).ok().map(|_| s)
+        // The first helper must start: it runs the posted jobs. Later ones are best effort (a
+        // helper that did not start would only never take its slot's work, which is taken back).
+        for me in 0..wanted {
+            let run = move || {
+                HELPER.with(|c| c.set(true));
+                s.worker(me)
+            };
+            let started = std::thread::Builder::new().name(format!("ncf-rows-{me}")).spawn(run).is_ok();
+            if me == 0 && !started {
+                return None;
+            }
+        }
+        Some(s)
     })
 }
 
-/// Asks the thread to be awake for the next `within`: call it well before a [`share`] so the
+/// Asks the helpers to be awake for the next `within`: call it well before a [`share`] so the
 /// wake-up overlaps other work.
 pub fn expect_work(within: Duration) {
     if let Some(s) = shared() {
         s.spin_until.fetch_max(s.now() + within.as_nanos() as u64, Ordering::AcqRel);
-        s.wake.notify_one();
+        s.wake_all();
     }
 }
 
-/// Runs `work` here and, at the same time, on the other thread; returns once this thread's call
-/// has returned and the other thread's has too, or never started (taken back: a descheduled
-/// helper never holds the caller up). `work` must split its work with the other call through
-/// shared state (e.g. an atomic cursor over chunks); each call should run until none is left.
-/// A panic on the second thread is raised here.
+/// Runs `work` here and, at the same time, on up to `extra` helpers; returns once this thread's
+/// call has returned and every helper's has too, or never started (taken back: a descheduled
+/// helper never holds the caller up). `work` must split its work with the other calls through
+/// shared state (e.g. an atomic cursor over pieces); each call should run until none is left.
+/// A panic on a helper is raised here.
 ///
-/// Called on the second thread itself (inside a [`beside`] job), the other thread is the one
-/// that called `beside`, which joins `work` once its own half is done.
-pub fn share(work: &(dyn Fn() + Sync)) {
+/// Called on a helper itself (inside a [`beside`] job), the other thread is the one that called
+/// `beside`, which joins `work` once its own half is done.
+pub fn share(work: &(dyn Fn() + Sync), extra: usize) {
     let Some(s) = shared() else { return work() };
-    if SECOND.with(|c| c.get()) {
+    if HELPER.with(|c| c.get()) {
         return s.share_back(work);
     }
-    with_helper(work, work);
+    with_helpers(work, extra, work);
 }
 
-/// Runs `there` on the second thread while `here` runs on this one, and returns both results;
-/// `there` runs here if the thread has not started it by the time `here` is done. Work that
-/// `there` shares ([`share`], [`for_each`]) is joined by this thread after `here`. For unequal
-/// pieces of work that may run at once, such as updating two tables.
+/// Runs `there` on a helper while `here` runs on this thread, and returns both results; `there`
+/// runs here if no helper has started it by the time `here` is done. Work that `there` shares
+/// ([`share`], [`for_each`]) is joined by this thread after `here`. For unequal pieces of work
+/// that may run at once, such as updating two tables.
 pub fn beside<A: Send, B>(there: impl FnOnce() -> A + Send, here: impl FnOnce() -> B) -> (A, B) {
     let there = Mutex::new(Some(there));
     let out = Mutex::new(None);
@@ -174,14 +213,14 @@ pub fn beside<A: Send, B>(there: impl FnOnce() -> A + Send, here: impl FnOnce() 
             *out.lock().unwrap_or_else(|e| e.into_inner()) = Some(a);
         }
     };
-    let b = with_helper(&run, here);
+    let b = with_helpers(&run, 1, here);
     run();
     let a = out.into_inner().unwrap_or_else(|e| e.into_inner()).expect("`there` ran on one of the threads");
     (a, b)
 }
 
 impl Shared {
-    /// [`share`] on the second thread: offers `work` to the thread waiting in [`with_helper`].
+    /// [`share`] on a helper: offers `work` to the caller waiting in [`with_helpers`].
     fn share_back(&self, work: &(dyn Fn() + Sync)) {
         // SAFETY: `work` is taken back under the lock below, and this function does not return
         // before every run the other thread started has ended.
@@ -201,7 +240,7 @@ impl Shared {
         drop(withdraw);
     }
 
-    /// Runs the work the second thread shares back, if any, once.
+    /// Runs the work a helper shares back, if any, once.
     fn join_help(&self) {
         let job = {
             let slot = self.help.lock().unwrap_or_else(|e| e.into_inner());
@@ -216,67 +255,74 @@ impl Shared {
             }
         }
         let _done = Done(self);
-        // Raised by `with_helper` once the second thread is done with the caller's stack.
+        // Raised by `with_helpers` once the helpers are done with the caller's stack.
         if catch_unwind(AssertUnwindSafe(job)).is_err() {
             self.panicked.store(true, Ordering::Release);
         }
     }
 }
 
-/// `job`, which borrows from the caller, as 'static, to cross to the other thread.
+/// `job`, which borrows from the caller, as 'static, to cross to another thread.
 ///
 /// # Safety
-/// The caller must not return or unwind before the other thread's last use of it.
+/// The caller must not return or unwind before the other threads' last use of it.
 unsafe fn erase(job: &(dyn Fn() + Sync)) -> JobRef {
     // SAFETY: only the lifetime changes; the caller keeps the borrow alive (see above).
     unsafe { std::mem::transmute::<&(dyn Fn() + Sync), JobRef>(job) }
 }
 
-/// Hands `job` to the second thread, runs `here` on this one, then takes `job` back if the
-/// thread has not started it, or joins what it shares back and waits until it has finished.
-fn with_helper<R>(job: &(dyn Fn() + Sync), here: impl FnOnce() -> R) -> R {
+/// Hands `job` to up to `extra` helpers, runs `here` on this thread, then takes `job` back from
+/// each helper that has not started it, or joins what it shares back and waits until it has
+/// finished.
+fn with_helpers<R>(job: &(dyn Fn() + Sync), extra: usize, here: impl FnOnce() -> R) -> R {
     let Some(s) = shared() else { return here() };
     let Ok(_busy) = s.busy.try_lock() else { return here() };
-    // SAFETY: this function does not return or unwind past `Wait` before the thread either
+    let used = &s.helpers[..extra.min(s.helpers.len())];
+    // SAFETY: this function does not return or unwind past `Wait` before each helper either
     // never took the job (taken back below) or has set `done` after its last use of it.
     let job = unsafe { erase(job) };
-    s.done.store(false, Ordering::Release);
-    *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
-    s.wake.notify_one();
+    for h in used {
+        h.done.store(false, Ordering::Release);
+        *h.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
+        h.wake.notify_one();
+    }
 
-    /// Takes the job back if the thread has not started it, else waits for it; also on unwind.
-    struct Wait(&'static Shared);
-    impl Drop for Wait {
+    /// Takes the job back from each helper that has not started it, else waits for it; also on
+    /// unwind.
+    struct Wait<'a>(&'a Shared, &'a [Helper]);
+    impl Drop for Wait<'_> {
         fn drop(&mut self) {
-            if self.0.job.lock().unwrap_or_else(|e| e.into_inner()).take().is_some() {
-                return;
-            }
-            while !self.0.done.load(Ordering::Acquire) {
-                self.0.join_help();
-                std::hint::spin_loop();
+            for h in self.1 {
+                if h.job.lock().unwrap_or_else(|e| e.into_inner()).take().is_some() {
+                    continue;
+                }
+                while !h.done.load(Ordering::Acquire) {
+                    self.0.join_help();
+                    std::hint::spin_loop();
+                }
             }
         }
     }
-    let wait = Wait(s);
+    let wait = Wait(s, used);
     let r = here();
     drop(wait);
     if s.panicked.swap(false, Ordering::AcqRel) {
-        panic!("the second row-kernel thread panicked");
+        panic!("a row-kernel helper thread panicked");
     }
     r
 }
 
-/// Hands `job` to the second thread to run after the jobs posted before it, and returns at once;
-/// `None` (and `job` not run) where there is no thread. The caller must drop the [`Ticket`] before
-/// anything `job` reads may change or go away: that waits if it is running and cancels it if it
-/// has not started. For work whose result is optional, such as fetching rows ahead; a panic in it
-/// only means no result.
+/// Hands `job` to the first helper to run after the jobs posted before it, and returns at once;
+/// `None` (and `job` not run) where there is no helper. The caller must drop the [`Ticket`]
+/// before anything `job` reads may change or go away: that waits if it is running and cancels it
+/// if it has not started. For work whose result is optional, such as fetching rows ahead; a panic
+/// in it only means no result.
 pub fn post(job: impl FnOnce() + Send + 'static) -> Option<Ticket> {
     Some(Ticket { id: shared()?.enqueue(Box::new(job)) })
 }
 
 /// Like [`post`], for work that must happen: dropping the [`Owed`] runs `job` on the caller if
-/// the thread has not started it, else waits for it to finish. Where there is no thread, `job`
+/// the helper has not started it, else waits for it to finish. Where there is no helper, `job`
 /// runs before this returns (and `None` is returned). For an update whose effect the caller
 /// needs later but not now; `job` reports a panic through its own state.
 pub fn post_owed(job: impl FnOnce() + Send + 'static) -> Option<Owed> {
@@ -297,12 +343,12 @@ impl Shared {
             p.jobs.push_back((id, job));
             id
         };
-        // Under the job lock, so the thread cannot check the queue and park in between.
-        let _slot = self.job.lock().unwrap_or_else(|e| e.into_inner());
-        self.wake.notify_one();
+        // Under the slot's lock, so the first helper cannot check the queue and park in between.
+        let first = &self.helpers[0];
+        let _slot = first.job.lock().unwrap_or_else(|e| e.into_inner());
+        first.wake.notify_one();
         id
     }
-
     /// Waits until job `id` is neither queued nor running; a job still queued is taken out and
     /// returned (not run).
     fn settle(&self, id: u64) -> Option<Box<dyn FnOnce() + Send>> {
@@ -356,11 +402,12 @@ impl Drop for Owed {
     }
 }
 
-/// Calls `f(k)` once for every `k` in `0..n`, spread over this thread and the second one in
-/// claim order.
+/// Calls `f(k)` once for every `k` in `0..n`, spread over this thread and up to `n - 1`
+/// helpers in claim order: `f` must not depend on which thread runs it (write piece `k`'s
+/// output to a place of its own).
 pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    share(&|| {
+    let work = || {
         loop {
             let k = next.fetch_add(1, Ordering::Relaxed);
             if k >= n {
@@ -368,7 +415,8 @@ pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
             }
             f(k);
         }
-    });
+    };
+    share(&work, n.saturating_sub(1));
 }
 
 #[cfg(test)]
