@@ -42,6 +42,18 @@ struct Helper {
     wake: Condvar,
     /// Set once the job it took last has returned.
     done: AtomicBool,
+    /// Whether it waits on `wake`; changed and read only under `job`'s lock, so a waker knows
+    /// whether to signal (a futex wake-up is a system call, in every step's hand-overs).
+    parked: AtomicBool,
+}
+
+impl Helper {
+    /// Signals the helper if it is parked; call with `job`'s lock held.
+    fn nudge(&self) {
+        if self.parked.load(Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
+    }
 }
 
 struct Shared {
@@ -114,7 +126,9 @@ impl Shared {
                         std::thread::yield_now();
                         slot = h.job.lock().unwrap_or_else(|e| e.into_inner());
                     } else {
+                        h.parked.store(true, Ordering::Relaxed);
                         slot = h.wake.wait(slot).unwrap_or_else(|e| e.into_inner());
+                        h.parked.store(false, Ordering::Relaxed);
                     }
                 }
             };
@@ -128,12 +142,12 @@ impl Shared {
         }
     }
 
-    /// Wakes every helper (a parked one re-reads `spin_until` and its slot).
+    /// Wakes every parked helper (it re-reads `spin_until` and its slot).
     fn wake_all(&self) {
         for h in &self.helpers {
             // Under the slot's lock, so a helper cannot check its slot and park in between.
             let _slot = h.job.lock().unwrap_or_else(|e| e.into_inner());
-            h.wake.notify_one();
+            h.nudge();
         }
     }
 }
@@ -149,7 +163,9 @@ fn shared() -> Option<&'static Shared> {
             return None;
         }
         let s: &'static Shared = Box::leak(Box::new(Shared {
-            helpers: (0..wanted).map(|_| Helper { job: Mutex::new(None), wake: Condvar::new(), done: AtomicBool::new(false) }).collect(),
+            helpers: (0..wanted)
+                .map(|_| Helper { job: Mutex::new(None), wake: Condvar::new(), done: AtomicBool::new(false), parked: AtomicBool::new(false) })
+                .collect(),
             panicked: AtomicBool::new(false),
             spin_until: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -283,8 +299,9 @@ fn with_helpers<R>(job: &(dyn Fn() + Sync), extra: usize, here: impl FnOnce() ->
     let job = unsafe { erase(job) };
     for h in used {
         h.done.store(false, Ordering::Release);
-        *h.job.lock().unwrap_or_else(|e| e.into_inner()) = Some(job);
-        h.wake.notify_one();
+        let mut slot = h.job.lock().unwrap_or_else(|e| e.into_inner());
+        *slot = Some(job);
+        h.nudge();
     }
 
     /// Takes the job back from each helper that has not started it, else waits for it; also on
@@ -346,7 +363,7 @@ impl Shared {
         // Under the slot's lock, so the first helper cannot check the queue and park in between.
         let first = &self.helpers[0];
         let _slot = first.job.lock().unwrap_or_else(|e| e.into_inner());
-        first.wake.notify_one();
+        first.nudge();
         id
     }
     /// Waits until job `id` is neither queued nor running; a job still queued is taken out and
