@@ -19,7 +19,7 @@ use burn::tensor::Gradients;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor};
 
 use crate::ncf::Ncf;
-use crate::rows::{self, AdamRows, RowStep};
+use crate::rows::{self, AdamRows, CatchUp, RowStep};
 use crate::scatter;
 use serde::{Deserialize, Serialize};
 
@@ -222,11 +222,6 @@ impl Optimizer {
         AdamRows { table, m: state.m, v: state.v, last: state.last }
     }
 
-    /// A table's Adam state, created (zero) on first use.
-    pub(crate) fn row_state(&mut self, side: TableSide, table: &Tensor<2>) -> &RowMoments {
-        self.slot(side).get_or_insert_with(|| RowMoments::zeros_like(table))
-    }
-
     /// Stores an updated table's Adam state; returns the table.
     pub(crate) fn put_rows(&mut self, side: TableSide, out: AdamRows) -> Tensor<2> {
         *self.slot(side) = Some(RowMoments { m: out.m, v: out.v, last: out.last });
@@ -243,22 +238,10 @@ impl Optimizer {
         let r_count = last.dims()[0];
         // Steps since the row's last update, excluding this one: [r, 1].
         let skipped = last.clone().neg().add_scalar(t - 1.0).unsqueeze_dim::<2>(1);
-        // Dense Adam's moves over the skipped steps s+1..s+k (g = 0, s = last):
-        //   Σ_j lr/c1(s+j) · rʲ · m / (sqrt(v)/sqrt(c2(s+j))),  r = β1/sqrt(β2),
-        // with the bias corrections taken at the rʲ-weighted mean step s + j̄.
-        let r = c.beta1 / c.beta2.sqrt();
-        let rk = skipped.clone().mul_scalar(r.ln()).exp();
-        let geo = rk.clone().neg().add_scalar(1.0).mul_scalar(r / (1.0 - r));
-        // j̄ = (1 - (k+1)rᵏ + k rᵏ⁺¹) / ((1-r)(1-rᵏ))
-        let num = rk.clone().neg().add_scalar(1.0) - skipped.clone() * rk.clone().mul_scalar(1.0 - r);
-        let j_bar = num / rk.neg().add_scalar(1.0).mul_scalar(1.0 - r).clamp_min(1e-12);
-        let t_mid = last.unsqueeze_dim::<2>(1) + j_bar;
-        let c1 = t_mid.clone().mul_scalar(c.beta1.ln()).exp().neg().add_scalar(1.0).clamp_min(1e-12);
-        let c2 = t_mid.mul_scalar(c.beta2.ln()).exp().neg().add_scalar(1.0).clamp_min(1e-12);
-        let catch_factor = (geo * c2.sqrt() / c1).mul_scalar(c.lr); // [r, 1]
-        // Moments decayed over the skipped steps and this one: β^(k+1).
-        let decay1 = skipped.clone().mul_scalar(c.beta1.ln()).exp().mul_scalar(c.beta1);
-        let decay2 = skipped.mul_scalar(c.beta2.ln()).exp().mul_scalar(c.beta2);
+        // The catch-up of the skipped steps and the moments' decays, per row as a [r, 1] column:
+        // the fused kernels' formula (see `CatchUp::factors_of`).
+        let f = CatchUp::new(&self.row_step()).factors_of(skipped, last.unsqueeze_dim::<2>(1));
+        let (catch_factor, decay1, decay2) = (f.catch_up, f.decay1, f.decay2);
 
         let m_old = state.m.clone().select(0, rows.clone());
         let v_old = state.v.clone().select(0, rows.clone());

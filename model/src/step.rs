@@ -108,7 +108,7 @@ impl StepInput {
 ///
 /// With [`LossKind::Bpr`] the batch is groups of `group` samples, a positive followed by its
 /// negatives, and the loss is -log σ(pos - neg) over every (positive, negative) pair.
-pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: LossKind, group: usize) -> (Ncf, Tensor<1>) {
+pub fn train_step(mut model: Ncf, optim: &mut Optimizer, input: StepInput, loss: LossKind, group: usize) -> (Ncf, Tensor<1>) {
     optim.begin_step();
     // A pure feature model (no id embeddings) leaves its zero id tables alone.
     let fused_adam = optim.fused_adam_on(&input.items.device()) && model.ids;
@@ -135,8 +135,9 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
     let user_rows = rows::gather(model.user.val(), input.users.clone());
     let pipeline = input.ahead.as_ref().map(|a| &a.pipeline);
     let next_items = input.ahead.as_ref().and_then(|a| a.next_items.as_deref());
-    // The previous step's item update may still be running (deferred below): it wrote this
-    // step's rows first, and `take` waits for those (or for all of it, before a gather).
+    // The previous step's item update may still be running (deferred below), the table lent to
+    // it: it wrote this step's rows first, and `take` waits for those (or for all of it, and
+    // gathers from the lent table); the gather here runs only on a table the model holds.
     let fetched = pipeline.and_then(|p| p.take(&model.item.val(), &input.items));
     let item_rows = fetched.unwrap_or_else(|| rows::gather(model.item.val(), input.items.clone()));
     // The next batch's item rows are copied, and this batch's rows of the table and its moments
@@ -166,14 +167,13 @@ pub fn train_step(model: Ncf, optim: &mut Optimizer, input: StepInput, loss: Los
     // here and the next step starts. `None`: deferred.
     let gi = match (pipeline, next_items) {
         _ if !model.ids => None,
-        (Some(p), Some(next)) if item_beside => {
-            let step = optim.row_step();
-            let state = optim.row_state(TableSide::Item, &model.item.val());
-            p.defer_adam(&model.item.val(), (&state.m, &state.v, &state.last), &input.items, gi, step, next).err()
-        }
+        // The table and its state are lent to the update until a step takes them back.
+        (Some(p), Some(next)) if item_beside => p.defer_adam(&mut model.item, optim, &input.items, gi, next).err(),
         _ => {
-            // Nothing else may write the table while this step's update does.
-            pipeline.inspect(|p| p.finish());
+            // This step's update writes the table: a deferred update hands it back first.
+            if let Some(p) = pipeline {
+                p.give_back(&mut model.item, optim);
+            }
             Some(gi)
         }
     };
