@@ -241,7 +241,7 @@ mod threaded {
         flags: Arc<Flags>,
         /// The rows it updates first (the next step's), and all the rows it updates.
         next: Vec<usize>,
-        rows: Vec<usize>,
+        rows: Arc<[usize]>,
         /// The buffers, `n` rows of `w`: the job writes through these pointers, taken from unique
         /// borrows; readers of rows it has written, or never writes, read through them too
         /// (never through a borrow of a whole buffer, parts of which it may be writing).
@@ -408,14 +408,7 @@ mod threaded {
             // (`take` has waited for that already).
             st.ready_for(Some(&now));
             let next: Vec<usize> = next.iter().map(|&r| r as usize).collect();
-            // Left for `take`: rows this step's update changes, and rows the lent update may
-            // still be writing (read by no one until it has).
-            let mut skip = now.clone();
-            if let Some(l) = &st.lent {
-                skip.extend_from_slice(&l.rows);
-            }
-            let skip = RowSet::new(&skip);
-            let is_stale: Vec<bool> = next.iter().map(|&r| skip.contains(r)).collect();
+            let lent_rows = st.lent.as_ref().map(|l| l.rows.clone());
             let source = match &st.lent {
                 Some(l) => Source::Lent(l.at),
                 None => {
@@ -433,6 +426,11 @@ mod threaded {
                     Source::Lent(at) => (at.t as *const f32, Some([at.m as *const f32, at.v as *const f32, at.last as *const f32])),
                     Source::Shared(t, moments) => (address(t) as *const f32, moments.as_ref().map(|ms| ms.each_ref().map(|m| address(m) as *const f32))),
                 };
+                // Left for `take`: rows this step's update changes, and rows the lent update may
+                // still be writing (read by no one until it has).
+                let skip: Vec<usize> = now.iter().chain(lent_rows.iter().flat_map(|r| r.iter())).copied().collect();
+                let skip = RowSet::new(&skip);
+                let is_stale: Vec<bool> = next.iter().map(|&r| skip.contains(r)).collect();
                 let mut out = vec![0f32; next.len() * w];
                 let fresh = next.iter().copied().enumerate().filter(|&(i, _)| !is_stale[i]);
                 // SAFETY: every row is below n (checked above) in buffers of n rows of w, kept alive
@@ -553,6 +551,7 @@ mod threaded {
         let at = RowPtrs::of(&mut t, &mut m, &mut v, &mut last);
         let next: Vec<usize> = next.iter().filter_map(|&r| usize::try_from(r).ok()).collect();
         let (flags, back) = (Arc::new(Flags::default()), Arc::new(Mutex::new(None)));
+        let idx: Arc<[usize]> = idx.into();
         let (job_flags, job_back, job_next, job_rows) = (flags.clone(), back.clone(), next.clone(), idx.clone());
         let job = move || {
             let update = || {
