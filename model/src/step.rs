@@ -67,6 +67,53 @@ pub struct Lookahead {
     pub pipeline: rows::Pipeline,
 }
 
+/// The one handle a training loop drives its steps through, kept for the loop's life: on flex it
+/// carries work from one step to the next (the next batch's item rows fetched during this step,
+/// a large item table's update left running into the next, batches built on a helper thread:
+/// [`rows::Pipeline`], [`rows::later`]); elsewhere it runs each step as it comes. Which route a
+/// step takes (the fused pass or autodiff) is decided inside [`train_step`] by
+/// [`head_grad::supports`]. Call [`StepEngine::finish`] before reading the model or the
+/// optimizer; dropping the engine finishes too.
+#[derive(Debug, Default)]
+pub struct StepEngine {
+    pipeline: rows::Pipeline,
+}
+
+/// A result of [`StepEngine::later`].
+pub use crate::rows::Later;
+
+impl StepEngine {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs `job` beside the steps (on flex, on the first helper thread between its row jobs) for
+    /// a result wanted later, such as the loop's next batch.
+    pub fn later<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Later<T> {
+        rows::later(job)
+    }
+
+    /// [`train_step`] on `input`, told the next batch's unique item rows when there is one
+    /// (`None` on the loop's last step).
+    pub fn step(
+        &self,
+        model: Ncf,
+        optim: &mut Optimizer,
+        mut input: StepInput,
+        next_items: Option<Vec<i32>>,
+        loss: LossKind,
+        group: usize,
+    ) -> (Ncf, Tensor<1>) {
+        input.ahead = Some(Lookahead { next_items, pipeline: self.pipeline.clone() });
+        train_step(model, optim, input, loss, group)
+    }
+
+    /// Ends the work a step left running: the model and the optimizer are complete after this.
+    pub fn finish(&self) {
+        self.pipeline.finish();
+    }
+}
+
 impl StepInput {
     /// Slices `[users | user_pos | items | item_pos | labels | neg_pos | history]` (see
     /// `ncf_datasets::Batch`); `shared` (the loss settings and log-probabilities) is given

@@ -9,8 +9,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use ncf_datasets::{Batch, BatchBuilder, EpochSamples, HistoryDraws, NegativeSampler, SampledCandidates, SharedDraws, Split, UserItems};
 use ncf_model::data_parallel::HostBatch;
 use ncf_model::eval::{RankingChunk, full_ranking_rows, full_ranking_sums, sampled_rows, sampled_sums};
-use ncf_model::step::Lookahead;
-use ncf_model::{DataParallel, LossConfig, LossKind, Ncf, Optimizer, StepInput, train_step};
+use ncf_model::step::{Later, StepEngine};
+use ncf_model::{DataParallel, LossConfig, LossKind, Ncf, Optimizer, StepInput};
 
 use crate::backend;
 use crate::checkpoint::{self, FORMAT_VERSION, Meta, Saved};
@@ -244,7 +244,8 @@ impl SharedSetup {
     }
 }
 
-/// One epoch of steps; batches are built on the step's second thread while the device computes.
+/// One epoch of steps through one [`StepEngine`]; batches are built beside the steps while the
+/// device computes.
 /// Returns the model and the epoch's mean loss (read back once per `log_every` steps and at the end).
 /// With `dp`, every batch is a global batch split across its devices, `model` and `optim`
 /// being replica 0.
@@ -265,14 +266,17 @@ pub(crate) fn run_epoch(
     let reads_before = host::reads();
     let mut acc: Option<Tensor<1>> = None;
     let model = {
-        // Batch k + 1 is built on the step's second thread while step k - 1 runs (see
-        // `rows::later`), the builder handed from one job to the next.
+        // One batch ahead: the engine fetches the next batch's rows of a large item table while a
+        // step computes, and leaves that table's update running into the next step.
+        let engine = StepEngine::new();
+        // Batch k + 1 is built beside the steps while step k - 1 runs (`StepEngine::later`), the
+        // builder handed from one job to the next.
         let build = |builder: BatchBuilder, k: usize| {
             let (start, end) = (k * batch_size, ((k + 1) * batch_size).min(samples.len()));
             let (user, item, label) = (samples.user[start..end].to_vec(), samples.item[start..end].to_vec(), samples.label[start..end].to_vec());
             let draws = shared.map(|s| s.draws.clone());
             let history = history.cloned();
-            ncf_model::rows::later(move || {
+            engine.later(move || {
                 let mut builder = builder;
                 let negatives = draws.map_or_else(Vec::new, |d| d.draw(epoch, k as u64));
                 let batch = builder.build_shared(&user, &item, &label, &negatives, history.as_ref().map(|h| (h, epoch, k as u64)));
@@ -282,14 +286,10 @@ pub(crate) fn run_epoch(
         let n_batches = samples.len().div_ceil(batch_size);
         let mut seen = 0usize;
         let mut step = 0usize;
-        // One batch ahead: the step fetches the next batch's rows of a large item table while it
-        // computes, and leaves that table's update running into the next step
-        // (ncf_model::step::Lookahead).
-        let pipeline = ncf_model::rows::Pipeline::default();
         let mut builder = Some(BatchBuilder::new(n_users, n_items));
         // Batch k's job, if there is a batch k; the builder comes back with its result.
         let post = |builder: &mut Option<BatchBuilder>, k: usize| (k < n_batches).then(|| build(builder.take().expect("one job holds the builder"), k));
-        let collect = |builder: &mut Option<BatchBuilder>, job: Option<ncf_model::rows::Later<(BatchBuilder, Batch)>>| {
+        let collect = |builder: &mut Option<BatchBuilder>, job: Option<Later<(BatchBuilder, Batch)>>| {
             job.map(|j| {
                 let (b, batch) = j.get();
                 *builder = Some(b);
@@ -322,9 +322,8 @@ pub(crate) fn run_epoch(
                         shared.map(|s| (s.config.clone(), s.log_probs.clone())),
                         batch.n_hist,
                     );
-                    input.ahead = Some(Lookahead { next_items: next.as_ref().map(|b| b.uniq_items().to_vec()), pipeline: pipeline.clone() });
                     (input.user_features, input.item_features) = (user_features, item_features);
-                    train_step(model, optim, input, loss_kind, group)
+                    engine.step(model, optim, input, next.as_ref().map(|b| b.uniq_items().to_vec()), loss_kind, group)
                 }
             };
             model = m;
@@ -345,7 +344,7 @@ pub(crate) fn run_epoch(
             }
         }
         // The model and the optimizer are read after this: no update may still be running.
-        pipeline.finish();
+        engine.finish();
         prof.steps = step as u64;
         model
     };
