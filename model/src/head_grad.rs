@@ -327,6 +327,16 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<[Vec<f32>; 6]> = Default::default();
 }
 
+/// Per layer, a chunk's activations or their gradients.
+type PerLayer = Vec<Vec<f32>>;
+
+thread_local! {
+    /// A slice's chunk activations and their gradients per layer, and its logits, kept on each
+    /// thread from one slice to the next: zeroing fresh ones for every slice cost more than the
+    /// rest of the pass's bookkeeping.
+    static CHUNK_SCRATCH: std::cell::RefCell<(PerLayer, PerLayer, Vec<f32>)> = Default::default();
+}
+
 /// Samples per chunk (rounded to whole BPR groups): a chunk's activations stay in L1.
 const CHUNK: usize = 64;
 
@@ -600,9 +610,13 @@ fn slice_pass<const F: bool>(p: &Pass, s0: usize, dl_out: &mut [f32], dz0: &mut 
         grads.push((vec![0f32; o.w.len()], o.b.map(|_| vec![0f32; 1])));
     }
     // A chunk's activations (after ReLU) and their gradients, per layer.
-    let mut h: Vec<Vec<f32>> = widths.iter().map(|&d| vec![0f32; p.chunk * d]).collect();
-    let mut dz: Vec<Vec<f32>> = widths.iter().map(|&d| vec![0f32; p.chunk * d]).collect();
-    let mut logit = vec![0f32; p.chunk];
+    // (Every value is written before it is read.)
+    let (mut h, mut dz, mut logit) = CHUNK_SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    for per_layer in [&mut h, &mut dz] {
+        per_layer.resize_with(widths.len(), Vec::new);
+        per_layer.iter_mut().zip(widths).for_each(|(v, &d)| v.resize(p.chunk * d, 0.0));
+    }
+    logit.resize(p.chunk, 0.0);
     let mut loss = 0f64;
 
     for c0 in (0..dl_out.len()).step_by(p.chunk) {
@@ -721,6 +735,7 @@ fn slice_pass<const F: bool>(p: &Pass, s0: usize, dl_out: &mut [f32], dz0: &mut 
         }
         dz0[c0 * d1..(c0 + cn) * d1].copy_from_slice(&dz[0][..cn * d1]);
     }
+    CHUNK_SCRATCH.with(|s| *s.borrow_mut() = (h, dz, logit));
     SliceOut { loss, grads }
 }
 
