@@ -17,7 +17,6 @@ use ncf_model::{LossKind, ModelConfig, ModelKind, Ncf, OptimConfig, Optimizer};
 
 use crate::backend::{self, BackendName};
 use crate::bench_report::{self, BackendReport, Figure, Measure, PeerFigure, PeerReport, Report, VariantInfo, WorkloadInfo};
-use crate::cli::BenchArgs;
 use crate::output::{self, DirKind};
 use crate::recommend;
 use crate::train::{self, FullEval, SampledEval};
@@ -53,6 +52,56 @@ pub enum Suite {
     /// MLP [256, 256, 128, 64]) with recommend top-10 for all users, plus the paper's factor-8 NeuMF
     /// (the shape the PyTorch peer runs) for the ratio. Backends default to wgpu,cuda.
     Gpu,
+}
+
+/// What `ncf bench` was asked for: the backends, the workload and the flags that reshape it (each
+/// `None` or empty takes the workload's or the suite's default, see [`plan`]), the output and
+/// the optional PyTorch peer.
+#[derive(Debug, Clone)]
+pub struct BenchJob {
+    /// Comma list of backends or `all-available`; `None`: all-available (wgpu,cuda with the gpu suite).
+    pub backends: Option<String>,
+    pub workload: Option<Workload>,
+    pub suite: Option<Suite>,
+    /// Directory for bench.json and bench.png; `None`: runs/bench-<workload>.
+    pub out: Option<PathBuf>,
+    /// Write into `out` even when it is not an ncf bench output.
+    pub force: bool,
+    pub models: Vec<ModelKind>,
+    /// Training batch sizes.
+    pub batch: Vec<usize>,
+    /// Measurements to run.
+    pub only: Vec<Part>,
+    /// Timed repetitions after warm-up.
+    pub reps: Option<usize>,
+    /// Training steps per repetition.
+    pub steps: Option<usize>,
+    /// Users in the catalogue.
+    pub users: Option<usize>,
+    /// Items in the catalogue; several: training at each.
+    pub items: Vec<usize>,
+    /// GMF/MF factors.
+    pub factors: Option<usize>,
+    /// MLP widths.
+    pub layers: Vec<usize>,
+    /// Dense Adam on the embedding tables instead of row-sparse.
+    pub dense_adam: bool,
+    /// Composed burn ops instead of the backend's fused kernels (`optim.fused = false`).
+    pub composed_rows: bool,
+    /// Users per evaluation pass.
+    pub eval_users: Option<Count>,
+    /// Users per recommend pass.
+    pub recommend_users: Option<Count>,
+    /// PyTorch peer script, run beside factor-8 NeuMF training.
+    pub torch_peer: Option<PathBuf>,
+    /// Python with torch for the peer; `None`: $PYTHON, else python3.
+    pub python: Option<PathBuf>,
+    /// Device the peer runs on: cpu or cuda.
+    pub torch_device: String,
+    /// CPU threads for the peer.
+    pub torch_threads: Option<usize>,
+    /// Seed of the synthetic data and the models.
+    pub seed: u64,
 }
 
 /// Everything one bench run does, resolved from the workload, the suite and the flags.
@@ -117,8 +166,8 @@ fn paper_shape(kind: ModelKind) -> ModelConfig {
 }
 
 /// Resolves workload defaults, the suite and the flags into a plan.
-pub fn plan(args: &BenchArgs) -> Result<Plan> {
-    let workload = args.workload.unwrap_or(if args.suite == Some(Suite::Gpu) { Workload::Ml20m } else { Workload::Ml1m });
+pub fn plan(job: &BenchJob) -> Result<Plan> {
+    let workload = job.workload.unwrap_or(if job.suite == Some(Suite::Gpu) { Workload::Ml20m } else { Workload::Ml1m });
     // (users, items, interactions per user, batches, samples per rep, min steps, warm-up, reps, eval users, recommend users)
     let (users, items, per_user, batches, samples_per_rep, min_steps, warmup_steps, reps, eval_users, recommend_users) = match workload {
         Workload::Small => (200, 300, 20, vec![64, 256], 1024, 2, 2, 3, usize::MAX, usize::MAX),
@@ -126,25 +175,25 @@ pub fn plan(args: &BenchArgs) -> Result<Plan> {
         Workload::Ml20m => (138_493, 26_744, 144, vec![256, 4096], 262_144, 3, 3, 5, 4096, 8192),
     };
     let all = [Part::Train, Part::Eval, Part::Recommend];
-    let measures: Vec<Part> = if args.only.is_empty() { all.to_vec() } else { args.only.clone() };
-    let mut batches = if args.batch.is_empty() { batches } else { args.batch.clone() };
-    let mut recommend_users = args.recommend_users.map_or(recommend_users, |c| c.0);
+    let measures: Vec<Part> = if job.only.is_empty() { all.to_vec() } else { job.only.clone() };
+    let mut batches = if job.batch.is_empty() { batches } else { job.batch.clone() };
+    let mut recommend_users = job.recommend_users.map_or(recommend_users, |c| c.0);
     let shape = |kind: ModelKind, big: bool| -> ModelConfig {
         let mut c = if big { ModelConfig { kind, factors: 64, layers: vec![256, 256, 128, 64], ..Default::default() } } else { paper_shape(kind) };
-        if let Some(f) = args.factors {
+        if let Some(f) = job.factors {
             c.factors = f;
         }
-        if !args.layers.is_empty() {
-            c.layers = args.layers.clone();
+        if !job.layers.is_empty() {
+            c.layers = job.layers.clone();
         }
         c
     };
-    let variants = match args.suite {
+    let variants = match job.suite {
         Some(Suite::Gpu) => {
-            if args.batch.is_empty() {
+            if job.batch.is_empty() {
                 batches = if workload == Workload::Small { vec![64, 256, 1024] } else { vec![256, 4096, 1 << 20] };
             }
-            if args.recommend_users.is_none() {
+            if job.recommend_users.is_none() {
                 recommend_users = usize::MAX;
             }
             let only = |m: &[Part]| m.iter().copied().filter(|x| measures.contains(x)).collect::<Vec<_>>();
@@ -154,7 +203,7 @@ pub fn plan(args: &BenchArgs) -> Result<Plan> {
             ]
         }
         None => {
-            let kinds = if args.models.is_empty() { vec![ModelKind::Gmf, ModelKind::Mlp, ModelKind::Neumf, ModelKind::Mf] } else { args.models.clone() };
+            let kinds = if job.models.is_empty() { vec![ModelKind::Gmf, ModelKind::Mlp, ModelKind::Neumf, ModelKind::Mf] } else { job.models.clone() };
             kinds
                 .into_iter()
                 .map(|kind| Variant { label: kind.name().into(), config: shape(kind, workload == Workload::Ml20m), measures: measures.clone() })
@@ -164,8 +213,8 @@ pub fn plan(args: &BenchArgs) -> Result<Plan> {
     for v in &variants {
         v.config.validate().map_err(anyhow::Error::msg).with_context(|| format!("model {}", v.label))?;
     }
-    let users = args.users.unwrap_or(users);
-    let catalogues = if args.items.is_empty() { vec![items] } else { args.items.clone() };
+    let users = job.users.unwrap_or(users);
+    let catalogues = if job.items.is_empty() { vec![items] } else { job.items.clone() };
     let items = catalogues[0];
     if users < 2 || catalogues.iter().any(|&n| n < 4) {
         bail!("--users must be at least 2 and --items at least 4");
@@ -176,10 +225,10 @@ pub fn plan(args: &BenchArgs) -> Result<Plan> {
     if catalogues.len() > 1 && measures.iter().any(|&m| m != Part::Train) {
         bail!("--items with several catalogues measures training only: add --only train");
     }
-    if batches.contains(&0) || args.reps == Some(0) || args.steps == Some(0) {
+    if batches.contains(&0) || job.reps == Some(0) || job.steps == Some(0) {
         bail!("--batch, --reps and --steps must be at least 1");
     }
-    let optim = OptimConfig { sparse: !args.dense_adam, fused: !args.composed_rows, ..Default::default() };
+    let optim = OptimConfig { sparse: !job.dense_adam, fused: !job.composed_rows, ..Default::default() };
     Ok(Plan {
         workload,
         users,
@@ -189,16 +238,16 @@ pub fn plan(args: &BenchArgs) -> Result<Plan> {
         variants,
         batches,
         samples_per_rep,
-        steps: args.steps,
+        steps: job.steps,
         min_steps,
         warmup_steps,
-        reps: args.reps.unwrap_or(reps),
-        eval_users: args.eval_users.map_or(eval_users, |c| c.0).min(users),
+        reps: job.reps.unwrap_or(reps),
+        eval_users: job.eval_users.map_or(eval_users, |c| c.0).min(users),
         recommend_users: recommend_users.min(users),
         k: 10,
         eval_negatives: 100,
         optim,
-        seed: args.seed,
+        seed: job.seed,
     })
 }
 
@@ -562,15 +611,15 @@ impl<'a> PeerRuns<'a> {
     }
 }
 
-pub fn run(args: &BenchArgs) -> Result<()> {
-    let plan = plan(args)?;
-    let default_backends = if args.suite == Some(Suite::Gpu) { "wgpu,cuda" } else { "all-available" };
-    let spec = args.backends.as_deref().unwrap_or(default_backends);
+pub fn run(job: &BenchJob) -> Result<()> {
+    let plan = plan(job)?;
+    let default_backends = if job.suite == Some(Suite::Gpu) { "wgpu,cuda" } else { "all-available" };
+    let spec = job.backends.as_deref().unwrap_or(default_backends);
     let backends = parse_backends(spec)?;
     let all_available = spec.trim() == "all-available";
-    let out_dir = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/bench-{}", workload_name(plan.workload))));
-    let peer_script: Vec<&Path> = args.torch_peer.as_deref().into_iter().collect();
-    output::claim_dir(&out_dir, DirKind::Bench, &["bench.json", "bench.png", output::MARKER], &peer_script, args.force)?;
+    let out_dir = job.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/bench-{}", workload_name(plan.workload))));
+    let peer_script: Vec<&Path> = job.torch_peer.as_deref().into_iter().collect();
+    output::claim_dir(&out_dir, DirKind::Bench, &["bench.json", "bench.png", output::MARKER], &peer_script, job.force)?;
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     output::mark(&out_dir, DirKind::Bench)?;
 
@@ -591,9 +640,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         plan.reps
     );
 
-    let peer_cmd = args.torch_peer.as_ref().map(|script| {
-        let python = args.python.clone().or_else(|| std::env::var_os("PYTHON").map(PathBuf::from)).unwrap_or_else(|| "python3".into());
-        Peer { python, script: script.clone(), device: args.torch_device.clone(), threads: args.torch_threads }
+    let peer_cmd = job.torch_peer.as_ref().map(|script| {
+        let python = job.python.clone().or_else(|| std::env::var_os("PYTHON").map(PathBuf::from)).unwrap_or_else(|| "python3".into());
+        Peer { python, script: script.clone(), device: job.torch_device.clone(), threads: job.torch_threads }
     });
     let mut peer = peer_cmd.as_ref().map(|p| peer_report(&plan, p));
 

@@ -1,15 +1,25 @@
-//! Command-line definitions shared by the subcommands.
+//! The command line: clap's definitions of every command and flag, and their conversion into
+//! the resolved options each command's module takes. Nothing but the dispatch in `lib.rs` (and
+//! `main.rs`) uses this module, so the commands never see clap.
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ncf_datasets::{ColumnRef, Format, ReadOptions};
 
 use crate::backend::BackendName;
-use crate::config::RunConfig;
+use crate::bench::BenchJob;
+use crate::config::ConfigSources;
+use crate::data_cmd::{DataJob, SplitJob};
+use crate::evaluate::EvaluateJob;
 use crate::export::OutFormat;
-use crate::recommend::UnknownUsers;
+use crate::model_export::ExportJob;
+use crate::recommend::{RecommendJob, UnknownUsers};
+use crate::runs::RunsJob;
+use crate::score::{ScoreJob, UnknownPairs};
+use crate::train::TrainJob;
+use crate::tune::{Axis, Prune, TuneJob};
 
 /// Neural collaborative filtering: train GMF, MLP, NeuMF or MF and export recommendations.
 #[derive(Debug, Parser)]
@@ -183,41 +193,36 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    /// The config file, then `--set`, then the shorthand flags.
-    pub fn resolve_config(&self) -> Result<RunConfig> {
-        let mut sets = self.sets.clone();
-        let flags = [
+    /// Where the run's configuration comes from: a resumed run starts from its own saved one.
+    fn sources(&self) -> ConfigSources {
+        let shorthands = [
             ("--model", "model.kind", self.model.map(|m| format!("\"{}\"", m.name()))),
             ("--epochs", "train.epochs", self.epochs.map(|e| e.to_string())),
             ("--seed", "seed", self.seed.map(|s| s.to_string())),
             ("--log-every", "train.log_every", self.log_every.map(|n| n.to_string())),
         ];
-        for (flag, key, value) in flags {
-            let Some(value) = value else { continue };
-            // A key set twice would silently take the flag's value: refuse instead.
-            if let Some(set) = self.sets.iter().find(|s| crate::config::split_set(s).is_some_and(|(k, _)| k == key)) {
-                anyhow::bail!("{flag} and --set {set} both set {key}: pass one of them");
-            }
-            sets.push(format!("{key}={value}"));
+        ConfigSources {
+            file: self.resume.as_ref().map(|run| run.join("config.toml")).or_else(|| self.config.clone()),
+            sets: self.sets.clone(),
+            shorthands: shorthands.into_iter().filter_map(|(flag, key, value)| Some((flag, key, value?))).collect(),
+            data: self.reader.data.clone(),
+            read: self.reader.flags.options(),
+            user_features: self.user_features.clone(),
+            item_features: self.item_features.clone(),
+            resume: self.resume.is_some(),
         }
-        // A resumed run starts from its own saved configuration.
-        let base = self.resume.as_ref().map(|run| run.join("config.toml"));
-        let mut config = RunConfig::resolve(base.as_deref().or(self.config.as_deref()), &sets)?;
-        if let Some(path) = &self.reader.data {
-            config.data.path = Some(path.clone());
-        }
-        for (flag, path, side) in
-            [("--user-features", &self.user_features, &mut config.features.user), ("--item-features", &self.item_features, &mut config.features.item)]
-        {
-            if let Some(path) = path {
-                if self.resume.is_some() {
-                    anyhow::bail!("{flag}: a resumed run keeps the features it was started with");
-                }
-                side.path = Some(path.clone());
-            }
-        }
-        self.reader.flags.apply(&mut config.data.read)?;
-        Ok(config)
+    }
+
+    /// The resolved run: its configuration and directory (`--out`, `--resume`'s run, or
+    /// `runs/<model>-<n>`).
+    pub fn job(self) -> Result<TrainJob> {
+        let config = self.sources().resolve()?;
+        let resume = self.resume.is_some();
+        let dir = match self.resume.or(self.out) {
+            Some(dir) => dir,
+            None => crate::train::default_run_dir(config.model.kind.name()),
+        };
+        Ok(TrainJob { config, config_file: self.config, dir, resume, force: self.force, backend: self.backend, devices: self.devices, profile: self.profile })
     }
 }
 
@@ -353,28 +358,6 @@ pub struct ExportArgs {
     pub backend: BackendName,
 }
 
-/// What `ncf score` does with pairs naming an unknown user or item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum UnknownPairs {
-    Error,
-    Skip,
-}
-
-impl ReadFlags {
-    /// Overrides `read` with the flags that were given.
-    pub fn apply(&self, read: &mut ReadOptions) -> Result<()> {
-        if let Some(f) = self.format {
-            read.format = Some(f);
-        }
-        let col = |c: &Option<String>| c.as_deref().map(|s| s.parse::<ColumnRef>().expect("infallible"));
-        read.user_col = col(&self.user_col).or(read.user_col.take());
-        read.item_col = col(&self.item_col).or(read.item_col.take());
-        read.rating_col = col(&self.rating_col).or(read.rating_col.take());
-        read.time_col = col(&self.time_col).or(read.time_col.take());
-        Ok(())
-    }
-}
-
 /// `ncf runs`: which runs, the metric to sort by, and the outputs.
 #[derive(Debug, Args)]
 pub struct RunsArgs {
@@ -394,16 +377,6 @@ pub struct RunsArgs {
     /// this PNG.
     #[arg(long, value_name = "FILE.png")]
     pub plot: Option<PathBuf>,
-}
-
-/// How `ncf tune` stops hopeless trials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Prune {
-    /// Median stopping rule: after --prune-after epochs, a trial whose best validation metric so
-    /// far is below the median of the earlier trials' at the same epoch stops.
-    Median,
-    /// Every trial runs all its epochs (or until train.patience stops it).
-    None,
 }
 
 /// `ncf tune`: the base config (as `ncf train` takes it), the grid, the search and its budget.
@@ -532,6 +505,177 @@ pub struct BenchArgs {
     pub seed: u64,
 }
 
+/// A column flag's value: a name, or a 0-based index.
+fn column(flag: &Option<String>) -> Option<ColumnRef> {
+    flag.as_deref().map(|s| s.parse::<ColumnRef>().expect("infallible"))
+}
+
+impl ReadFlags {
+    /// The read options the flags give (everything else auto-detected).
+    pub fn options(&self) -> ReadOptions {
+        ReadOptions {
+            format: self.format,
+            user_col: column(&self.user_col),
+            item_col: column(&self.item_col),
+            rating_col: column(&self.rating_col),
+            time_col: column(&self.time_col),
+            ..Default::default()
+        }
+    }
+}
+
+impl RecommendArgs {
+    /// The export, checked: `--checkpoint` and `--out` given, `--top-n` at least 1, the format
+    /// known (parquet by default for `--shard` parts).
+    pub fn job(self) -> Result<RecommendJob> {
+        let (Some(checkpoint), Some(out)) = (self.checkpoint, self.out) else { bail!("--checkpoint and --out are required") };
+        if self.top_n == 0 {
+            bail!("--top-n must be at least 1");
+        }
+        let format = match self.shard {
+            Some(_) => self.out_format.unwrap_or(OutFormat::Parquet),
+            None => OutFormat::resolve(&out, self.out_format)?,
+        };
+        Ok(RecommendJob {
+            checkpoint,
+            out,
+            format,
+            force: self.force,
+            users: self.users,
+            top_n: self.top_n,
+            shard: self.shard,
+            include_seen: self.include_seen,
+            items: self.items,
+            unknown_users: self.unknown_users,
+            user_features: self.user_features,
+            item_metadata: self.item_metadata,
+            item_key: column(&self.item_key),
+            item_columns: self.item_columns.map(|c| c.split(',').map(|s| s.trim().parse::<ColumnRef>().expect("infallible")).collect()),
+            backend: self.backend,
+        })
+    }
+}
+
+impl EvaluateArgs {
+    /// The evaluation, with the `--per-user` file's format known.
+    pub fn job(self) -> Result<EvaluateJob> {
+        let per_user = self.per_user.map(|p| OutFormat::from_extension(&p).map(|f| (p, f))).transpose()?;
+        Ok(EvaluateJob {
+            checkpoint: self.checkpoint,
+            test: self.test,
+            read: self.read.options(),
+            k: self.k,
+            per_user,
+            force: self.force,
+            backend: self.backend,
+        })
+    }
+}
+
+impl ScoreArgs {
+    /// The scoring, with the output format known.
+    pub fn job(self) -> Result<ScoreJob> {
+        let format = OutFormat::resolve(&self.out, self.out_format)?;
+        Ok(ScoreJob {
+            checkpoint: self.checkpoint,
+            pairs: self.pairs,
+            read: self.read.options(),
+            out: self.out,
+            format,
+            force: self.force,
+            unknown: self.unknown,
+            user_features: self.user_features,
+            backend: self.backend,
+        })
+    }
+}
+
+impl ExportArgs {
+    pub fn job(self) -> ExportJob {
+        ExportJob { checkpoint: self.checkpoint, to: self.to, out: self.out, force: self.force, backend: self.backend }
+    }
+}
+
+impl RunsArgs {
+    /// The runs to show (default: `runs`).
+    pub fn job(self) -> RunsJob {
+        let dirs = if self.dirs.is_empty() { vec![PathBuf::from("runs")] } else { self.dirs };
+        RunsJob { dirs, sort: self.sort, reverse: self.reverse, csv: self.csv, plot: self.plot }
+    }
+}
+
+impl TuneArgs {
+    /// The tune, its grid parsed and its directory chosen (default `tunes/tune-<n>`).
+    pub fn job(self) -> Result<TuneJob> {
+        let grid = self.grid.iter().map(|g| Axis::parse(g)).collect::<Result<Vec<_>>>()?;
+        let base = ConfigSources {
+            file: self.config,
+            sets: self.sets,
+            shorthands: self.epochs.map(|e| ("--epochs", "train.epochs", e.to_string())).into_iter().collect(),
+            data: self.reader.data,
+            read: self.reader.flags.options(),
+            ..Default::default()
+        };
+        Ok(TuneJob {
+            base,
+            grid,
+            random: self.random,
+            seed: self.seed,
+            budget_minutes: self.budget_minutes,
+            prune: self.prune,
+            prune_after: self.prune_after,
+            dir: self.out.unwrap_or_else(crate::tune::default_dir),
+            force: self.force,
+            backend: self.backend,
+            verbose: self.verbose,
+        })
+    }
+}
+
+impl BenchArgs {
+    pub fn job(self) -> BenchJob {
+        BenchJob {
+            backends: self.backends,
+            workload: self.workload,
+            suite: self.suite,
+            out: self.out,
+            force: self.force,
+            models: self.models,
+            batch: self.batch,
+            only: self.only,
+            reps: self.reps,
+            steps: self.steps,
+            users: self.users,
+            items: self.items,
+            factors: self.factors,
+            layers: self.layers,
+            dense_adam: self.dense_adam,
+            composed_rows: self.composed_rows,
+            eval_users: self.eval_users,
+            recommend_users: self.recommend_users,
+            torch_peer: self.torch_peer,
+            python: self.python,
+            torch_device: self.torch_device,
+            torch_threads: self.torch_threads,
+            seed: self.seed,
+        }
+    }
+}
+
+impl DataCommand {
+    /// The `ncf data` subcommand with its options resolved.
+    pub fn job(self) -> Result<DataJob> {
+        Ok(match self {
+            DataCommand::Stats { file, read } => DataJob::Stats { file, read: read.options() },
+            DataCommand::Features { file, key, kinds, buckets } => DataJob::Features { file, key: column(&key), kinds, buckets },
+            DataCommand::Split { file, read, out, force, no_write, config, sets } => {
+                let sources = ConfigSources { file: config.clone(), sets, data: file, read: read.options(), ..Default::default() };
+                DataJob::Split(SplitJob { config: sources.resolve()?, config_file: config, out: if no_write { None } else { out }, force })
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod flag_tests {
     use super::*;
@@ -545,11 +689,29 @@ mod flag_tests {
 
     #[test]
     fn a_key_set_by_a_flag_and_by_set_is_refused() {
-        let e = train_args(&["--seed", "3", "--set", "seed=9"]).resolve_config().unwrap_err().to_string();
+        let e = train_args(&["--seed", "3", "--set", "seed=9"]).sources().resolve().unwrap_err().to_string();
         assert!(e.contains("--seed") && e.contains("seed=9"), "{e}");
-        let e = train_args(&["--epochs", "3", "--set", "train.epochs = 5"]).resolve_config().unwrap_err().to_string();
+        let e = train_args(&["--epochs", "3", "--set", "train.epochs = 5"]).sources().resolve().unwrap_err().to_string();
         assert!(e.contains("--epochs") && e.contains("train.epochs"), "{e}");
-        let c = train_args(&["--seed", "3", "--model", "mf", "--set", "train.epochs=5"]).resolve_config().unwrap();
+        let c = train_args(&["--seed", "3", "--model", "mf", "--set", "train.epochs=5"]).sources().resolve().unwrap();
         assert_eq!((c.seed, c.train.epochs, c.model.kind), (3, 5, ncf_model::ModelKind::Mf));
+    }
+
+    #[test]
+    fn reader_flags_replace_only_the_columns_they_name() {
+        let sets = ["--set", "data.read.user_col=\"u\"", "--set", "data.read.item_col=\"movie\""];
+        let c = train_args(&[&["--user-col", "0", "--format", "tsv"][..], &sets].concat()).sources().resolve().unwrap();
+        assert_eq!(c.data.read.user_col, Some(ColumnRef::Index(0)));
+        assert_eq!(c.data.read.item_col, Some(ColumnRef::Name("movie".into())));
+        assert_eq!(c.data.read.format, Some(Format::Tsv));
+    }
+
+    #[test]
+    fn a_resumed_run_starts_from_its_saved_config() {
+        let e = train_args(&["--resume", "runs/x"]).sources();
+        assert_eq!(e.file, Some(PathBuf::from("runs/x/config.toml")));
+        assert!(e.resume);
+        let job = train_args(&["--out", "runs/y", "--seed", "1"]).job().unwrap();
+        assert_eq!((job.dir, job.resume, job.config.seed), (PathBuf::from("runs/y"), false, 1));
     }
 }

@@ -236,6 +236,66 @@ impl RunConfig {
     }
 }
 
+/// Where a training run's configuration comes from, layered by [`ConfigSources::resolve`]:
+/// defaults, the config file, `--set`s and shorthand flags, then the data, reader and feature
+/// flags. `ncf tune` adds each trial's grid values to `sets`.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSources {
+    /// `--config`, or the `config.toml` of the run being resumed.
+    pub file: Option<PathBuf>,
+    /// `--set KEY=VALUE` overrides, in order.
+    pub sets: Vec<String>,
+    /// Shorthand flags as (flag, key, TOML value), e.g. `("--epochs", "train.epochs", "5")`; a key
+    /// also given by a `--set` is refused.
+    pub shorthands: Vec<(&'static str, &'static str, String)>,
+    /// `--data`.
+    pub data: Option<PathBuf>,
+    /// Reader flags: the format and columns given here replace the config's.
+    pub read: ReadOptions,
+    /// `--user-features`.
+    pub user_features: Option<PathBuf>,
+    /// `--item-features`.
+    pub item_features: Option<PathBuf>,
+    /// A resumed run, whose features may not change.
+    pub resume: bool,
+}
+
+impl ConfigSources {
+    /// The config file, then `--set`, then the shorthand flags, then the data, reader and
+    /// feature flags.
+    pub fn resolve(&self) -> Result<RunConfig> {
+        let mut sets = self.sets.clone();
+        for (flag, key, value) in &self.shorthands {
+            // A key set twice would silently take the flag's value: refuse instead.
+            if let Some(set) = self.sets.iter().find(|s| split_set(s).is_some_and(|(k, _)| k == *key)) {
+                bail!("{flag} and --set {set} both set {key}: pass one of them");
+            }
+            sets.push(format!("{key}={value}"));
+        }
+        let mut config = RunConfig::resolve(self.file.as_deref(), &sets)?;
+        if let Some(path) = &self.data {
+            config.data.path = Some(path.clone());
+        }
+        for (flag, path, side) in
+            [("--user-features", &self.user_features, &mut config.features.user), ("--item-features", &self.item_features, &mut config.features.item)]
+        {
+            if let Some(path) = path {
+                if self.resume {
+                    bail!("{flag}: a resumed run keeps the features it was started with");
+                }
+                side.path = Some(path.clone());
+            }
+        }
+        let (read, over) = (&mut config.data.read, &self.read);
+        read.format = over.format.or(read.format);
+        read.user_col = over.user_col.clone().or(read.user_col.take());
+        read.item_col = over.item_col.clone().or(read.item_col.take());
+        read.rating_col = over.rating_col.clone().or(read.rating_col.take());
+        read.time_col = over.time_col.clone().or(read.time_col.take());
+        Ok(config)
+    }
+}
+
 /// Whether `split`'s validation split comes from `split.valid_ratio` (leave-one-out takes the
 /// second-latest interaction instead, a given split may bring its own file).
 fn needs_valid_ratio(split: &SplitConfig) -> bool {

@@ -1,32 +1,45 @@
-//! `ncf data stats` and `ncf data split`.
+//! `ncf data stats`, `ncf data features` and `ncf data split`.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use ncf_datasets::{IdMap, Quantiles, ReadOptions, SampledCandidates, SplitMethod, Stats, UserItems, reader};
+use ncf_datasets::{ColumnRef, IdMap, Quantiles, ReadOptions, SampledCandidates, SplitMethod, Stats, UserItems, reader};
 
-use crate::cli::{DataCommand, ReadFlags};
 use crate::config::RunConfig;
 use crate::data;
 use crate::export::csv_writer;
 use crate::output::{self, DirKind};
 
-pub fn run(cmd: &DataCommand) -> Result<()> {
-    match cmd {
-        DataCommand::Stats { file, read } => stats(file, read),
-        DataCommand::Features { file, key, kinds, buckets } => features(file, key.as_deref(), kinds, *buckets),
-        DataCommand::Split { file, read, out, force, no_write, config, sets } => {
-            split(file.as_deref(), read, if *no_write { None } else { out.as_deref() }, *force, config.as_deref(), sets)
-        }
+/// One `ncf data` subcommand, its options resolved.
+#[derive(Debug, Clone)]
+pub enum DataJob {
+    /// Users, items, interactions, density, quantiles and duplicates of `file`.
+    Stats {
+        file: PathBuf,
+        read: ReadOptions,
+    },
+    /// How a side-feature file would be encoded: `kinds` declares columns' kinds (COLUMN=KIND).
+    Features {
+        file: PathBuf,
+        key: Option<ColumnRef>,
+        kinds: Vec<String>,
+        buckets: usize,
+    },
+    Split(SplitJob),
+}
+
+pub fn run(job: &DataJob) -> Result<()> {
+    match job {
+        DataJob::Stats { file, read } => stats(file, read),
+        DataJob::Features { file, key, kinds, buckets } => features(file, key.as_ref(), kinds, *buckets),
+        DataJob::Split(job) => split(job),
     }
 }
 
-fn stats(file: &Path, flags: &ReadFlags) -> Result<()> {
-    let mut opts = ReadOptions::default();
-    flags.apply(&mut opts)?;
-    let data = reader::read(file, &opts)?;
+fn stats(file: &Path, opts: &ReadOptions) -> Result<()> {
+    let data = reader::read(file, opts)?;
     let s = Stats::of(&data);
     let q = |name: &str, q: &Quantiles| {
         format!("{name:<14} min {}  p25 {}  median {}  p75 {}  p90 {}  max {}  mean {:.1}", q.min, q.p25, q.p50, q.p75, q.p90, q.max, q.mean)
@@ -47,7 +60,7 @@ fn stats(file: &Path, flags: &ReadFlags) -> Result<()> {
 }
 
 /// `ncf data features`: the fitted encoding of a side-feature file, a line per column.
-fn features(file: &Path, key: Option<&str>, kinds: &[String], buckets: usize) -> Result<()> {
+fn features(file: &Path, key: Option<&ColumnRef>, kinds: &[String], buckets: usize) -> Result<()> {
     use ncf_datasets::features::{FeatureConfig, FeatureKind, FeatureVocab};
     let mut config = FeatureConfig { buckets: buckets.max(1), ..Default::default() };
     for k in kinds {
@@ -57,8 +70,7 @@ fn features(file: &Path, key: Option<&str>, kinds: &[String], buckets: usize) ->
             .map_err(|_| anyhow::anyhow!("--kind {k:?}: {kind:?} is none of categorical, multi_hot, numeric, flag, skip"))?;
         config.columns.insert(column.to_owned(), kind);
     }
-    let key = key.map(|k| k.parse::<ncf_datasets::ColumnRef>().expect("infallible"));
-    let table = ncf_datasets::table::read_keyed_with(file, key.as_ref(), &[], ["key", "kind"])?;
+    let table = ncf_datasets::table::read_keyed_with(file, key, &[], ["key", "kind"])?;
     let (vocab, summary) = FeatureVocab::fit(&table, &config);
     println!("file           {} ({} keys, {} repeated keys ignored)", file.display(), table.len(), table.duplicates);
     println!("feature rows   {}", vocab.rows);
@@ -83,20 +95,29 @@ fn features(file: &Path, key: Option<&str>, kinds: &[String], buckets: usize) ->
     Ok(())
 }
 
+/// What `ncf data split` splits and where the files go.
+#[derive(Debug, Clone)]
+pub struct SplitJob {
+    /// The resolved config: its [data], [split], [data.clean] and train.eval_negatives apply.
+    pub config: RunConfig,
+    /// The `--config` file: an input `out` may not write over.
+    pub config_file: Option<PathBuf>,
+    /// Output directory; `None` writes nothing (`--no-write`).
+    pub out: Option<PathBuf>,
+    /// Write into `out` even when it is not an ncf split output.
+    pub force: bool,
+}
+
 /// `ncf data split`: the run's data preparation, then the three files (unless `out` is `None`).
-fn split(file: Option<&Path>, flags: &ReadFlags, out: Option<&Path>, force: bool, config_path: Option<&Path>, sets: &[String]) -> Result<()> {
-    let mut config = RunConfig::resolve(config_path, sets)?;
-    if let Some(f) = file {
-        config.data.path = Some(f.to_path_buf());
-    }
-    flags.apply(&mut config.data.read)?;
+fn split(job: &SplitJob) -> Result<()> {
+    let (mut config, out) = (job.config.clone(), job.out.as_deref());
     if config.data.path.is_none() && config.split.method != SplitMethod::Given {
         bail!("no interaction file: pass FILE (or use split.method = \"given\" with split.train_path and split.test_path)");
     }
     if let Some(out) = out {
         let mut inputs = config.input_paths();
-        inputs.extend(config_path);
-        output::claim_dir(out, DirKind::Split, &SPLIT_FILES, &inputs, force)?;
+        inputs.extend(job.config_file.as_deref());
+        output::claim_dir(out, DirKind::Split, &SPLIT_FILES, &inputs, job.force)?;
     }
     config.absolutize_paths();
     let p = data::prepare(&config)?;

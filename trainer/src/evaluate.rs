@@ -3,25 +3,24 @@
 //! file, training and validation items masked, through the trainer's own evaluators; optionally
 //! per user.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
-use ncf_datasets::{SampledCandidates, Split, UserItems};
+use ncf_datasets::{ReadOptions, SampledCandidates, Split, UserItems};
 
-use crate::backend;
+use crate::backend::{self, BackendName};
 use crate::checkpoint::{self, Checkpoint};
-use crate::cli::EvaluateArgs;
 use crate::export::{Export, Kind, OutFormat, Values};
 use crate::output;
 use crate::pairs::Pairs;
 use crate::train::{FullEval, SampledEval, split_name};
 
 /// The test split to evaluate: the saved one, or `--test` mapped onto the checkpoint's ids.
-fn test_split(args: &EvaluateArgs, ck: &Checkpoint) -> Result<(UserItems, String)> {
-    let Some(path) = &args.test else {
+fn test_split(job: &EvaluateJob, ck: &Checkpoint) -> Result<(UserItems, String)> {
+    let Some(path) = &job.test else {
         return Ok((ck.test.clone(), format!("the run's saved test split ({})", split_name(&ck.config))));
     };
-    let pairs = Pairs::read(path, &args.read, &ck.users, &ck.items)?;
+    let pairs = Pairs::read(path, &job.read, &ck.users, &ck.items)?;
     let (unknown, examples) = pairs.unknown();
     let known: Vec<(u32, u32)> = (0..pairs.data.len()).filter_map(|r| Some((pairs.user[r]?, pairs.item[r]?))).collect();
     let seen = ck.seen();
@@ -44,26 +43,44 @@ fn test_split(args: &EvaluateArgs, ck: &Checkpoint) -> Result<(UserItems, String
     Ok((UserItems::from_pairs(ck.meta.n_users, kept), path.display().to_string()))
 }
 
-pub fn run(args: &EvaluateArgs) -> Result<()> {
-    let format = args.per_user.as_deref().map(OutFormat::from_extension).transpose()?;
-    let inputs = [args.test.as_deref().unwrap_or(Path::new(""))];
-    if let Some(out) = &args.per_user {
+/// What `ncf evaluate` evaluates: the checkpoint, the test split, the cutoff, and where per-user
+/// metrics go.
+#[derive(Debug, Clone)]
+pub struct EvaluateJob {
+    /// Run directory (its best/) or checkpoint directory.
+    pub checkpoint: PathBuf,
+    /// Test interactions (raw ids); `None`: the split saved with the checkpoint.
+    pub test: Option<PathBuf>,
+    /// How to read `test`.
+    pub read: ReadOptions,
+    /// Cutoff K; `None`: the run's train.k.
+    pub k: Option<usize>,
+    /// Per-user metrics file and its format.
+    pub per_user: Option<(PathBuf, OutFormat)>,
+    /// Replace `per_user` even when it is not an ncf export with these columns.
+    pub force: bool,
+    pub backend: BackendName,
+}
+
+pub fn run(job: &EvaluateJob) -> Result<()> {
+    let inputs = [job.test.as_deref().unwrap_or(Path::new(""))];
+    if let Some((out, _)) = &job.per_user {
         output::refuse_inputs(out, &inputs)?;
     }
-    let selected = backend::select(args.backend)?;
+    let selected = backend::select(job.backend)?;
     say!("{}", selected.line());
     let device = &selected.device;
-    let ck = checkpoint::load(&args.checkpoint, device)?;
-    let k = args.k.unwrap_or(ck.config.train.k);
+    let ck = checkpoint::load(&job.checkpoint, device)?;
+    let k = job.k.unwrap_or(ck.config.train.k);
     if k == 0 {
         bail!("--k must be at least 1");
     }
-    let (test, source) = test_split(args, &ck)?;
+    let (test, source) = test_split(job, &ck)?;
     let split = Split { train: ck.train.clone(), valid: ck.valid.clone(), test, n_items: ck.meta.n_items, method: ck.config.split.method };
     let negatives = ck.config.train.eval_negatives;
     // The same candidates training used: imported ones kept in the checkpoint, else redrawn from
     // the same split, negatives and seed.
-    let candidates = match (&ck.candidates, &args.test) {
+    let candidates = match (&ck.candidates, &job.test) {
         (Some(c), None) => c.clone(),
         _ => SampledCandidates::draw(&split, negatives, ck.config.seed),
     };
@@ -78,7 +95,7 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
     let f: Vec<f64> = (0..4).map(|j| mean(&mut per_user.iter().map(|r| r[j]), per_user.len())).collect();
     println!(
         "checkpoint {} (epoch {}), evaluated on {source}: {} test users, {} test items",
-        checkpoint::resolve_dir(&args.checkpoint).display(),
+        checkpoint::resolve_dir(&job.checkpoint).display(),
         ck.meta.epoch,
         per_user.len(),
         split.test.nnz()
@@ -89,7 +106,7 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
         f[0], f[1], f[2], f[3]
     );
 
-    if let (Some(path), Some(format)) = (&args.per_user, format) {
+    if let Some((path, format)) = &job.per_user {
         // Sampled rows are grouped per user (one per test item); average them per user.
         let mut sums = vec![(0.0f64, 0.0f64, 0usize); ck.meta.n_users];
         for (r, &u) in candidates.user.iter().enumerate() {
@@ -102,7 +119,7 @@ pub fn run(args: &EvaluateArgs) -> Result<()> {
             .map(|(n, kd)| (n.to_owned(), kd))
             .chain(["hr", "ndcg", "recall", "precision", "full_ndcg", "map"].iter().map(|m| (format!("{m}@{k}"), Kind::F32)))
             .collect();
-        let mut export = Export::create(path, format, &columns, &inputs, args.force)?;
+        let mut export = Export::create(path, *format, &columns, &inputs, job.force)?;
         let sampled_mean = |u: u32, j: usize| {
             let s = sums[u as usize];
             (if j == 0 { s.0 } else { s.1 } / s.2.max(1) as f64) as f32

@@ -57,15 +57,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     if !matches!(cli.command, Command::Data(_)) {
         alloc::keep_heap();
     }
+    // The one place clap's arguments become the commands' resolved options.
     match cli.command {
-        Command::Train(args) => train::run(&args),
-        Command::Recommend(args) => recommend::run(&args),
-        Command::Evaluate(args) => evaluate::run(&args),
-        Command::Score(args) => score::run(&args),
-        Command::Export(args) => model_export::run(&args),
-        Command::Data(cmd) => data_cmd::run(&cmd),
-        Command::Bench(args) => bench::run(&args),
-        Command::Runs(args) => runs::run(&args),
-        Command::Tune(args) => tune::run(&args),
+        Command::Train(args) => train::run(&args.job()?),
+        Command::Recommend(args) => match args.merge {
+            Some(dir) => recommend::check_shards(&dir),
+            None => recommend::run(&args.job()?),
+        },
+        Command::Evaluate(args) => evaluate::run(&args.job()?),
+        Command::Score(args) => score::run(&args.job()?),
+        Command::Export(args) => model_export::run(&args.job()),
+        Command::Data(cmd) => data_cmd::run(&cmd.job()?),
+        Command::Bench(args) => bench::run(&args.job()),
+        Command::Runs(args) => runs::run(&args.job()),
+        Command::Tune(args) => tune::run(&args.job()?),
     }
 }

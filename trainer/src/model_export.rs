@@ -51,9 +51,8 @@ use ncf_model::{COSINE_EPS, ModelKind, Ncf};
 use safetensors::{Dtype, tensor::TensorView};
 use serde_json::{Value, json};
 
-use crate::backend;
+use crate::backend::{self, BackendName};
 use crate::checkpoint::{self, Checkpoint};
-use crate::cli::ExportArgs;
 use crate::export::{Kind, Values};
 use crate::host;
 use crate::output::{self, DirKind};
@@ -91,26 +90,40 @@ impl Named {
     }
 }
 
+/// What `ncf export` writes, from which checkpoint, where.
+#[derive(Debug, Clone)]
+pub struct ExportJob {
+    /// Run directory (its best/) or checkpoint directory.
+    pub checkpoint: PathBuf,
+    pub to: Target,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Write into `out` even when it is not an ncf export of this kind.
+    pub force: bool,
+    /// Backend the checkpoint loads on.
+    pub backend: BackendName,
+}
+
 /// Runs `ncf export`: loads the checkpoint, then writes the export into `--out` once it may.
-pub fn run(args: &ExportArgs) -> Result<()> {
-    let (kind, files) = match args.to {
+pub fn run(job: &ExportJob) -> Result<()> {
+    let (kind, files) = match job.to {
         Target::Torch => (DirKind::TorchExport, &TORCH_FILES[..]),
         Target::Embeddings => (DirKind::EmbeddingsExport, &EMBEDDINGS_FILES[..]),
     };
     // The checkpoint is an input: --out may not be it (or its run) nor write over its files.
-    let dir = checkpoint::resolve_dir(&args.checkpoint);
-    let inputs: Vec<PathBuf> = [args.checkpoint.clone(), dir.clone()]
+    let dir = checkpoint::resolve_dir(&job.checkpoint);
+    let inputs: Vec<PathBuf> = [job.checkpoint.clone(), dir.clone()]
         .into_iter()
         .chain(["model.safetensors", "train.safetensors", "config.toml", "checkpoint.json"].map(|f| dir.join(f)))
         .collect();
-    output::claim_dir(&args.out, kind, files, &inputs.iter().map(|p| p.as_path()).collect::<Vec<_>>(), args.force)?;
-    let selected = backend::select(args.backend)?;
+    output::claim_dir(&job.out, kind, files, &inputs.iter().map(|p| p.as_path()).collect::<Vec<_>>(), job.force)?;
+    let selected = backend::select(job.backend)?;
     say!("{}", selected.line());
-    let ck = checkpoint::load(&args.checkpoint, &selected.device)?;
+    let ck = checkpoint::load(&job.checkpoint, &selected.device)?;
     let model = ck.scoring_model();
-    let written = match args.to {
-        Target::Torch => write_torch(&args.out, &ck, &dir, &model)?,
-        Target::Embeddings => write_embeddings(&args.out, &ck, &dir, &model)?,
+    let written = match job.to {
+        Target::Torch => write_torch(&job.out, &ck, &dir, &model)?,
+        Target::Embeddings => write_embeddings(&job.out, &ck, &dir, &model)?,
     };
     say!(
         "wrote the {} of {} ({} users, {} items, epoch {}) to {}: {}",
@@ -119,7 +132,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         ck.meta.n_users,
         ck.meta.n_items,
         ck.meta.epoch,
-        args.out.display(),
+        job.out.display(),
         written.join(", ")
     );
     Ok(())

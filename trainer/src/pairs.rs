@@ -6,8 +6,6 @@ use std::path::Path;
 use anyhow::Result;
 use ncf_datasets::{IdMap, Interactions, ReadOptions, reader};
 
-use crate::cli::ReadFlags;
-
 /// The rows of a pairs file, in file order.
 pub struct Pairs {
     /// The file as read (raw ids in its `users` and `items` id maps).
@@ -19,11 +17,9 @@ pub struct Pairs {
 }
 
 impl Pairs {
-    /// Reads `path` with the usual reader flags and maps its ids through `users` and `items`.
-    pub fn read(path: &Path, flags: &ReadFlags, users: &IdMap, items: &IdMap) -> Result<Self> {
-        let mut opts = ReadOptions::default();
-        flags.apply(&mut opts)?;
-        let data = reader::read(path, &opts)?;
+    /// Reads `path` with the reader flags' options and maps its ids through `users` and `items`.
+    pub fn read(path: &Path, opts: &ReadOptions, users: &IdMap, items: &IdMap) -> Result<Self> {
+        let data = reader::read(path, opts)?;
         let map = |file: &IdMap, ck: &IdMap, rows: &[u32]| -> Vec<Option<u32>> {
             let to_ck: Vec<Option<u32>> = file.raw_ids().iter().map(|r| ck.get(r)).collect();
             rows.iter().map(|&i| to_ck[i as usize]).collect()

@@ -3,7 +3,7 @@
 //! (then `source` and joined item metadata) in CSV, Parquet or JSONL.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
@@ -11,14 +11,13 @@ use clap::ValueEnum;
 use ncf_datasets::{ColumnRef, IdMap, KeyedTable, UserItems};
 use ncf_model::{ItemSide, Ncf};
 
-use crate::backend;
+use crate::backend::{self, BackendName};
 use crate::checkpoint;
-use crate::cli::RecommendArgs;
 use crate::export::{Export, Kind, OutFormat, Values};
 use crate::host;
 use crate::output;
 use crate::progress::Progress;
-use crate::shard;
+use crate::shard::{self, Shard};
 
 /// Scores per chunk of users on the CPU (8 MiB): small enough that the host top-k reads them
 /// from cache; measured faster than larger chunks on the 30k × 41k benchmark.
@@ -211,17 +210,15 @@ struct Metadata {
     missing: HashSet<u32>,
 }
 
-fn load_metadata(args: &RecommendArgs) -> Result<Option<Metadata>> {
-    let Some(path) = &args.item_metadata else {
-        if args.item_key.is_some() || args.item_columns.is_some() {
+fn load_metadata(job: &RecommendJob) -> Result<Option<Metadata>> {
+    let Some(path) = &job.item_metadata else {
+        if job.item_key.is_some() || job.item_columns.is_some() {
             bail!("--item-key and --item-columns need --item-metadata FILE");
         }
         return Ok(None);
     };
-    let key = args.item_key.as_deref().map(|k| k.parse::<ColumnRef>().expect("infallible"));
-    let keep: Vec<ColumnRef> =
-        args.item_columns.as_deref().map(|c| c.split(',').map(|s| s.trim().parse::<ColumnRef>().expect("infallible")).collect()).unwrap_or_default();
-    let table = ncf_datasets::table::read_keyed(path, key.as_ref(), &keep).with_context(|| "reading --item-metadata")?;
+    let keep = job.item_columns.clone().unwrap_or_default();
+    let table = ncf_datasets::table::read_keyed(path, job.item_key.as_ref(), &keep).with_context(|| "reading --item-metadata")?;
     let fixed = ["user", "rank", "item", "score", "source"];
     let names = table.names.iter().map(|n| if fixed.contains(&n.as_str()) { format!("meta_{n}") } else { n.clone() }).collect();
     Ok(Some(Metadata { table, names, missing: HashSet::new() }))
@@ -241,55 +238,81 @@ fn allowed_items(spec: &str, items: &IdMap) -> Result<Vec<bool>> {
     Ok(allowed)
 }
 
-pub fn run(args: &RecommendArgs) -> Result<()> {
-    if let Some(dir) = &args.merge {
-        let m = shard::check(dir)?;
-        say!(
-            "{}: all {} shards present and consistent: {} users, {} rows, top-{} from {} ({} parts)",
-            dir.display(),
-            m.shards,
-            m.users,
-            m.rows,
-            m.spec.top_n,
-            m.spec.checkpoint,
-            m.spec.format
-        );
-        return Ok(());
-    }
-    let (Some(checkpoint), Some(out)) = (&args.checkpoint, &args.out) else { bail!("--checkpoint and --out are required") };
-    if args.top_n == 0 {
-        bail!("--top-n must be at least 1");
-    }
-    let format = match args.shard {
-        Some(_) => args.out_format.unwrap_or(OutFormat::Parquet),
-        None => OutFormat::resolve(out, args.out_format)?,
-    };
+/// What `ncf recommend` exports: the checkpoint, the output, the users and items, and what to do
+/// with users the checkpoint has never seen.
+#[derive(Debug, Clone)]
+pub struct RecommendJob {
+    /// Run directory (its best/) or checkpoint directory.
+    pub checkpoint: PathBuf,
+    /// Output file (with `shard`: the directory of the parts).
+    pub out: PathBuf,
+    pub format: OutFormat,
+    /// Replace `out` even when it is not an ncf export with these columns.
+    pub force: bool,
+    /// `all`, a file with one raw user id per line, or id,id,...
+    pub users: String,
+    /// Items per user (at least 1).
+    pub top_n: usize,
+    /// Only the users of this shard, by a hash of the raw user id.
+    pub shard: Option<Shard>,
+    /// Keep items the user had in training or validation.
+    pub include_seen: bool,
+    /// Only these items: a file with one raw item id per line, or id,id,...
+    pub items: Option<String>,
+    pub unknown_users: UnknownUsers,
+    /// Attributes of users the checkpoint has never seen, scored from them.
+    pub user_features: Option<PathBuf>,
+    /// Item table to join, its key column and the columns to join (default: all).
+    pub item_metadata: Option<PathBuf>,
+    pub item_key: Option<ColumnRef>,
+    pub item_columns: Option<Vec<ColumnRef>>,
+    pub backend: BackendName,
+}
+
+/// `ncf recommend --merge DIR`: checks a sharded export and prints its totals.
+pub fn check_shards(dir: &Path) -> Result<()> {
+    let m = shard::check(dir)?;
+    say!(
+        "{}: all {} shards present and consistent: {} users, {} rows, top-{} from {} ({} parts)",
+        dir.display(),
+        m.shards,
+        m.users,
+        m.rows,
+        m.spec.top_n,
+        m.spec.checkpoint,
+        m.spec.format
+    );
+    Ok(())
+}
+
+pub fn run(job: &RecommendJob) -> Result<()> {
+    let (checkpoint, out, format) = (&job.checkpoint, &job.out, job.format);
     // --users and --items name files or list ids; only files are inputs.
     fn file(spec: &str) -> &Path {
         Some(Path::new(spec)).filter(|p| p.is_file()).unwrap_or(Path::new(""))
     }
     let none = Path::new("");
     let inputs = [
-        file(&args.users),
-        file(args.items.as_deref().unwrap_or("")),
-        args.item_metadata.as_deref().unwrap_or(none),
-        args.user_features.as_deref().unwrap_or(none),
+        file(&job.users),
+        file(job.items.as_deref().unwrap_or("")),
+        job.item_metadata.as_deref().unwrap_or(none),
+        job.user_features.as_deref().unwrap_or(none),
     ];
     output::refuse_inputs(out, &inputs)?;
-    let selected = backend::select(args.backend)?;
+    let selected = backend::select(job.backend)?;
     say!("{}", selected.line());
     let device = &selected.device;
     let ck = checkpoint::load(checkpoint, device)?;
     // What every shard of one export must have read: the same checkpoint.json (weights' CRCs).
-    let ck_hash = args.shard.map(|_| shard::checkpoint_hash(&checkpoint::resolve_dir(checkpoint))).transpose()?;
+    let ck_hash = job.shard.map(|_| shard::checkpoint_hash(&checkpoint::resolve_dir(checkpoint))).transpose()?;
     let n_items = ck.meta.n_items;
-    let k = args.top_n.min(n_items);
+    let k = job.top_n.min(n_items);
 
-    let all = args.users.eq_ignore_ascii_case("all");
+    let all = job.users.eq_ignore_ascii_case("all");
     let targets: Vec<Target> = if all {
         (0..ck.meta.n_users as u32).map(Target::Known).collect()
     } else {
-        id_list(&args.users, "--users")?
+        id_list(&job.users, "--users")?
             .into_iter()
             .map(|raw| match ck.users.get(&raw) {
                 Some(u) => Target::Known(u),
@@ -298,7 +321,7 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
             .collect()
     };
     // A shard keeps its users alone (known or not), by their raw ids.
-    let mut targets: Vec<Target> = match args.shard {
+    let mut targets: Vec<Target> = match job.shard {
         Some(shard) => targets
             .into_iter()
             .filter(|t| {
@@ -313,7 +336,7 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
     let unknown_of =
         |targets: &[Target]| -> Vec<String> { targets.iter().filter_map(|t| if let Target::Unknown(r) = t { Some(r.clone()) } else { None }).collect() };
     // New users with a line in --user-features are scored from their features.
-    let features = match &args.user_features {
+    let features = match &job.user_features {
         None => ck.features.clone(),
         Some(path) => {
             let unknown = unknown_of(&targets);
@@ -332,17 +355,17 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
     let unknown = unknown_of(&targets);
     let unknown: Vec<&str> = unknown.iter().map(String::as_str).collect();
     if !unknown.is_empty() {
-        let from = if Path::new(&args.users).is_file() { format!("{}: ", args.users) } else { String::new() };
+        let from = if Path::new(&job.users).is_file() { format!("{}: ", job.users) } else { String::new() };
         let head = format!("{from}{} of {} requested users are not in the checkpoint (e.g. {})", unknown.len(), targets.len(), examples(&unknown));
-        match args.unknown_users {
+        match job.unknown_users {
             UnknownUsers::Error => bail!("{head}; pass --unknown-users skip or popular to export the others"),
             UnknownUsers::Skip if unknown.len() == targets.len() => bail!("{head}: nothing to recommend"),
             UnknownUsers::Skip => eprintln!("warning: {head}; skipped (--unknown-users skip)"),
             UnknownUsers::Popular => eprintln!("warning: {head}; they get the most popular training items, flagged source=popularity"),
         }
     }
-    let allowed = args.items.as_deref().map(|s| allowed_items(s, &ck.items)).transpose()?;
-    let mut metadata = load_metadata(args)?;
+    let allowed = job.items.as_deref().map(|s| allowed_items(s, &ck.items)).transpose()?;
+    let mut metadata = load_metadata(job)?;
     let popular: Vec<(u32, f32)> = {
         let pop: Vec<f32> =
             ck.popularity.iter().enumerate().map(|(i, &c)| if allowed.as_ref().is_none_or(|a| a[i]) { c as f32 } else { f32::NEG_INFINITY }).collect();
@@ -359,21 +382,21 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
     }
     let seen = ck.seen();
     let model = ck.scoring_model_with(&features);
-    let scorer = Scorer::new(&model, &seen, device, allowed.as_deref(), args.include_seen, selected.host_memory(), k);
+    let scorer = Scorer::new(&model, &seen, device, allowed.as_deref(), job.include_seen, selected.host_memory(), k);
     // A shard writes its part into the claimed directory, replacing its own earlier part.
     let ext = match format {
         OutFormat::Csv => "csv",
         OutFormat::Parquet => "parquet",
         OutFormat::Jsonl => "jsonl",
     };
-    let part = match args.shard {
+    let part = match job.shard {
         Some(shard) => {
-            shard::claim_dir(out, args.force)?;
+            shard::claim_dir(out, job.force)?;
             shard::part_path(out, shard, ext)
         }
         None => out.clone(),
     };
-    let mut export = Export::create(&part, format, &columns, &inputs, args.force || args.shard.is_some())?;
+    let mut export = Export::create(&part, format, &columns, &inputs, job.force || job.shard.is_some())?;
     let bar = Progress::users(targets.len());
     let mut users_out = 0usize;
     let blocks: Vec<&[Target]> = targets.chunks(scorer.chunk).collect();
@@ -395,7 +418,7 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
             let (raw, rows, src) = match t {
                 Target::Known(u) => (ck.users.raw(*u), scored.next().expect("one list per known user"), "model"),
                 Target::Features(_, raw) => (raw.as_str(), scored.next().expect("one list per user with features"), "features"),
-                Target::Unknown(_) if args.unknown_users == UnknownUsers::Skip => continue,
+                Target::Unknown(_) if job.unknown_users == UnknownUsers::Skip => continue,
                 Target::Unknown(raw) => (raw.as_str(), popular.clone(), "popularity"),
             };
             users_out += 1;
@@ -450,14 +473,14 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
     bar.finish_and_clear();
     let rows = export.rows();
     export.finish()?;
-    if let Some(shard) = args.shard {
+    if let Some(shard) = job.shard {
         let spec = shard::ExportSpec {
             checkpoint_hash: ck_hash.clone().unwrap_or_default(),
             checkpoint: checkpoint.display().to_string(),
-            top_n: args.top_n,
-            include_seen: args.include_seen,
-            users: args.users.clone(),
-            items: args.items.clone(),
+            top_n: job.top_n,
+            include_seen: job.include_seen,
+            users: job.users.clone(),
+            items: job.items.clone(),
             columns: columns.iter().map(|c| c.0.clone()).collect(),
             format: ext.to_owned(),
         };
@@ -469,7 +492,7 @@ pub fn run(args: &RecommendArgs) -> Result<()> {
         eprintln!("warning: {} recommended items have no row in --item-metadata (their columns are empty)", m.missing.len());
     }
     let secs = bar.elapsed().as_secs_f64();
-    let shard = args.shard.map_or(String::new(), |s| format!(" (shard {} of {})", s.index, s.count));
+    let shard = job.shard.map_or(String::new(), |s| format!(" (shard {} of {})", s.index, s.count));
     say!("wrote top-{k} for {users_out} users{shard} ({rows} rows) to {} in {secs:.1}s ({:.0} users/s)", part.display(), users_out as f64 / secs.max(1e-9));
     Ok(())
 }

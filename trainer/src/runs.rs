@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::cli::RunsArgs;
 use crate::history::{self, EpochRecord, Metric, SelectOn};
 use crate::manifest::Manifest;
 
@@ -243,19 +242,34 @@ pub fn load(roots: &[PathBuf], metric: Option<&str>) -> Result<(Vec<RunSummary>,
     Ok((runs, key))
 }
 
-pub fn run(args: &RunsArgs) -> Result<()> {
-    let roots = if args.dirs.is_empty() { vec![PathBuf::from("runs")] } else { args.dirs.clone() };
-    let (mut runs, key) = load(&roots, args.sort.as_deref())?;
-    if args.reverse {
+/// What `ncf runs` shows: which runs, sorted how, printed how, and an optional plot.
+#[derive(Debug, Clone)]
+pub struct RunsJob {
+    /// Run directories, or directories holding runs.
+    pub dirs: Vec<PathBuf>,
+    /// Metric to show and sort by, best first; `None`: the metric the runs chose their best
+    /// epoch by.
+    pub sort: Option<String>,
+    /// Worst first.
+    pub reverse: bool,
+    /// CSV instead of aligned columns.
+    pub csv: bool,
+    /// PNG of the runs' curves of the metric per epoch.
+    pub plot: Option<PathBuf>,
+}
+
+pub fn run(job: &RunsJob) -> Result<()> {
+    let (mut runs, key) = load(&job.dirs, job.sort.as_deref())?;
+    if job.reverse {
         runs.reverse();
     }
     let rows = table(&runs, &key);
-    if args.csv {
+    if job.csv {
         print!("{}", crate::export::csv_string(rows));
     } else {
         print!("{}", aligned(&rows));
     }
-    if let Some(plot) = &args.plot {
+    if let Some(plot) = &job.plot {
         // Validation curves where the run has them, else its choosing split's: never test
         // curves beside validation ones.
         let curves: Vec<(String, Vec<f64>)> = runs
@@ -267,7 +281,7 @@ pub fn run(args: &RunsArgs) -> Result<()> {
             .collect();
         let series: Vec<crate::curves::Series> = curves.iter().map(|(name, values)| crate::curves::Series { name, values }).collect();
         crate::curves::write_one(plot, &history::label(&key.metric, key.k), &series)?;
-        if !args.csv {
+        if !job.csv {
             say!("curves: {}", plot.display());
         }
     }

@@ -1,13 +1,15 @@
 //! `ncf score`: one value per given (user, item) pair, in file order: the purchase propensity
 //! (sigmoid of the model output) for BCE-trained models, the raw score for BPR-trained ones.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::{Result, bail};
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Int, Tensor, TensorData};
+use ncf_datasets::ReadOptions;
 
-use crate::backend;
+use crate::backend::{self, BackendName};
 use crate::checkpoint;
-use crate::cli::{ScoreArgs, UnknownPairs};
 use crate::export::{Export, Kind, OutFormat, Values};
 use crate::host;
 use crate::output;
@@ -16,16 +18,41 @@ use crate::pairs::Pairs;
 /// Pairs per device call (and per output batch).
 const BATCH: usize = 1 << 16;
 
-pub fn run(args: &ScoreArgs) -> Result<()> {
-    let format = OutFormat::resolve(&args.out, args.out_format)?;
-    output::refuse_inputs(&args.out, &[args.pairs.as_path(), args.user_features.as_deref().unwrap_or(std::path::Path::new(""))])?;
-    let selected = backend::select(args.backend)?;
+/// What `ncf score` does with pairs naming an unknown user or item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnknownPairs {
+    Error,
+    Skip,
+}
+
+/// What `ncf score` scores: the checkpoint, the pairs file and how to read it, and the output.
+#[derive(Debug, Clone)]
+pub struct ScoreJob {
+    /// Run directory (its best/) or checkpoint directory.
+    pub checkpoint: PathBuf,
+    /// (user, item) pairs with raw ids.
+    pub pairs: PathBuf,
+    pub read: ReadOptions,
+    pub out: PathBuf,
+    pub format: OutFormat,
+    /// Replace `out` even when it is not an ncf export with these columns.
+    pub force: bool,
+    pub unknown: UnknownPairs,
+    /// Attributes of users the checkpoint has never seen, scored from them.
+    pub user_features: Option<PathBuf>,
+    pub backend: BackendName,
+}
+
+pub fn run(job: &ScoreJob) -> Result<()> {
+    let format = job.format;
+    output::refuse_inputs(&job.out, &[job.pairs.as_path(), job.user_features.as_deref().unwrap_or(Path::new(""))])?;
+    let selected = backend::select(job.backend)?;
     say!("{}", selected.line());
     let device = &selected.device;
-    let ck = checkpoint::load(&args.checkpoint, device)?;
-    let mut pairs = Pairs::read(&args.pairs, &args.read, &ck.users, &ck.items)?;
+    let ck = checkpoint::load(&job.checkpoint, device)?;
+    let mut pairs = Pairs::read(&job.pairs, &job.read, &ck.users, &ck.items)?;
     // Users new to the checkpoint with a line in --user-features are scored from their features.
-    let features = match &args.user_features {
+    let features = match &job.user_features {
         None => ck.features.clone(),
         Some(path) => {
             let mut new: Vec<&str> = (0..pairs.data.len()).filter(|&r| pairs.user[r].is_none()).map(|r| pairs.raw_user(r)).collect();
@@ -44,11 +71,11 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     if unknown > 0 {
         let head = format!(
             "{}: {unknown} of {} pairs name a user or item not in the checkpoint (e.g. {})",
-            args.pairs.display(),
+            job.pairs.display(),
             pairs.data.len(),
             examples.join(", ")
         );
-        match args.unknown {
+        match job.unknown {
             UnknownPairs::Error => bail!("{head}; pass --unknown skip to score the others"),
             UnknownPairs::Skip if unknown == pairs.data.len() => bail!("{head}: nothing to score"),
             UnknownPairs::Skip => eprintln!("warning: {head}; left out (--unknown skip)"),
@@ -64,7 +91,7 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
     }
     let rows: Vec<usize> = (0..pairs.data.len()).filter(|&r| pairs.user[r].is_some() && pairs.item[r].is_some()).collect();
     let columns = [("user".to_owned(), Kind::Str), ("item".into(), Kind::Str), (column.into(), Kind::F32)];
-    let mut export = Export::create(&args.out, format, &columns, &[args.pairs.as_path()], args.force)?;
+    let mut export = Export::create(&job.out, format, &columns, &[job.pairs.as_path()], job.force)?;
     let model = ck.scoring_model_with(&features);
     for block in rows.chunks(BATCH) {
         let n = block.len();
@@ -80,6 +107,6 @@ pub fn run(args: &ScoreArgs) -> Result<()> {
         ])?;
     }
     export.finish()?;
-    say!("wrote {} scored pairs to {}", rows.len(), args.out.display());
+    say!("wrote {} scored pairs to {}", rows.len(), job.out.display());
     Ok(())
 }

@@ -12,9 +12,8 @@ use ncf_model::eval::{RankingChunk, full_ranking_rows, full_ranking_sums, sample
 use ncf_model::step::{Later, StepEngine};
 use ncf_model::{DataParallel, LossConfig, LossKind, Ncf, Optimizer, StepInput};
 
-use crate::backend;
+use crate::backend::{self, BackendName};
 use crate::checkpoint::{self, FORMAT_VERSION, Meta, Saved};
-use crate::cli::TrainArgs;
 use crate::config::RunConfig;
 use crate::curves;
 use crate::features::RunFeatures;
@@ -356,7 +355,7 @@ pub(crate) fn run_epoch(
 }
 
 /// `runs/<model>-<n>` with the first free n.
-fn default_run_dir(model: &str) -> PathBuf {
+pub fn default_run_dir(model: &str) -> PathBuf {
     (1..).map(|n| PathBuf::from(format!("runs/{model}-{n:03}"))).find(|p| !p.exists()).unwrap()
 }
 
@@ -428,18 +427,18 @@ fn resume_from(
 /// What `ncf train` writes into a run directory (besides `best/` and `last/`).
 const RUN_FILES: [&str; 7] = ["config.toml", "metrics.csv", "curves.png", manifest::FILE, "best", "last", output::MARKER];
 
-/// The run directory to write: `--resume`'s, or `--out` (default `runs/<model>-<n>`) after
-/// checking that it may be written; an existing run is refused unless `--force`, which clears its
-/// checkpoints, metrics and curves first.
-fn claim_run_dir(args: &TrainArgs, config: &RunConfig) -> Result<PathBuf> {
-    if let Some(run) = &args.resume {
-        return Ok(run.clone());
+/// The run directory to write: `--resume`'s, or `--out` after checking that it may be written;
+/// an existing run is refused unless `--force`, which clears its checkpoints, metrics and curves
+/// first.
+fn claim_run_dir(job: &TrainJob, config: &RunConfig) -> Result<PathBuf> {
+    if job.resume {
+        return Ok(job.dir.clone());
     }
-    let dir = args.out.clone().unwrap_or_else(|| default_run_dir(config.model.kind.name()));
+    let dir = job.dir.clone();
     let mut inputs = config.input_paths();
-    inputs.extend(args.config.as_deref());
-    if output::claim_dir(&dir, DirKind::Run, &RUN_FILES, &inputs, args.force)? == DirState::Same {
-        if !args.force {
+    inputs.extend(job.config_file.as_deref());
+    if output::claim_dir(&dir, DirKind::Run, &RUN_FILES, &inputs, job.force)? == DirState::Same {
+        if !job.force {
             anyhow::bail!(
                 "{}: already holds a run; continue it with --resume {0}, or pass --force to start it afresh \
                  (its checkpoints, metrics and curves are replaced)",
@@ -459,8 +458,29 @@ fn claim_run_dir(args: &TrainArgs, config: &RunConfig) -> Result<PathBuf> {
     Ok(dir)
 }
 
-pub fn run(args: &TrainArgs) -> Result<()> {
-    run_with(args, &mut |_, _| None).map(drop)
+/// What `ncf train` runs: the resolved configuration and where and how to run it.
+#[derive(Debug, Clone)]
+pub struct TrainJob {
+    /// The run's configuration, resolved from its sources (paths as given; made absolute before
+    /// they are saved).
+    pub config: RunConfig,
+    /// The `--config` file: an input the run directory may not write over.
+    pub config_file: Option<PathBuf>,
+    /// The run directory: `--out` (default `runs/<model>-<n>`), or the run being resumed.
+    pub dir: PathBuf,
+    /// Continue `dir` from its `last/` checkpoint.
+    pub resume: bool,
+    /// Start afresh in an existing run, or write a run into a directory that is not one.
+    pub force: bool,
+    pub backend: BackendName,
+    /// `--devices`: the device list as given (data-parallel training).
+    pub devices: Option<String>,
+    /// Print host reads per step and where each epoch's time goes.
+    pub profile: bool,
+}
+
+pub fn run(job: &TrainJob) -> Result<()> {
+    run_with(job, &mut |_, _| None).map(drop)
 }
 
 /// Asked after every epoch with the epoch and the history so far; `Some(reason)` ends the run
@@ -468,13 +488,13 @@ pub fn run(args: &TrainArgs) -> Result<()> {
 pub type Pruner<'a> = dyn FnMut(usize, &[EpochRecord]) -> Option<String> + 'a;
 
 /// [`run`], with `prune` consulted after every epoch; returns the run directory.
-pub fn run_with(args: &TrainArgs, prune: &mut Pruner) -> Result<PathBuf> {
+pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
     let started = (Instant::now(), std::time::SystemTime::now());
-    let mut config = args.resolve_config()?;
+    let mut config = job.config.clone();
     config.absolutize_paths();
-    let run_dir = claim_run_dir(args, &config)?;
+    let run_dir = claim_run_dir(job, &config)?;
     // A bad list or a loss that cannot be split is refused before anything is read or written.
-    if let Some(list) = &args.devices
+    if let Some(list) = &job.devices
         && backend::parse_devices(list)?.len() > 1
     {
         DataParallel::supports(config.train.loss, config.shared_negatives()).map_err(|e| anyhow::anyhow!("--devices {list}: {e}"))?;
@@ -482,11 +502,11 @@ pub fn run_with(args: &TrainArgs, prune: &mut Pruner) -> Result<PathBuf> {
             anyhow::bail!("--devices {list}: side features (--user-features, --item-features) train on one device for now; drop --devices");
         }
     }
-    let mut selected = backend::select(args.backend)?;
+    let mut selected = backend::select(job.backend)?;
     say!("{}", selected.line());
     // `--devices`: device 0 of the list is the run's device (evaluation, checkpoints); a list of
     // one is that device alone.
-    let devices = args.devices.as_deref().map(|list| selected.devices(list)).transpose()?.unwrap_or_default();
+    let devices = job.devices.as_deref().map(|list| selected.devices(list)).transpose()?.unwrap_or_default();
     if let Some((first, _)) = devices.first() {
         selected.device = first.clone();
     }
@@ -521,9 +541,10 @@ pub fn run_with(args: &TrainArgs, prune: &mut Pruner) -> Result<PathBuf> {
     let shared = SharedSetup::new(&config, &sampler, &split, device);
     let history_draws =
         (config.model.history > 0.0).then(|| HistoryDraws::new(std::sync::Arc::new(split.train.clone()), config.sampler.history_max, config.seed));
-    let (mut model, mut optim, mut history) = match &args.resume {
-        Some(run) => resume_from(run, &config, &data, &split, &features, device)?,
-        None => (initial_model(&config, &data, &features, device)?, Optimizer::new(config.optim.clone()), Vec::new()),
+    let (mut model, mut optim, mut history) = if job.resume {
+        resume_from(&run_dir, &config, &data, &split, &features, device)?
+    } else {
+        (initial_model(&config, &data, &features, device)?, Optimizer::new(config.optim.clone()), Vec::new())
     };
     let k = config.train.k;
     // Validation ranks against the training items masked; test against training and validation.
@@ -628,7 +649,7 @@ pub fn run_with(args: &TrainArgs, prune: &mut Pruner) -> Result<PathBuf> {
             let scoring = evaluated.then(|| features.compose(&model).fold_history(split.train.offsets(), split.train.all_items()));
             let valid = valid_eval.as_ref().zip(scoring.as_ref()).map(|(e, m)| e.evaluate(m, k, device));
             let test = scoring.as_ref().map(|m| test_eval.evaluate(m, k, device));
-            if args.profile {
+            if job.profile {
                 progress.println(&format!(
                 "profile: {} steps, {:.3} host reads/step ({} reads in the step loop, log every {}); sampling {:.2}s, waiting for batches {:.2}s, steps {:.2}s, loss reads {:.2}s, evaluation {:.2}s ({} reads)",
                 prof.steps,

@@ -23,12 +23,13 @@ use anyhow::{Context, Result, bail};
 use ncf_datasets::rng::{self, RngExt};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{TrainArgs, TuneArgs};
-use crate::config;
+use crate::backend::BackendName;
+use crate::config::{self, ConfigSources};
 use crate::history::{EpochRecord, SelectOn};
 use crate::manifest::{self, Manifest, Status};
 use crate::output::{self, DirKind};
 use crate::runs::{self, MetricKey, RunSummary};
+use crate::train::TrainJob;
 
 /// Earlier trials needed at an epoch before the median rule stops anything.
 const MIN_PEERS: usize = 3;
@@ -156,54 +157,84 @@ fn duration(seconds: f64) -> String {
     }
 }
 
-/// `ncf train`'s arguments for one trial.
-fn trial_args(args: &TuneArgs, sets: Vec<String>, dir: &Path, resume: bool, force: bool) -> TrainArgs {
-    TrainArgs {
-        reader: if resume { Default::default() } else { args.reader.clone() },
-        config: if resume { None } else { args.config.clone() },
-        sets,
-        out: (!resume).then(|| dir.to_owned()),
-        force,
-        backend: args.backend,
-        model: None,
-        epochs: args.epochs,
-        seed: None,
-        log_every: None,
-        profile: false,
-        user_features: None,
-        item_features: None,
-        devices: None,
-        resume: resume.then(|| dir.to_owned()),
+/// How `ncf tune` stops hopeless trials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Prune {
+    /// Median stopping rule: after --prune-after epochs, a trial whose best validation metric so
+    /// far is below the median of the earlier trials' at the same epoch stops.
+    Median,
+    /// Every trial runs all its epochs (or until train.patience stops it).
+    None,
+}
+
+/// What `ncf tune` runs: the base config's sources (as `ncf train` takes them), the grid, the
+/// search and its budget.
+#[derive(Debug, Clone)]
+pub struct TuneJob {
+    /// The base config of every trial; each trial adds its grid values as `--set`s.
+    pub base: ConfigSources,
+    /// The tuned keys and their values.
+    pub grid: Vec<Axis>,
+    /// Try this many combinations drawn at random instead of all of them.
+    pub random: Option<usize>,
+    /// Seed of the `random` draw.
+    pub seed: u64,
+    /// Start no trial after this many minutes.
+    pub budget_minutes: Option<f64>,
+    pub prune: Prune,
+    /// Epochs every trial runs before the median rule may stop it (default: a quarter of
+    /// train.epochs).
+    pub prune_after: Option<usize>,
+    /// The tune directory.
+    pub dir: PathBuf,
+    /// Write into `dir` even when it is not an ncf tune.
+    pub force: bool,
+    pub backend: BackendName,
+    /// Show each trial's epochs, not just a line per trial.
+    pub verbose: bool,
+}
+
+/// `tunes/tune-<n>` with the first free n.
+pub fn default_dir() -> PathBuf {
+    (1..).map(|n| PathBuf::from(format!("tunes/tune-{n:03}"))).find(|p| !p.exists()).unwrap()
+}
+
+/// The config sources of one trial: the base's plus `sets`; a resumed trial starts from the
+/// config.toml its run saved.
+fn trial_sources(job: &TuneJob, sets: Vec<String>, resume: Option<&Path>) -> ConfigSources {
+    let sets = job.base.sets.iter().cloned().chain(sets).collect();
+    match resume {
+        None => ConfigSources { sets, ..job.base.clone() },
+        Some(dir) => ConfigSources { file: Some(dir.join("config.toml")), sets, shorthands: job.base.shorthands.clone(), resume: true, ..Default::default() },
     }
 }
 
-pub fn run(args: &TuneArgs) -> Result<()> {
-    let grid = args.grid.iter().map(|g| Axis::parse(g)).collect::<Result<Vec<_>>>()?;
+pub fn run(job: &TuneJob) -> Result<()> {
+    let grid = job.grid.clone();
     if let Some(dup) = grid.iter().enumerate().find(|(i, a)| grid[..*i].iter().any(|b| b.key == a.key)) {
         bail!("--grid {}: the key is given twice; list all its values in one --grid", dup.1.key);
     }
-    if args.random == Some(0) {
+    if job.random == Some(0) {
         bail!("--random 0 runs nothing: give the number of combinations to sample");
     }
     // The base config, then every trial's, checked before anything runs.
-    let base = trial_args(args, args.sets.clone(), Path::new(""), false, false).resolve_config()?;
+    let base = job.base.resolve()?;
     if base.train.select_on != SelectOn::Valid {
         bail!("ncf tune chooses on the validation split, but train.select_on = \"{}\"; leave it at \"valid\"", base.train.select_on.name());
     }
     let mut absolute_base = base.clone();
     absolute_base.absolutize_paths();
-    let search = Search { base_config_hash: manifest::config_hash(&absolute_base), grid, random: args.random, seed: args.seed };
+    let search = Search { base_config_hash: manifest::config_hash(&absolute_base), grid, random: job.random, seed: job.seed };
     let trials = search.trials();
     for t in &trials {
-        let sets: Vec<String> = args.sets.iter().cloned().chain(search.sets(t)).collect();
-        trial_args(args, sets, Path::new(""), false, false).resolve_config().with_context(|| format!("the trial {}", search.sets(t).join(" ")))?;
+        trial_sources(job, search.sets(t), None).resolve().with_context(|| format!("the trial {}", search.sets(t).join(" ")))?;
     }
     let key = MetricKey { on: Some(SelectOn::Valid), metric: base.train.best_metric.name().to_owned(), k: base.train.k };
 
-    let dir = args.out.clone().unwrap_or_else(|| (1..).map(|n| PathBuf::from(format!("tunes/tune-{n:03}"))).find(|p| !p.exists()).unwrap());
+    let dir = &job.dir;
     let mut inputs = base.input_paths();
-    inputs.extend(args.config.as_deref());
-    let state = output::claim_dir(&dir, DirKind::Tune, &TUNE_FILES, &inputs, args.force)?;
+    inputs.extend(job.base.file.as_deref());
+    let state = output::claim_dir(dir, DirKind::Tune, &TUNE_FILES, &inputs, job.force)?;
     let spec_path = dir.join("tune.toml");
     if state == output::DirState::Same
         && let Ok(text) = std::fs::read_to_string(&spec_path)
@@ -218,11 +249,11 @@ pub fn run(args: &TuneArgs) -> Result<()> {
         }
         say!("continuing the tune in {}", dir.display());
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     output::write_atomic(&spec_path, toml::to_string_pretty(&search).expect("the search serializes").as_bytes())?;
-    output::mark(&dir, DirKind::Tune)?;
+    output::mark(dir, DirKind::Tune)?;
 
-    let prune_after = args.prune_after.unwrap_or_else(|| base.train.epochs.div_ceil(4).max(1));
+    let prune_after = job.prune_after.unwrap_or_else(|| base.train.epochs.div_ceil(4).max(1));
     let names: Vec<String> = (0..trials.len()).map(|i| format!("trial-{i:03}")).collect();
     say!(
         "tune: {} trials of {} ({}), chosen on {}; {}",
@@ -234,9 +265,9 @@ pub fn run(args: &TuneArgs) -> Result<()> {
             "the whole grid".to_owned()
         },
         key.label(),
-        match args.prune {
-            crate::cli::Prune::Median => format!("hopeless trials stop after epoch {prune_after} (median rule)"),
-            crate::cli::Prune::None => "no pruning".to_owned(),
+        match job.prune {
+            Prune::Median => format!("hopeless trials stop after epoch {prune_after} (median rule)"),
+            Prune::None => "no pruning".to_owned(),
         }
     );
     let started = Instant::now();
@@ -246,26 +277,37 @@ pub fn run(args: &TuneArgs) -> Result<()> {
     let quiet = crate::progress::quiet();
     for (i, (trial, name)) in trials.iter().zip(&names).enumerate() {
         let tdir = dir.join(name);
-        let sets: Vec<String> = args.sets.iter().cloned().chain(search.sets(trial)).collect();
         let previous = trial_state(&tdir)?;
         let ended = previous.as_ref().is_some_and(|m| m.status != Status::Running);
         if !ended {
-            if args.budget_minutes.is_some_and(|m| started.elapsed().as_secs_f64() >= m * 60.0) {
+            if job.budget_minutes.is_some_and(|m| started.elapsed().as_secs_f64() >= m * 60.0) {
                 left_out = trials.len() - i;
                 break;
             }
             let resume = tdir.join("last/checkpoint.json").exists();
-            let targs = trial_args(args, sets, &tdir, resume, tdir.exists() && !resume);
+            let force = tdir.exists() && !resume;
             say!("{name}: {}{}", search.sets(trial).join(" "), if resume { " (resuming)" } else { "" });
             let t0 = Instant::now();
-            crate::progress::set_quiet(quiet || !args.verbose);
+            crate::progress::set_quiet(quiet || !job.verbose);
             let key = key.clone();
             let peers = done.clone();
-            let mut prune = |epoch: usize, history: &[EpochRecord]| match args.prune {
-                crate::cli::Prune::Median if epoch >= prune_after => median_rule(&peers, &key, epoch, history),
+            let mut prune = |epoch: usize, history: &[EpochRecord]| match job.prune {
+                Prune::Median if epoch >= prune_after => median_rule(&peers, &key, epoch, history),
                 _ => None,
             };
-            let result = crate::train::run_with(&targs, &mut prune);
+            let result = trial_sources(job, search.sets(trial), resume.then_some(tdir.as_path())).resolve().and_then(|config| {
+                let train = TrainJob {
+                    config,
+                    config_file: if resume { None } else { job.base.file.clone() },
+                    dir: tdir.clone(),
+                    resume,
+                    force,
+                    backend: job.backend,
+                    devices: None,
+                    profile: false,
+                };
+                crate::train::run_with(&train, &mut prune)
+            });
             crate::progress::set_quiet(quiet);
             if let Err(e) = result {
                 // A trial that never started (no manifest) failed on what every trial shares.
@@ -295,9 +337,9 @@ pub fn run(args: &TuneArgs) -> Result<()> {
             best.map_or("–".into(), |b| format!("{} {:.4}", b.dir.file_name().unwrap_or_default().to_string_lossy(), b.value(&key).unwrap_or(f64::NAN))),
         );
     }
-    finish(&dir, &search, &done, &key)?;
+    finish(dir, &search, &done, &key)?;
     if left_out > 0 {
-        say!("budget of {} minutes reached: {left_out} trials not run; rerun the same command to continue", args.budget_minutes.unwrap_or(0.0));
+        say!("budget of {} minutes reached: {left_out} trials not run; rerun the same command to continue", job.budget_minutes.unwrap_or(0.0));
     }
     Ok(())
 }
