@@ -73,24 +73,33 @@ pub struct Lookahead {
 /// [`rows::Pipeline`], [`rows::later`]); elsewhere it runs each step as it comes. Which route a
 /// step takes (the fused pass or autodiff) is decided inside [`train_step`] by
 /// [`head_grad::supports`]. Call [`StepEngine::finish`] before reading the model or the
-/// optimizer; dropping the engine finishes too.
-#[derive(Debug, Default)]
+/// optimizer.
+#[derive(Debug)]
 pub struct StepEngine {
     pipeline: rows::Pipeline,
+    /// Whether [`StepEngine::later`] hands its jobs to a helper thread (else runs them at once).
+    beside: bool,
 }
+
+/// The smallest batch whose building [`StepEngine::later`] hands to a helper thread. A smaller
+/// batch is built on the spot: its step is too short for the hand-over (and a helper spinning
+/// between jobs) to pay (BENCHMARKS.md, session 13).
+const LATER_MIN_BATCH: usize = 512;
 
 /// A result of [`StepEngine::later`].
 pub use crate::rows::Later;
 
 impl StepEngine {
-    pub fn new() -> Self {
-        Self::default()
+    /// An engine for a loop whose batches hold `batch` samples.
+    pub fn new(batch: usize) -> Self {
+        Self { pipeline: rows::Pipeline::default(), beside: batch >= LATER_MIN_BATCH }
     }
 
     /// Runs `job` beside the steps (on flex, on the first helper thread between its row jobs) for
-    /// a result wanted later, such as the loop's next batch.
+    /// a result wanted later, such as the loop's next batch; with batches under
+    /// `LATER_MIN_BATCH` samples, here and now.
     pub fn later<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Later<T> {
-        rows::later(job)
+        if self.beside { rows::later(job) } else { rows::ready(job()) }
     }
 
     /// [`train_step`] on `input`, told the next batch's unique item rows when there is one

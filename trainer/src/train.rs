@@ -267,7 +267,7 @@ pub(crate) fn run_epoch(
     let model = {
         // One batch ahead: the engine fetches the next batch's rows of a large item table while a
         // step computes, and leaves that table's update running into the next step.
-        let engine = StepEngine::new();
+        let engine = StepEngine::new(batch_size);
         // Batch k + 1 is built beside the steps while step k - 1 runs (`StepEngine::later`), the
         // builder handed from one job to the next.
         let build = |builder: BatchBuilder, k: usize| {

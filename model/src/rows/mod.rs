@@ -21,7 +21,7 @@ pub(crate) mod flex;
 mod pipeline;
 
 pub use catch_up::{CatchUp, RowFactors, RowStep};
-pub use pipeline::{Later, Pending, Pipeline, beside, gather_ahead, later};
+pub use pipeline::{Later, Pending, Pipeline, beside, gather_ahead, later, ready};
 
 use burn::backend::backend_extension;
 use burn::backend::tensor::{FloatTensor, IntTensor};

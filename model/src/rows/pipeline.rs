@@ -31,6 +31,11 @@ pub fn later<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Lat
     Later { out, owed }
 }
 
+/// `value` as a [`Later`] that is already there, for work done on the spot.
+pub fn ready<T>(value: T) -> Later<T> {
+    Later { out: std::sync::Arc::new(std::sync::Mutex::new(Some(value))), owed: None }
+}
+
 /// A result of [`later`].
 pub struct Later<T> {
     out: std::sync::Arc<std::sync::Mutex<Option<T>>>,
