@@ -461,7 +461,7 @@ mod tests {
             let here_hits = AtomicUsize::new(0);
             let (a, b) = beside(
                 || {
-                    // On the second thread this is shared back to the caller, which joins it.
+                    // On a helper this is shared back to the caller, which joins it.
                     for_each(hits.len(), |k| {
                         hits[k].fetch_add(1, Ordering::Relaxed);
                     });

@@ -95,7 +95,7 @@ impl StepEngine {
         Self { pipeline: rows::Pipeline::default(), beside: batch >= LATER_MIN_BATCH }
     }
 
-    /// Runs `job` beside the steps (on flex, on the first helper thread between its row jobs) for
+    /// Runs `job` beside the steps (on flex, on the first helper between its row jobs) for
     /// a result wanted later, such as the loop's next batch; with batches under
     /// `LATER_MIN_BATCH` samples, here and now.
     pub fn later<T: Send + 'static>(&self, job: impl FnOnce() -> T + Send + 'static) -> Later<T> {
@@ -183,7 +183,7 @@ pub fn train_step(mut model: Ncf, optim: &mut Optimizer, input: StepInput, loss:
         rows::expect_update(&model.user.val(), n_users);
         rows::expect_update(&model.item.val(), n_items);
     }
-    // With enough rows, the item table's update starts on the second thread while this one
+    // With enough rows, the item table's update starts on the first helper while this one
     // updates the head and the user table (and joins it, on a table past the caches).
     let item_beside = fused_adam && rows::update_beside(&model.item.val(), n_items);
     // The tables are read here and updated in place below: no handle to them is kept in
@@ -197,7 +197,7 @@ pub fn train_step(mut model: Ncf, optim: &mut Optimizer, input: StepInput, loss:
     let fetched = pipeline.and_then(|p| p.take(&model.item.val(), &input.items));
     let item_rows = fetched.unwrap_or_else(|| rows::gather(model.item.val(), input.items.clone()));
     // The next batch's item rows are copied, and this batch's rows of the table and its moments
-    // read into the second thread's caches, during forward and backward; that is over (or
+    // read into a helper thread's caches, during forward and backward; that is over (or
     // dropped) before the update below writes them.
     let state = optim.item.as_ref().map(|s| (&s.m, &s.v, &s.last));
     let pending = item_beside.then(|| {

@@ -1,5 +1,5 @@
 //! The flex kernels: native Rust over the tables' host buffers, prefetching rows ahead (a large
-//! table's rows are cache misses) and, past the caches, sharing the rows with the second thread
+//! table's rows are cache misses) and, past the caches, sharing the rows with the helper threads
 //! ([`crate::second_core`]). Also the flex tensor plumbing the pipeline (`pipeline.rs`) reads
 //! rows through.
 
@@ -90,7 +90,7 @@ pub(super) fn split_worthwhile(n: usize, w: usize, rows: usize) -> bool {
     n * w >= 2 << 20 && rows >= MIN_SHARED_ROWS
 }
 
-/// The fewest rows worth handing to the second thread.
+/// The fewest rows worth handing to a helper thread.
 pub(super) const MIN_SHARED_ROWS: usize = 1024;
 
 /// Copies, for each `(i, row)` of `work`, row `row` of the `w`-wide table at `tp` into
@@ -276,7 +276,7 @@ fn adam_row(t: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: &RowConst
 }
 
 /// A table and its Adam state as raw buffers whose rows are reached one at a time, so that
-/// the second thread can update some rows while this one reads others (see
+/// a helper thread can update some rows while this one reads others (see
 /// `Pipeline::defer_adam`). Rows are `width` values; `last` has one value per row. Writes go
 /// only through pointers taken from a unique borrow of the buffers (`storage_mut`).
 #[derive(Clone, Copy)]
@@ -375,7 +375,7 @@ impl RowUpdate for Flex {
             // A table this large is updated at DRAM latency: two threads keep twice the misses
             // in flight. The table is cut into row-range blocks that either thread claims
             // whole, so a repeated row can never be updated by both at once, and a late
-            // second thread leaves its share to this one. (Over flex's rayon pool the
+            // helper leaves its share to this one. (Over flex's rayon pool the
             // wake-ups cost more than it saved.)
             let span = n.div_ceil(BLOCKS);
             let mut work: Vec<Vec<(usize, usize)>> = vec![Vec::with_capacity(idx.len() / BLOCKS + 16); n.div_ceil(span)];

@@ -11,7 +11,7 @@
 //!
 //! By concern: the catch-up math of the row-sparse Adam (`catch_up.rs`), the flex kernels
 //! (`flex.rs`), the CubeCL kernels (`cube.rs`), and the work a training loop carries from one step
-//! to the next on flex's second thread (`pipeline.rs`: rows fetched ahead, an update left running).
+//! to the next on flex's first helper (`pipeline.rs`: rows fetched ahead, an update left running).
 
 mod catch_up;
 #[cfg(feature = "cube")]
@@ -76,7 +76,7 @@ pub fn fused_on(device: &Device) -> bool {
 }
 
 /// Tells the flex kernels that `table` will be updated at about `rows` rows later in this step,
-/// so that the second thread is awake by then if it is to help (see [`crate::second_core`]).
+/// so that the helper threads are awake by then if they are to help (see [`crate::second_core`]).
 pub fn expect_update(table: &Tensor<2>, rows: usize) {
     if update_beside(table, rows) {
         #[cfg(feature = "flex")]

@@ -1,4 +1,4 @@
-//! What a training loop carries from one step to the next on flex's second thread: the next
+//! What a training loop carries from one step to the next on flex's first helper: the next
 //! batch's rows of the item table, fetched during this step ([`gather_ahead`], [`Pipeline::take`]),
 //! and the item table's Adam update, left running into the next step ([`Pipeline::defer_adam`]).
 //! Also that thread's other hand-overs: a result wanted later ([`later`]) and two pieces of work
@@ -16,7 +16,7 @@ use burn::tensor::{Int, Tensor};
 
 use crate::optim::Optimizer;
 
-/// Work handed to the second thread (flex builds) for a result wanted later, such as a training
+/// Work handed to a helper thread (flex builds) for a result wanted later, such as a training
 /// loop's next batch. There it fills time that thread would spend spinning between its row jobs;
 /// a thread of its own would compete with that one and the step for the two cores, and wait its
 /// turn on them. Builds without flex run the job on a thread of its own.
@@ -46,7 +46,7 @@ pub struct Later<T> {
 }
 
 impl<T> Later<T> {
-    /// The job's result: it runs here if the second thread has not started it, else this waits
+    /// The job's result: it runs here if the first helper has not started it, else this waits
     /// for it. Panics if the job panicked.
     pub fn get(self) -> T {
         #[cfg(feature = "flex")]
@@ -57,7 +57,7 @@ impl<T> Later<T> {
     }
 }
 
-/// Runs `there` on the second thread while `here` runs on this one, which then joins the rows
+/// Runs `there` on the first helper while `here` runs on this one, which then joins the rows
 /// `there` shares (flex builds; elsewhere one after the other). Returns both results.
 pub fn beside<A: Send, B>(there: impl FnOnce() -> A + Send, here: impl FnOnce() -> B) -> (A, B) {
     #[cfg(feature = "flex")]
@@ -72,7 +72,7 @@ pub fn beside<A: Send, B>(there: impl FnOnce() -> A + Send, here: impl FnOnce() 
 /// What a training loop that knows its next batch keeps from one step to the next (flex; empty
 /// elsewhere): the rows a step fetched ahead for the next one ([`gather_ahead`], taken by
 /// [`Pipeline::take`]), and the item table with its Adam state while an update a step left
-/// running on the second thread ([`Pipeline::defer_adam`]) holds them. The caller keeps one per
+/// running on the first helper ([`Pipeline::defer_adam`]) holds them. The caller keeps one per
 /// loop and hands it to every step; a step that does not defer takes the table back
 /// ([`Pipeline::give_back`]), so after the loop's last step (which has no next batch) the model
 /// and the optimizer are whole; [`Pipeline::finish`] checks that.
@@ -105,7 +105,7 @@ impl Pipeline {
     }
 
     /// Starts the fused Adam update of the item table (`table`, with the optimizer's state for
-    /// it) at `rows` on the second thread and returns without waiting: the rows among `next` (the
+    /// it) at `rows` on the first helper and returns without waiting: the rows among `next` (the
     /// next step's) first, the others while the next step computes. The table and its state are
     /// lent to the update: `table` holds an empty `[0, width]` stand-in (and the optimizer no
     /// state for it) until [`Pipeline::give_back`]. A table already lent (the previous step's
@@ -155,7 +155,7 @@ impl Pipeline {
 
 /// A [`gather_ahead`] under way; dropping it waits for the copy if it is running and cancels it
 /// if it has not started. The pipeline also ends it before it writes the table or hands it back.
-#[must_use = "the second thread may read the table until this is dropped"]
+#[must_use = "the first helper may read the table until this is dropped"]
 pub struct Pending {
     #[cfg(feature = "flex")]
     pipeline: Option<Pipeline>,
@@ -170,7 +170,7 @@ impl Drop for Pending {
     }
 }
 
-/// Starts copying, on the second thread and while this one runs the forward and backward passes,
+/// Starts copying, on the first helper and while this one runs the forward and backward passes,
 /// the rows `next` of `table` that the next step will gather into `into`, leaving those this
 /// step's update changes (or a deferred update may still be writing) for [`Pipeline::take`] to
 /// read; then it reads this step's `rows` of the table and of its Adam `state` (m, v, last-step
@@ -193,7 +193,7 @@ pub fn gather_ahead(table: &Tensor<2>, rows: &Tensor<1, Int>, next: &[i32], into
     }
 }
 
-/// The pipeline's state on flex, and the jobs it runs on the second thread.
+/// The pipeline's state on flex, and the jobs it runs on the first helper.
 #[cfg(feature = "flex")]
 mod threaded {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -239,7 +239,7 @@ mod threaded {
     }
 
     /// A table and its Adam state moved out of the model and the optimizer, and the update of
-    /// them running on the second thread ([`Shared::defer_adam`]).
+    /// them running on the first helper ([`Shared::defer_adam`]).
     struct Lent {
         /// `None` once run or taken back.
         owed: Option<Owed>,
@@ -286,7 +286,7 @@ mod threaded {
         /// Waits for (or runs) the rest of the update; raises its panic here.
         fn finish(&mut self) {
             drop(self.owed.take());
-            assert!(self.flags.complete.load(Ordering::Acquire), "the deferred row update on the second thread panicked");
+            assert!(self.flags.complete.load(Ordering::Acquire), "the deferred row update on the first helper panicked");
         }
 
         /// The updated table, once the update has finished (a handle on the lent buffer).
@@ -537,7 +537,7 @@ mod threaded {
         }
     }
 
-    /// Starts the update of `own` at `rows` on the second thread, the rows `next` first;
+    /// Starts the update of `own` at `rows` on the first helper, the rows `next` first;
     /// `Err` with its inputs where this is not done (see `Pipeline::defer_adam`).
     fn lend(own: AdamRows, rows: &Tensor<1, Int>, grad: Tensor<2>, step: RowStep, next: &[i32]) -> Result<Lent, (AdamRows, Tensor<2>)> {
         let [n, w] = own.table.dims();
@@ -641,7 +641,7 @@ mod tests {
         let ints = |v: &[i32]| ints(v, &d);
         let mut table = Tensor::<2>::random([n, w], Distribution::Normal(0.0, 0.1), &d);
         assert!(update_beside(&table, r), "a table past the caches");
-        // The copy runs on the second thread; retried in case it had not started before the drop.
+        // The copy runs on the first helper; retried in case it had not started before the drop.
         for attempt in 0.. {
             let slot = Pipeline::default();
             expect_update(&table, r);
@@ -679,7 +679,7 @@ mod tests {
         let (m, v) = (Tensor::<2>::random([n, w], Distribution::Normal(0.0, 0.01), &d), Tensor::<2>::random([n, w], Distribution::Uniform(0.0, 1e-4), &d));
         let config = OptimConfig { lr: 0.01, l2: 1e-4, ..Default::default() };
         let step = RowStep { t: 6.0, lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, l2: 1e-4 };
-        assert!(update_beside(&table, r), "the second thread's path");
+        assert!(update_beside(&table, r), "the first helper's path");
         let want = adam_rows(AdamRows { table: copy(&table), m: copy(&m), v: copy(&v), last: last.clone() + 0.0 }, ints(&now), grad.clone(), step);
         // The model's table and the optimizer's state for it, at step 6.
         let start = || {
