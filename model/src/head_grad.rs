@@ -574,20 +574,36 @@ struct Pass<'a> {
     /// Later layers' weights transposed, `[d_out, d_in]` (empty for the first).
     back: &'a [Vec<f32>],
     widths: &'a [usize],
-    /// The output layer (none for MF), its weight and bias (empty and 0 for MF).
+    /// The output layer (none for MF).
     output: Option<&'a Dense<'a>>,
-    wo: &'a [f32],
-    bo: f32,
     chunk: usize,
     /// 1 / the number of loss terms.
     scale: f32,
+}
+
+impl<'a> Pass<'a> {
+    /// The output layer's weight and bias (empty and 0 for MF).
+    fn out(&self) -> (&'a [f32], f32) {
+        self.output.map_or((&[][..], 0.0), |o| (o.w, o.b.map_or(0.0, |b| b[0])))
+    }
+}
+
+/// Gradients of the dense layers in visit order, each a weight and, where the layer has one, a
+/// bias.
+type LayerGrads = Vec<(Vec<f32>, Option<Vec<f32>>)>;
+
+/// Zeroed [`LayerGrads`] for the MLP layers and the output layer; the first MLP layer's entry
+/// is left empty unless `first` (the slices leave that layer to the row blocks).
+fn zeroed_grads(layers: &[Dense], output: Option<&Dense>, first: bool) -> LayerGrads {
+    let zeros = |d: &Dense| (vec![0f32; d.d_in * d.d_out], d.b.map(|_| vec![0f32; d.d_out]));
+    layers.iter().enumerate().map(|(k, d)| if k > 0 || first { zeros(d) } else { (Vec::new(), None) }).chain(output.map(zeros)).collect()
 }
 
 /// A slice's loss (summed over its terms, unscaled) and its part of the gradients of every dense
 /// layer but the first, in visit order (the first layer's entry stays empty).
 struct SliceOut {
     loss: f64,
-    grads: Vec<(Vec<f32>, Option<Vec<f32>>)>,
+    grads: LayerGrads,
 }
 
 /// Samples `s0..s0 + dl.len()` forward, through the loss and back down the tower, in chunks whose
@@ -601,14 +617,8 @@ fn slice_pass<const F: bool>(p: &Pass, s0: usize, dl_out: &mut [f32], dz0: &mut 
     let mf = p.l.kind == ModelKind::Mf;
     let d1 = widths.first().copied().unwrap_or(0);
     let last = widths.last().copied().unwrap_or(0);
-    let mut grads: Vec<(Vec<f32>, Option<Vec<f32>>)> = layers
-        .iter()
-        .enumerate()
-        .map(|(k, d)| if k == 0 { (Vec::new(), None) } else { (vec![0f32; d.d_in * d.d_out], d.b.map(|_| vec![0f32; d.d_out])) })
-        .collect();
-    if let Some(o) = p.output {
-        grads.push((vec![0f32; o.w.len()], o.b.map(|_| vec![0f32; 1])));
-    }
+    let (wo, bo) = p.out();
+    let mut grads = zeroed_grads(layers, p.output, false);
     // A chunk's activations (after ReLU) and their gradients, per layer.
     // (Every value is written before it is read.)
     let (mut h, mut dz, mut logit) = CHUNK_SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
@@ -651,12 +661,12 @@ fn slice_pass<const F: bool>(p: &Pass, s0: usize, dl_out: &mut [f32], dz0: &mut 
             logit[s] = if mf {
                 ur[..g].iter().zip(&ir[..g]).fold(ur[g] + ir[g], |z, (a, b)| fma::<F>(*a, *b, z))
             } else {
-                let mut z = p.bo;
+                let mut z = bo;
                 for f in 0..g {
-                    z = fma::<F>(ur[f] * ir[f], p.wo[f], z);
+                    z = fma::<F>(ur[f] * ir[f], wo[f], z);
                 }
                 if m > 0 {
-                    for (a, c) in h[h.len() - 1][s * last..s * last + last].iter().zip(&p.wo[g..]) {
+                    for (a, c) in h[h.len() - 1][s * last..s * last + last].iter().zip(&wo[g..]) {
                         z = fma::<F>(*a, *c, z);
                     }
                 }
@@ -710,7 +720,7 @@ fn slice_pass<const F: bool>(p: &Pass, s0: usize, dl_out: &mut [f32], dz0: &mut 
                 let (ha, dza) = (&h[top][s * last..s * last + last], &mut dz[top][s * last..s * last + last]);
                 for o in 0..last {
                     dwo[g + o] = fma::<F>(d, ha[o], dwo[g + o]);
-                    dza[o] = if ha[o] > 0.0 { d * p.wo[g + o] } else { 0.0 };
+                    dza[o] = if ha[o] > 0.0 { d * wo[g + o] } else { 0.0 };
                 }
             }
         }
@@ -792,6 +802,7 @@ fn rows_back<const F: bool>(p: &Pass, side: &Side, dl: &[f32], dz0: &[f32], r0: 
     let (g, m, w) = (p.l.gmf, p.l.mlp, p.x.width);
     let mf = p.l.kind == ModelKind::Mf;
     let d1 = p.widths.first().copied().unwrap_or(0);
+    let (wo, _) = p.out();
     let n = out.len() / w;
     for r in 0..n {
         let gr = &mut out[r * w..r * w + w];
@@ -807,7 +818,7 @@ fn rows_back<const F: bool>(p: &Pass, side: &Side, dl: &[f32], dz0: &[f32], r0: 
                 gr[g] += d;
             } else {
                 for f in 0..g {
-                    gr[f] = fma::<F>(d * p.wo[f], other[f], gr[f]);
+                    gr[f] = fma::<F>(d * wo[f], other[f], gr[f]);
                 }
             }
             if m > 0 {
@@ -887,14 +898,10 @@ fn run_with<const F: bool>(l: TableLayout, layers: &[Dense], output: Option<&Den
     // two halves are transposed for its own backward, below).
     let back: Vec<Vec<f32>> = layers.iter().enumerate().map(|(k, d)| if k == 0 { Vec::new() } else { transposed(d.w, d.d_in, d.d_out) }).collect();
     let widths: Vec<usize> = layers.iter().map(|d| d.d_out).collect();
-    let (wo, bo) = match output {
-        Some(o) => (o.w, o.b.map_or(0.0, |b| b[0])),
-        None => (&[][..], 0.0),
-    };
     let chunk = if x.loss == LossKind::Bpr { x.group * (CHUNK / x.group).max(1) } else { CHUNK };
     let pairs = if x.loss == LossKind::Bpr { (b / x.group) * (x.group - 1) } else { b };
     let scale = 1.0 / pairs as f32;
-    let pass = Pass { l, layers, x, pu: &pu, pi: &pi, back: &back, widths: &widths, wo, bo, output, chunk, scale };
+    let pass = Pass { l, layers, x, pu: &pu, pi: &pi, back: &back, widths: &widths, output, chunk, scale };
 
     // The batch in slices, on as many threads as there are slices and helpers.
     let slice = chunk * SLICE_CHUNKS;
@@ -917,8 +924,7 @@ fn run_with<const F: bool>(l: TableLayout, layers: &[Dense], output: Option<&Den
     });
     // The slices' sums, in slice order.
     let mut loss = 0f64;
-    let mut grads: Vec<(Vec<f32>, Option<Vec<f32>>)> =
-        layers.iter().chain(output).map(|d| (vec![0f32; d.d_in * d.d_out], d.b.map(|_| vec![0f32; d.d_out]))).collect();
+    let mut grads = zeroed_grads(layers, output, true);
     for part in parts {
         let out = part.into_inner().unwrap_or_else(|e| e.into_inner()).1.expect("every slice ran");
         loss += out.loss;
