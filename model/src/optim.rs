@@ -417,6 +417,14 @@ impl ModuleMapper for HeadUpdate<'_> {
             let Some(g) = grad else { return w };
             let c = self.optim.config.clone();
             let flat: Tensor<1> = w.reshape([n]);
+            #[cfg(feature = "flex")]
+            if c.kind == OptimKind::Adam && c.fused && rows::on_flex(&flat.device()) {
+                // One pass instead of the composed ops below, with the same bits.
+                let state = self.optim.head[slot].take().unwrap_or_else(|| Moments::zeros_like(&flat));
+                let (flat, m, v) = rows::flex::dense_adam(flat, g, state.m, state.v, &self.optim.row_step());
+                self.optim.head[slot] = Some(Moments { m, v });
+                return flat.reshape(dims);
+            }
             let g = if c.l2 > 0.0 { g + flat.clone().mul_scalar(c.l2) } else { g };
             let update = match c.kind {
                 OptimKind::Sgd => g.mul_scalar(c.lr),
@@ -514,6 +522,68 @@ pub(crate) mod fused_tests {
                 assert_close(&values(got.v), &values(want.v), &format!("{on} v"));
                 assert_eq!(values(got.last), values(want.last), "{on} last");
             }
+        }
+    }
+
+    /// The head's Adam on flex is one pass per parameter; it must give the composed ops' bits,
+    /// with and without L2 and through a learning-rate schedule, for every parameter and both
+    /// moments.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn head_adam_on_flex_gives_the_composed_ops_bits() {
+        use crate::config::{ModelConfig, ModelKind};
+        use crate::ncf::Ncf;
+        let d = Device::flex();
+        for l2 in [0.0, 1e-3] {
+            let cfg = ModelConfig { kind: ModelKind::Neumf, factors: 4, layers: vec![8, 6, 3], init_std: 0.1, ..Default::default() };
+            let start = Ncf::init(&cfg, 3, 3, 11, &d).head;
+            let config = OptimConfig { lr: 0.01, l2, schedule: LrSchedule::Cosine, ..Default::default() };
+            let mut one_pass = Optimizer::new(OptimConfig { fused: true, ..config.clone() });
+            let mut composed = Optimizer::new(OptimConfig { fused: false, ..config.clone() });
+            let (mut a, mut b) = (start.clone(), start);
+            for step in 0..40u64 {
+                // A training loop's schedule: a new learning rate every 4 steps (an "epoch").
+                let lr = config.lr_at(step as usize / 4 + 1, 10);
+                (one_pass.config.lr, composed.config.lr) = (lr, lr);
+                // Gradients of every parameter, flattened in visit order, different each step.
+                let mut sizes = Vec::new();
+                a.visit(&mut Sizes(&mut sizes));
+                let grads: Vec<Tensor<1>> = sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &n)| Tensor::<1>::random([n], Distribution::Normal(0.0, 0.1 * (1 + (step + k as u64) % 3) as f64), &d))
+                    .collect();
+                let grads = HeadGradients::Given(grads);
+                one_pass.begin_step();
+                composed.begin_step();
+                a = a.map(&mut HeadUpdate::new(&mut one_pass, &grads));
+                b = b.map(&mut HeadUpdate::new(&mut composed, &grads));
+            }
+            let (mut pa, mut pb) = (Vec::new(), Vec::new());
+            a.visit(&mut Values(&mut pa));
+            b.visit(&mut Values(&mut pb));
+            assert_eq!(pa, pb, "l2 {l2}: parameters");
+            for (k, (x, y)) in one_pass.head.iter().zip(&composed.head).enumerate() {
+                let (x, y) = (x.as_ref().unwrap(), y.as_ref().unwrap());
+                assert_eq!(values(x.m.clone()), values(y.m.clone()), "l2 {l2}: m of parameter {k}");
+                assert_eq!(values(x.v.clone()), values(y.v.clone()), "l2 {l2}: v of parameter {k}");
+            }
+        }
+    }
+
+    /// Each parameter's length, in visit order.
+    struct Sizes<'a>(&'a mut Vec<usize>);
+    impl burn::module::ModuleVisitor for Sizes<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(param.val().dims().iter().product());
+        }
+    }
+
+    /// Each parameter's values, in visit order.
+    struct Values<'a>(&'a mut Vec<Vec<f32>>);
+    impl burn::module::ModuleVisitor for Values<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(values(param.val()));
         }
     }
 
