@@ -546,9 +546,10 @@ pub(crate) mod fused_tests {
                 let lr = config.lr_at(step as usize / 4 + 1, 10);
                 (one_pass.config.lr, composed.config.lr) = (lr, lr);
                 // Gradients of every parameter, flattened in visit order, different each step.
-                let mut sizes = Vec::new();
-                a.visit(&mut Sizes(&mut sizes));
+                let mut sizes = ParamSizes(Vec::new());
+                a.visit(&mut sizes);
                 let grads: Vec<Tensor<1>> = sizes
+                    .0
                     .iter()
                     .enumerate()
                     .map(|(k, &n)| Tensor::<1>::random([n], Distribution::Normal(0.0, 0.1 * (1 + (step + k as u64) % 3) as f64), &d))
@@ -568,14 +569,6 @@ pub(crate) mod fused_tests {
                 assert_eq!(values(x.m.clone()), values(y.m.clone()), "l2 {l2}: m of parameter {k}");
                 assert_eq!(values(x.v.clone()), values(y.v.clone()), "l2 {l2}: v of parameter {k}");
             }
-        }
-    }
-
-    /// Each parameter's length, in visit order.
-    struct Sizes<'a>(&'a mut Vec<usize>);
-    impl burn::module::ModuleVisitor for Sizes<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0.push(param.val().dims().iter().product());
         }
     }
 
