@@ -7,7 +7,8 @@
 #       test half stays unseen), K = 20, configs/implicit-sparse.toml;
 #   (b) ml-100k, the recommenders-team protocol (per-user 75/25), K = 10, the ml-100k-recommenders
 #       presets;
-#   (c) ml-latest-small, per user 80/20, K = 10, configs/implicit-sparse.toml at K = 10.
+#   (c) ml-latest-small, per user 80/20, K = 10, configs/implicit-sparse.toml at K = 10 and
+#       configs/implicit-dense.toml (EASE).
 # Prints one line per run with its wall time.
 #
 # usage: benches/quality_vs_implicit.sh [--out DIR] [--only gowalla|ml100k|mlls]   NCF=path/to/ncf
@@ -77,7 +78,7 @@ if [ -z "$only" ] || [ "$only" = ml100k ]; then
     data=../shared/data/ml-100k/u.data
     if [ -f "$data" ]; then
         split "$out/ml100k-split" "$data" --set split.test_ratio=0.25
-        for m in softmax bpr; do
+        for m in softmax bpr ease; do
             ncf_run "ml100k-ncf-recommenders-$m" "configs/ml-100k-recommenders-$m.toml" 10
         done
         peer ml100k-ALS-F64-a1 implicit_als.py "$out/ml100k-split" 10 64 15 ALPHA=1
@@ -89,6 +90,7 @@ if [ -z "$only" ] || [ "$only" = mlls ]; then
     if [ -f "$data" ]; then
         split "$out/mlls-split" "$data" --set split.test_ratio=0.2
         ncf_run mlls-ncf-implicit-sparse configs/implicit-sparse.toml 10 --data "$data"
+        ncf_run mlls-ncf-implicit-dense configs/implicit-dense.toml 10 --data "$data"
         peer mlls-ALS-F64-a1 implicit_als.py "$out/mlls-split" 10 64 15 ALPHA=1
         peer mlls-BPR-F200 implicit_bpr.py "$out/mlls-split" 10 200 100
     else echo "skip mlls: $data not found" >&2; fi

@@ -4,13 +4,15 @@
 # relevance. Reports the LAST epoch of each preset (fixed epochs, no selection on the test split),
 # mean and (min–max) over seeds, beside the published rows of their table.
 #
-# usage: benches/recommenders_ml100k.sh [--seeds "1 2 3"] [--out DIR]    NCF=path/to/ncf
+# usage: benches/recommenders_ml100k.sh [--seeds "1 2 3"] [--models "neumf bpr softmax ease"] [--out DIR]
+#        NCF=path/to/ncf      (models: the configs/ml-100k-recommenders-*.toml presets)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seeds="1 2 3"; out=$(mktemp -d)
+seeds="1 2 3"; models="neumf bpr softmax ease"; out=$(mktemp -d)
 while [ $# -gt 0 ]; do
     case "$1" in
         --seeds) seeds="$2"; shift 2 ;;
+        --models) models="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
@@ -23,7 +25,7 @@ if [ -z "${NCF:-}" ]; then
 fi
 mkdir -p "$out"; : > "$out/results.txt"
 for seed in $seeds; do
-    for m in neumf bpr; do
+    for m in $models; do
         run="$out/$m-$seed"
         # train.select_on = "last" keeps their 75/25 split (no validation split carved out of the
         # 75) and chooses nothing: the last epoch is reported, epochs fixed in the preset.
@@ -41,7 +43,8 @@ echo "| model | nDCG@10 | Precision@10 | Recall@10 | MAP@10 | seeds |"
 echo "|---|---|---|---|---|---|"
 awk '{ n[$1]++; for (j = 2; j <= 5; j++) { s[$1, j] += $j; if (n[$1] == 1 || $j < lo[$1, j]) lo[$1, j] = $j; if ($j > hi[$1, j]) hi[$1, j] = $j }
        if (n[$1] == 1) name[++k] = $1 }
-     END { for (i = 1; i <= k; i++) { m = name[i]; printf "| ncf %s |", (m == "bpr" ? "MF + BPR" : "NeuMF")
+     END { for (i = 1; i <= k; i++) { m = name[i]; label["neumf"] = "NeuMF"; label["bpr"] = "MF + BPR"; label["softmax"] = "MF + softmax"; label["ease"] = "EASE"
+             printf "| ncf %s |", label[m]
              for (j = 2; j <= 5; j++) printf " %.3f (%.3f–%.3f) |", s[m, j] / n[m], lo[m, j], hi[m, j]
              printf " %d |\n", n[m] } }' "$out/results.txt"
 echo

@@ -553,3 +553,21 @@ fn output_in_a_read_only_directory() {
     let out = ro.join("run");
     train_refuses_out(&d, &["--data", &data.display().to_string()], &out, &[&out.display().to_string()]);
 }
+
+/// EASE runs refuse, before writing anything, what they cannot do: a catalogue whose items ×
+/// items matrix is too large, λ ≤ 0, and timing in `ncf bench`.
+#[test]
+fn ease_refuses_oversized_catalogues_bad_lambda_and_bench() {
+    let d = temp_dir("ease-refusals");
+    let mut big = ncf();
+    big.args(["train", "--model", "ease", "--set", "data.demo.items=200000", "--set", "data.demo.users=3000", "--set", "data.demo.max_per_user=100"])
+        .arg("--out")
+        .arg(d.join("run"));
+    refused(big, &d, &["keeps an items × items matrix", "model.kind = \"mf\""]);
+    let mut lambda = ncf();
+    lambda.args(["train", "--model", "ease", "--set", "model.ease_lambda=0"]).arg("--out").arg(d.join("run"));
+    refused(lambda, &d, &["model.ease_lambda = 0"]);
+    let mut bench = ncf();
+    bench.args(["bench", "--models", "ease", "--only", "train"]).arg("--out").arg(d.join("bench"));
+    refused(bench, &d, &["--models ease"]);
+}

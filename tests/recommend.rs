@@ -648,3 +648,67 @@ fn four_shards_in_separate_processes_equal_the_unsharded_export() {
     let out = run(ncf().args(["recommend", "--backend", "flex", "--shard", "0/2", "--checkpoint"]).arg(&run_a).arg("--out").arg(&other));
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("notes.txt"));
 }
+
+/// EASE end to end: `train` fits B; `recommend` exports, per user, the unseen items ranked by
+/// the sum of its training items' rows of B (the reference computes it on the host from the
+/// checkpoint's B and an independently rebuilt split); `evaluate` reproduces the run's metrics;
+/// `export` refuses it without creating its output; on wgpu the fit gives the same B.
+#[test]
+fn ease_recommends_history_times_b_and_fits_alike_on_wgpu() {
+    let dir = temp_dir("ease");
+    let run_dir = dir.join("run");
+    train(&run_dir, "ease", 1, &["model.ease_lambda=3"]);
+    let reference = Reference::load(&run_dir);
+    let n = reference.items.len();
+    let b = reference.model.item.val().into_data().try_into_vec_as::<f32>().unwrap();
+    assert_eq!(b.len(), n * n);
+    assert!((0..n).all(|i| b[i * n + i] == 0.0), "an item does not recommend itself");
+    assert!(b.iter().any(|&x| x != 0.0), "B was fitted");
+    // The histories EASE scores from: the training split alone (validation held out).
+    let data = DemoConfig { users: USERS, items: ITEMS, max_per_user: MAX_PER_USER, ..Default::default() }.generate(SEED);
+    let train_split = Split::new(&data, &SplitConfig::default(), SEED, true).unwrap().train;
+    let item_pos: HashMap<&str, usize> = reference.items.iter().enumerate().map(|(k, i)| (i.as_str(), k)).collect();
+    let top_n = 5;
+    let out = dir.join("recs.csv");
+    ok(run(ncf().args(["recommend", "--backend", "flex", "--top-n", &top_n.to_string(), "--checkpoint"]).arg(&run_dir).arg("--out").arg(&out)));
+    let mut got: HashMap<String, Vec<(String, f32)>> = HashMap::new();
+    for row in csv_rows(&out, "user,rank,item,score") {
+        got.entry(row[0].clone()).or_default().push((row[2].clone(), row[3].parse().unwrap()));
+    }
+    let split = split();
+    assert_eq!(got.len(), USERS);
+    for u in 0..data.n_users() as u32 {
+        let user = data.users.raw(u);
+        let history: Vec<usize> = train_split.items(u).iter().map(|&i| item_pos[data.items.raw(i)]).collect();
+        let scores: Vec<f32> = (0..n).map(|i| history.iter().map(|&j| b[j * n + i] as f64).sum::<f64>() as f32).collect();
+        let seen = &split[user].0;
+        let mut idx: Vec<usize> = (0..n).filter(|&i| !seen.contains(&reference.items[i])).collect();
+        idx.sort_by(|&x, &y| scores[y].total_cmp(&scores[x]).then(x.cmp(&y)));
+        let want: Vec<(String, f32)> = idx.into_iter().take(top_n).map(|i| (reference.items[i].clone(), scores[i])).collect();
+        assert_matches(user, &got[user], &want);
+    }
+
+    let logged = logged_at_best(&run_dir);
+    let stdout = ok(run(ncf().args(["evaluate", "--backend", "flex", "--checkpoint"]).arg(&run_dir)));
+    for (start, name, column) in [("sampled", "HR@10", "test_hr@10"), ("full", "Recall@10", "test_recall@10"), ("full", "NDCG@10", "test_full_ndcg@10")] {
+        let (a, b) = (metric(&stdout, start, name), logged(column));
+        assert!((a - b).abs() < 6e-5, "{name}: {a} vs {b}\n{stdout}");
+    }
+
+    let export = run(ncf().args(["export", "--to", "torch", "--checkpoint"]).arg(&run_dir).arg("--out").arg(dir.join("torch")));
+    assert!(!export.status.success());
+    assert!(String::from_utf8_lossy(&export.stderr).contains("EASE model has no user and item vectors"), "{}", String::from_utf8_lossy(&export.stderr));
+    assert!(!dir.join("torch").exists(), "a refused export writes nothing");
+
+    if wgpu_available() {
+        let gpu_dir = dir.join("gpu");
+        let mut cmd = ncf();
+        cmd.args(["train", "--backend", "wgpu", "--model", "ease", "--seed", &SEED.to_string(), "--epochs", "1", "--set", "model.ease_lambda=3"])
+            .args(["--set", &format!("data.demo.users={USERS}"), "--set", &format!("data.demo.items={ITEMS}")])
+            .args(["--set", &format!("data.demo.max_per_user={MAX_PER_USER}")]);
+        ok(run(cmd.arg("--out").arg(&gpu_dir)));
+        let gpu = Reference::load(&gpu_dir).model.item.val().into_data().try_into_vec_as::<f32>().unwrap();
+        let worst = b.iter().zip(&gpu).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "B on wgpu differs from flex by {worst}");
+    }
+}

@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The models of He et al. 2017 and a matrix-factorisation baseline.
+/// The models of He et al. 2017, a matrix-factorisation baseline and EASE, an item-item model
+/// fitted in closed form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelKind {
@@ -15,6 +16,10 @@ pub enum ModelKind {
     Neumf,
     /// Dot product plus user and item biases.
     Mf,
+    /// EASE (Steck 2019, "Embarrassingly Shallow Autoencoders"): an `[items × items]` weight
+    /// matrix B fitted in closed form; a user's scores are the sum of its history items' rows of
+    /// B. No training steps: `ncf train` fits it as its one epoch.
+    Ease,
 }
 
 impl ModelKind {
@@ -24,6 +29,7 @@ impl ModelKind {
             Self::Mlp => "mlp",
             Self::Neumf => "neumf",
             Self::Mf => "mf",
+            Self::Ease => "ease",
         }
     }
 }
@@ -36,7 +42,8 @@ impl std::str::FromStr for ModelKind {
             "mlp" => Ok(Self::Mlp),
             "neumf" => Ok(Self::Neumf),
             "mf" => Ok(Self::Mf),
-            other => Err(format!("unknown model {other:?}: use gmf, mlp, neumf or mf")),
+            "ease" => Ok(Self::Ease),
+            other => Err(format!("unknown model {other:?}: use gmf, mlp, neumf, mf or ease")),
         }
     }
 }
@@ -67,16 +74,32 @@ pub struct ModelConfig {
     /// features trains a pure feature model: an entity is the sum of its feature rows, so
     /// entities share everything their attributes share.
     pub id_embeddings: bool,
+    /// EASE's L2 weight λ, added to the diagonal of the item Gram matrix before it is inverted
+    /// (only for `kind = "ease"`). Larger values shrink B towards popularity; the best value
+    /// grows with the catalogue's density and is chosen on validation (`configs/*-ease.toml`).
+    pub ease_lambda: f64,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { kind: ModelKind::Neumf, factors: 8, layers: vec![64, 32, 16, 8], init_std: 0.01, dropout: 0.0, cosine: false, history: 0.0, id_embeddings: true }
+        Self {
+            kind: ModelKind::Neumf,
+            factors: 8,
+            layers: vec![64, 32, 16, 8],
+            init_std: 0.01,
+            dropout: 0.0,
+            cosine: false,
+            history: 0.0,
+            id_embeddings: true,
+            ease_lambda: 400.0,
+        }
     }
 }
 
 /// Column layout of the user and item tables: `[gmf | mlp]` for NeuMF, one part for GMF/MLP,
-/// `[factors | bias]` for MF. One table per side lets a step gather each row once.
+/// `[factors | bias]` for MF. One table per side lets a step gather each row once. EASE has no
+/// such columns: its user table is one unused zero column (a user is its history) and its item
+/// table is B, `[n_items, n_items]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableLayout {
     pub kind: ModelKind,
@@ -88,7 +111,7 @@ pub struct TableLayout {
 
 impl TableLayout {
     pub fn width(&self) -> usize {
-        self.gmf + self.mlp + (self.kind == ModelKind::Mf) as usize
+        self.gmf + self.mlp + matches!(self.kind, ModelKind::Mf | ModelKind::Ease) as usize
     }
 }
 
@@ -100,6 +123,12 @@ impl ModelConfig {
         }
         if !(0.0..=1.0).contains(&self.history) {
             return Err(format!("model.history = {}: must be in [0, 1] (0 = no history)", self.history));
+        }
+        if self.kind == ModelKind::Ease {
+            if !(self.ease_lambda > 0.0 && self.ease_lambda.is_finite()) {
+                return Err(format!("model.ease_lambda = {}: must be positive (it keeps the Gram matrix invertible)", self.ease_lambda));
+            }
+            return Ok(());
         }
         if self.factors == 0 && self.kind != ModelKind::Mlp {
             return Err("model.factors must be at least 1".into());
@@ -121,7 +150,7 @@ impl ModelConfig {
             _ => 0,
         };
         let gmf = match self.kind {
-            ModelKind::Mlp => 0,
+            ModelKind::Mlp | ModelKind::Ease => 0,
             _ => self.factors,
         };
         TableLayout { kind: self.kind, gmf, mlp }

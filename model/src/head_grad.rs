@@ -116,6 +116,7 @@ pub trait HeadPass: burn::backend::Backend {
 /// - `model.history`: user rows mixed with their history items' rows ([`Head::with_history`]);
 /// - `model.dropout`: the tower's masks come from the device's generator inside autodiff's ops;
 /// - `model.cosine`: L2-normalised factors ([`Head::factors`]);
+/// - EASE, which has no training step ([`crate::ease::fit`]);
 /// - BPR over a partial group, or groups of one;
 /// - a head whose layers do not fit its table layout (none that `Ncf::init` builds): the pass
 ///   lays the parameters out from the layout.
@@ -159,6 +160,7 @@ pub fn supports(head: &Head, input: &StepInput, loss: LossKind, group: usize) ->
         ModelKind::Mlp => (false, true, true),
         ModelKind::Neumf => (true, true, true),
         ModelKind::Mf => (true, false, false),
+        ModelKind::Ease => return Err("EASE is fitted in closed form, not trained by steps"),
     };
     let misfit = Err("a head whose layers do not fit its table layout");
     if (gmf > 0) != factors || (half > 0) != tower || mlp.is_empty() == tower {

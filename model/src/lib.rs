@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod data_parallel;
+pub mod ease;
 pub mod eval;
 pub mod features;
 pub mod head_grad;

@@ -97,7 +97,8 @@ fn models(dropout: f64, cosine: bool, history: f64) -> Vec<ModelConfig> {
             for layers in &towers {
                 // id_embeddings decides which tables the step updates, not the head's math (the
                 // pass sees the rows it is given, side features already added): not an axis.
-                out.push(ModelConfig { kind, factors, layers: layers.clone(), init_std: 0.5, dropout, cosine, history, id_embeddings: true });
+                // ease_lambda belongs to EASE, which has no step (`head_grad::supports` refuses it).
+                out.push(ModelConfig { kind, factors, layers: layers.clone(), init_std: 0.5, dropout, cosine, history, id_embeddings: true, ease_lambda: 0.0 });
             }
         }
     }
@@ -118,6 +119,7 @@ fn fused_cases() -> Vec<Case> {
             ModelKind::Mf => &[Biases::All],
             ModelKind::Gmf => &[Biases::All, Biases::None],
             ModelKind::Mlp | ModelKind::Neumf => &[Biases::All, Biases::None, Biases::Alternate],
+            ModelKind::Ease => unreachable!("models() has no EASE: it has no training step"),
         };
         for &biases in biases {
             for (loss, group) in [(LossKind::Bce, 1), (LossKind::Bpr, 2), (LossKind::Bpr, 5), (LossKind::Bpr, 65)] {

@@ -612,6 +612,11 @@ impl<'a> PeerRuns<'a> {
 }
 
 pub fn run(job: &BenchJob) -> Result<()> {
+    if job.models.contains(&ModelKind::Ease) {
+        anyhow::bail!(
+            "--models ease: ncf bench times training steps and scoring of the NCF models; EASE has no steps (ncf train fits it in closed form and prints the time)"
+        );
+    }
     let plan = plan(job)?;
     let default_backends = if job.suite == Some(Suite::Gpu) { "wgpu,cuda" } else { "all-available" };
     let spec = job.backends.as_deref().unwrap_or(default_backends);

@@ -21,7 +21,7 @@ use crate::score::{ScoreJob, UnknownPairs};
 use crate::train::TrainJob;
 use crate::tune::{Axis, Prune, TuneJob};
 
-/// Neural collaborative filtering: train GMF, MLP, NeuMF or MF and export recommendations.
+/// Neural collaborative filtering: train GMF, MLP, NeuMF, MF or EASE and export recommendations.
 #[derive(Debug, Parser)]
 #[command(name = "ncf", version, about)]
 pub struct Cli {
@@ -159,7 +159,7 @@ pub struct TrainArgs {
     pub force: bool,
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendName,
-    /// Model: gmf, mlp, neumf or mf (= --set model.kind=...).
+    /// Model: gmf, mlp, neumf, mf or ease (= --set model.kind=...).
     #[arg(long)]
     pub model: Option<ncf_model::ModelKind>,
     /// Epochs (= --set train.epochs=...).

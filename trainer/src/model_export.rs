@@ -116,10 +116,17 @@ pub fn run(job: &ExportJob) -> Result<()> {
         .into_iter()
         .chain(["model.safetensors", "train.safetensors", "config.toml", "checkpoint.json"].map(|f| dir.join(f)))
         .collect();
-    output::claim_dir(&job.out, kind, files, &inputs.iter().map(|p| p.as_path()).collect::<Vec<_>>(), job.force)?;
     let selected = backend::select(job.backend)?;
     say!("{}", selected.line());
     let ck = checkpoint::load(&job.checkpoint, &selected.device)?;
+    if ck.config.model.kind == ModelKind::Ease {
+        anyhow::bail!(
+            "{}: an EASE model has no user and item vectors to export (its scores are a user's history times an items × items matrix); \
+             export its recommendations with `ncf recommend` or its scores with `ncf score`",
+            job.checkpoint.display()
+        );
+    }
+    output::claim_dir(&job.out, kind, files, &inputs.iter().map(|p| p.as_path()).collect::<Vec<_>>(), job.force)?;
     let model = ck.scoring_model();
     let written = match job.to {
         Target::Torch => write_torch(&job.out, &ck, &dir, &model)?,
@@ -278,6 +285,7 @@ fn score_formula(model: &Ncf) -> &'static str {
         (ModelKind::Mf, false) => "dot(user.vector, item.vector) + user.bias + item.bias",
         (ModelKind::Mf, true) => "dot(user.vector, item.vector) (the vectors are L2-normalised: the cosine)",
         (ModelKind::Gmf, _) => "sum(predict_weight * user.vector * item.vector) + predict_bias",
+        (ModelKind::Ease, _) => unreachable!("refused by run: EASE has no vectors to export"),
         (ModelKind::Mlp | ModelKind::Neumf, _) => {
             "not a dot product: the MLP tower combines both sides' mlp_vector (NeuMF adds the GMF part); score with --to torch"
         }

@@ -10,7 +10,7 @@ use ncf_datasets::{Batch, BatchBuilder, EpochSamples, HistoryDraws, NegativeSamp
 use ncf_model::data_parallel::HostBatch;
 use ncf_model::eval::{RankingChunk, full_ranking_rows, full_ranking_sums, sampled_rows, sampled_sums};
 use ncf_model::step::{Later, StepEngine};
-use ncf_model::{DataParallel, LossConfig, LossKind, Ncf, Optimizer, StepInput};
+use ncf_model::{DataParallel, LossConfig, LossKind, ModelKind, Ncf, Optimizer, StepInput};
 
 use crate::backend::{self, BackendName};
 use crate::checkpoint::{self, FORMAT_VERSION, Meta, Saved};
@@ -530,6 +530,12 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
     }
     let features = RunFeatures::load(&config, &data)?;
     let width = config.model.layout().width();
+    let ease = config.model.kind == ModelKind::Ease;
+    if ease {
+        check_ease(&features, job.devices.as_deref(), data.n_users(), data.n_items())?;
+        selected.check_table("EASE's items × items matrix", data.n_items(), data.n_items())?;
+        selected.check_table("EASE's user scores", data.n_users(), data.n_items())?;
+    }
     selected.check_table("the user embedding table", data.n_users(), width)?;
     selected.check_table("the item embedding table", data.n_items(), width)?;
     // Candidates read from a .test.negative file cannot be redrawn: checkpoints keep them.
@@ -584,7 +590,12 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
     // Whole groups per batch, so every positive meets its negatives in the same step.
     let batch_size = config.train.batch_size.div_ceil(group) * group;
     let first = history.len() + 1;
-    if first > config.train.epochs {
+    // EASE is fitted in closed form: its one epoch is the fit.
+    let epochs = if ease { 1 } else { config.train.epochs };
+    if ease && config.train.epochs != 1 {
+        say!("model.kind = \"ease\" is fitted in closed form in one pass: train.epochs = {} is read as 1", config.train.epochs);
+    }
+    if first > epochs {
         say!("{} already has {} epochs; pass --epochs N (N > {}) to train further", run_dir.display(), history.len(), history.len());
     }
     let mut dp = (devices.len() > 1).then(|| {
@@ -605,13 +616,13 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
     }
     *recorder.phases() = manifest::Phases { data: data_secs, setup: started.0.elapsed().as_secs_f64() - data_secs, ..Default::default() };
     recorder.save(&run_dir, &config, &history, Status::Running)?;
-    let progress = Progress::new(config.train.epochs);
+    let progress = Progress::new(epochs);
     progress.epochs.inc(history.len() as u64);
     // The epochs and the closing writes; an error in them is recorded in run.json before it is
     // reported.
     let train = || -> Result<Status> {
         let mut status = Status::Finished;
-        for epoch in first..=config.train.epochs {
+        for epoch in first..=epochs {
             let t0 = Instant::now();
             // Dropout masks come from the device's generator: seeded per epoch, so a resumed run
             // draws the same ones.
@@ -623,27 +634,34 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
                 d.seed(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ epoch as u64 ^ ((j as u64) << 32));
             }
             optim.config.lr = config.optim.lr_at(epoch, config.train.epochs);
-            let samples = sampler.epoch_grouped(epoch as u64, pairwise);
+            let samples = if ease { EpochSamples::default() } else { sampler.epoch_grouped(epoch as u64, pairwise) };
             let bar = progress.batches(samples.len());
             let t_sample = t0.elapsed().as_secs_f64();
-            let (m, loss, prof) = run_epoch(
-                model,
-                &mut optim,
-                dp.as_mut(),
-                &samples,
-                (batch_size, group, config.train.loss),
-                (shared.as_ref(), history_draws.as_ref(), epoch as u64),
-                &features,
-                config.train.log_every,
-                device,
-                &bar,
-            );
+            let (m, loss, prof) = if ease {
+                let (offsets, items) = (split.train.offsets(), split.train.all_items());
+                let fitted = ncf_model::ease::fit(&model, offsets, items, config.model.ease_lambda);
+                let error = host::read_f32(ncf_model::ease::reconstruction_error(&fitted.fold_history(offsets, items), offsets, items))[0];
+                (fitted, error as f64, EpochProfile::default())
+            } else {
+                run_epoch(
+                    model,
+                    &mut optim,
+                    dp.as_mut(),
+                    &samples,
+                    (batch_size, group, config.train.loss),
+                    (shared.as_ref(), history_draws.as_ref(), epoch as u64),
+                    &features,
+                    config.train.log_every,
+                    device,
+                    &bar,
+                )
+            };
             model = m;
             bar.finish_and_clear();
             recorder.phases().train += t0.elapsed().as_secs_f64();
             let t_eval = Instant::now();
             let eval_reads = host::reads();
-            let evaluated = history::evaluate_at(&history, epoch, config.train.epochs, config.train.eval_every, stop_rule);
+            let evaluated = history::evaluate_at(&history, epoch, epochs, config.train.eval_every, stop_rule);
             // Scored as `ncf recommend` will: features composed in, the users' training histories
             // folded in.
             let scoring = evaluated.then(|| features.compose(&model).fold_history(split.train.offsets(), split.train.all_items()));
@@ -672,7 +690,12 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
                 (Some(v), Some(t)) => format!("valid {}  | test {}", v.brief(k), t.brief(k)),
                 (None, Some(t)) => format!("test {}", t.brief(k)),
             };
-            progress.println(&format!("epoch {epoch:>3}  loss {loss:.4}  {shown}  ({secs:.1}s, {:.0} samples/s)", samples.len() as f64 / secs));
+            let speed = if ease {
+                format!("fitted in closed form, λ {}; loss: ‖X − XB‖² per training interaction", config.model.ease_lambda)
+            } else {
+                format!("{:.0} samples/s", samples.len() as f64 / secs)
+            };
+            progress.println(&format!("epoch {epoch:>3}  loss {loss:.4}  {shown}  ({secs:.1}s, {speed})"));
             let record = EpochRecord::new(epoch, loss, valid, test, secs);
             let metrics = record.named(k);
             history.push(record);
@@ -717,7 +740,7 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
                 status = Status::StoppedEarly;
                 break;
             }
-            if epoch < config.train.epochs
+            if epoch < epochs
                 && let Some(reason) = prune(epoch, &history)
             {
                 progress.println(&format!("pruned after epoch {epoch}: {reason}"));
@@ -753,6 +776,36 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
     say!("next: ncf recommend --checkpoint {} --top-n 10 --out {}", run_dir.display(), run_dir.join("recommendations.csv").display());
     Ok(run_dir)
 }
+
+/// Refuses what an EASE run cannot do, before anything is written: side features, several
+/// devices, and catalogues whose items × items matrix (or users × items scores) would not fit.
+fn check_ease(features: &RunFeatures, devices: Option<&str>, n_users: usize, n_items: usize) -> Result<()> {
+    if features.table_rows() != (None, None) {
+        anyhow::bail!(
+            "model.kind = \"ease\" learns from interactions alone: drop --user-features/--item-features (features.*), or train mf/gmf/mlp/neumf with them"
+        );
+    }
+    if let Some(list) = devices.filter(|l| l.contains(',')) {
+        anyhow::bail!("--devices {list}: EASE is fitted on one device; drop --devices");
+    }
+    let gib = |values: usize| values as f64 * 4.0 / (1u64 << 30) as f64;
+    let too_big = |values: usize| values > EASE_MAX_VALUES;
+    if too_big(n_items * n_items) || too_big(n_users * n_items) {
+        anyhow::bail!(
+            "model.kind = \"ease\" keeps an items × items matrix ({n_items} items: {:.1} GiB) and scores users × items ({:.1} GiB); \
+             this ncf fits EASE up to {:.0} GiB each ({} items at most). For this catalogue train model.kind = \"mf\", \
+             e.g. --config configs/implicit-sparse.toml",
+            gib(n_items * n_items),
+            gib(n_users * n_items),
+            gib(EASE_MAX_VALUES),
+            (EASE_MAX_VALUES as f64).sqrt() as usize
+        );
+    }
+    Ok(())
+}
+
+/// Values (f32) an EASE matrix may hold: 4 GiB, about 32k items.
+const EASE_MAX_VALUES: usize = 1 << 30;
 
 /// `curves.png`: the loss, and validation and test metrics per epoch (gaps where not evaluated).
 fn write_curves(path: &Path, history: &[EpochRecord], k: usize, full_ranking: bool) -> Result<()> {
