@@ -677,10 +677,13 @@ fn ease_recommends_history_times_b_and_fits_alike_on_wgpu() {
     }
     let split = split();
     assert_eq!(got.len(), USERS);
+    let scores_of = |u: u32| -> Vec<f32> {
+        let history: Vec<usize> = train_split.items(u).iter().map(|&i| item_pos[data.items.raw(i)]).collect();
+        (0..n).map(|i| history.iter().map(|&j| b[j * n + i] as f64).sum::<f64>() as f32).collect()
+    };
     for u in 0..data.n_users() as u32 {
         let user = data.users.raw(u);
-        let history: Vec<usize> = train_split.items(u).iter().map(|&i| item_pos[data.items.raw(i)]).collect();
-        let scores: Vec<f32> = (0..n).map(|i| history.iter().map(|&j| b[j * n + i] as f64).sum::<f64>() as f32).collect();
+        let scores = scores_of(u);
         let seen = &split[user].0;
         let mut idx: Vec<usize> = (0..n).filter(|&i| !seen.contains(&reference.items[i])).collect();
         idx.sort_by(|&x, &y| scores[y].total_cmp(&scores[x]).then(x.cmp(&y)));
@@ -694,6 +697,17 @@ fn ease_recommends_history_times_b_and_fits_alike_on_wgpu() {
         let (a, b) = (metric(&stdout, start, name), logged(column));
         assert!((a - b).abs() < 6e-5, "{name}: {a} vs {b}\n{stdout}");
     }
+
+    // `score`: EASE's raw scores (never a sigmoid, though the config's loss is BCE).
+    let (user, item) = (data.users.raw(2), data.items.raw(5));
+    let pairs = dir.join("pairs.csv");
+    std::fs::write(&pairs, format!("user,item\n{user},{item}\n")).unwrap();
+    let scored = dir.join("s.csv");
+    let stdout = ok(run(ncf().args(["score", "--backend", "flex", "--checkpoint"]).arg(&run_dir).arg("--pairs").arg(&pairs).arg("--out").arg(&scored)));
+    assert!(stdout.contains("EASE's score"), "{stdout}");
+    let rows = csv_rows(&scored, "user,item,score");
+    let want = scores_of(2)[item_pos[item]];
+    assert!((rows[0][2].parse::<f32>().unwrap() - want).abs() < 1e-5, "{rows:?} vs {want}");
 
     let export = run(ncf().args(["export", "--to", "torch", "--checkpoint"]).arg(&run_dir).arg("--out").arg(dir.join("torch")));
     assert!(!export.status.success());

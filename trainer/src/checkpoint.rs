@@ -111,7 +111,8 @@ impl Checkpoint {
     /// Whether `ncf score` writes the sigmoid of the model output (a probability: the model was
     /// trained with BCE) rather than the raw output (BPR, softmax, CCL: a ranking score).
     pub fn scores_are_probabilities(&self) -> bool {
-        self.config.train.loss == ncf_model::LossKind::Bce
+        // EASE is fitted in closed form, not by the configured loss.
+        self.config.train.loss == ncf_model::LossKind::Bce && self.config.model.kind != ncf_model::ModelKind::Ease
     }
 
     /// The model as `recommend`, `score` and `evaluate` score with it: the users' training

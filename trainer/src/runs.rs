@@ -207,7 +207,9 @@ pub fn table(runs: &[RunSummary], key: &MetricKey) -> Vec<Vec<String>> {
     for r in runs {
         let cell = |k: &str| r.get(k).unwrap_or(MISSING).to_owned();
         let m = r.manifest.as_ref();
-        let mut row = vec![r.dir.display().to_string(), m.map_or(MISSING.into(), |m| m.status.name().into()), cell("model.kind"), cell("train.loss")];
+        // EASE is fitted in closed form: no training loss applies.
+        let loss = if r.get("model.kind") == Some("ease") { MISSING.to_owned() } else { cell("train.loss") };
+        let mut row = vec![r.dir.display().to_string(), m.map_or(MISSING.into(), |m| m.status.name().into()), cell("model.kind"), loss];
         row.extend(keys.iter().map(|k| cell(k)));
         row.push(r.history.last().map_or(MISSING.into(), |l| l.epoch.to_string()));
         row.push(r.best().map_or(MISSING.into(), |b| b.epoch.to_string()));

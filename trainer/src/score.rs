@@ -85,6 +85,8 @@ pub fn run(job: &ScoreJob) -> Result<()> {
     let column = if probability { "probability" } else { "score" };
     if probability {
         println!("{column}: sigmoid of the model output (the model was trained with BCE)");
+    } else if ck.config.model.kind == ncf_model::ModelKind::Ease {
+        println!("{column}: EASE's score, the sum of the user's training items' rows of B (a ranking score, not a probability)");
     } else {
         let loss = ck.config.train.loss.name();
         println!("{column}: the raw model output (trained with {loss}: a ranking score, not a probability)");
