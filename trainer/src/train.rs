@@ -595,7 +595,9 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
     if ease && config.train.epochs != 1 {
         say!("model.kind = \"ease\" is fitted in closed form in one pass: train.epochs = {} is read as 1", config.train.epochs);
     }
-    if first > epochs {
+    if first > epochs && ease {
+        say!("{} holds a fitted EASE model: nothing to continue (start afresh with --force, e.g. with another model.ease_lambda)", run_dir.display());
+    } else if first > epochs {
         say!("{} already has {} epochs; pass --epochs N (N > {}) to train further", run_dir.display(), history.len(), history.len());
     }
     let mut dp = (devices.len() > 1).then(|| {
