@@ -554,16 +554,15 @@ fn output_in_a_read_only_directory() {
     train_refuses_out(&d, &["--data", &data.display().to_string()], &out, &[&out.display().to_string()]);
 }
 
-/// EASE runs refuse, before writing anything, what they cannot do: a catalogue whose items ×
-/// items matrix is too large, λ ≤ 0, and timing in `ncf bench`.
+/// EASE runs refuse, before writing anything, what they cannot do: a fit larger than the memory
+/// available (lowered here by NCF_HOST_MEMORY_BYTES to 64 MiB: the demo's 2,000 items need
+/// ~99 MiB), λ ≤ 0, and timing in `ncf bench`.
 #[test]
-fn ease_refuses_oversized_catalogues_bad_lambda_and_bench() {
+fn ease_refuses_fits_beyond_memory_bad_lambda_and_bench() {
     let d = temp_dir("ease-refusals");
     let mut big = ncf();
-    big.args(["train", "--model", "ease", "--set", "data.demo.items=200000", "--set", "data.demo.users=3000", "--set", "data.demo.max_per_user=100"])
-        .arg("--out")
-        .arg(d.join("run"));
-    refused(big, &d, &["keeps an items × items matrix", "model.kind = \"mf\""]);
+    big.env("NCF_HOST_MEMORY_BYTES", (64u64 << 20).to_string()).args(["train", "--backend", "flex", "--model", "ease"]).arg("--out").arg(d.join("run"));
+    refused(big, &d, &["keeps an items × items matrix", "64 MiB are available", "model.kind = \"mf\""]);
     let mut lambda = ncf();
     lambda.args(["train", "--model", "ease", "--set", "model.ease_lambda=0"]).arg("--out").arg(d.join("run"));
     refused(lambda, &d, &["model.ease_lambda = 0"]);

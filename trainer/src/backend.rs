@@ -118,7 +118,32 @@ impl Selected {
     pub fn host_memory(&self) -> bool {
         matches!(self.name, BackendName::Flex | BackendName::Ndarray)
     }
+
+    /// Bytes a computation on this backend may plan to hold at once: on the CPU backends the
+    /// memory the system has available (`MemAvailable`, or [`HOST_MEMORY_ENV`] when set and
+    /// lower); `None` where unknown (a GPU, or no /proc/meminfo).
+    pub fn available_memory(&self) -> Option<u64> {
+        if !self.host_memory() {
+            return None;
+        }
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+        let available = meminfo
+            .as_deref()
+            .and_then(|m| m.lines().find(|l| l.starts_with("MemAvailable:")))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024);
+        let lowered = std::env::var(HOST_MEMORY_ENV).ok().and_then(|v| v.parse::<u64>().ok());
+        match (available, lowered) {
+            (Some(a), Some(l)) => Some(a.min(l)),
+            (a, l) => a.or(l),
+        }
+    }
 }
+
+/// Environment variable lowering the host memory ncf plans for on CPU backends (bytes): to try
+/// the refusal of oversized EASE fits without allocating gigabytes, or to leave room for others.
+pub const HOST_MEMORY_ENV: &str = "NCF_HOST_MEMORY_BYTES";
 
 impl BackendName {
     pub fn as_str(self) -> &'static str {

@@ -532,7 +532,7 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
     let width = config.model.layout().width();
     let ease = config.model.kind == ModelKind::Ease;
     if ease {
-        check_ease(&features, job.devices.as_deref(), data.n_users(), data.n_items())?;
+        check_ease(&features, job.devices.as_deref(), (data.n_users(), data.n_items()), selected.available_memory())?;
         selected.check_table("EASE's items × items matrix", data.n_items(), data.n_items())?;
         selected.check_table("EASE's user scores", data.n_users(), data.n_items())?;
     }
@@ -780,8 +780,8 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
 }
 
 /// Refuses what an EASE run cannot do, before anything is written: side features, several
-/// devices, and catalogues whose items × items matrix (or users × items scores) would not fit.
-fn check_ease(features: &RunFeatures, devices: Option<&str>, n_users: usize, n_items: usize) -> Result<()> {
+/// devices, and a fit that would not fit in `available` bytes (when known: the CPU backends).
+fn check_ease(features: &RunFeatures, devices: Option<&str>, (n_users, n_items): (usize, usize), available: Option<u64>) -> Result<()> {
     if features.table_rows() != (None, None) {
         anyhow::bail!(
             "model.kind = \"ease\" learns from interactions alone: drop --user-features/--item-features (features.*), or train mf/gmf/mlp/neumf with them"
@@ -790,24 +790,29 @@ fn check_ease(features: &RunFeatures, devices: Option<&str>, n_users: usize, n_i
     if let Some(list) = devices.filter(|l| l.contains(',')) {
         anyhow::bail!("--devices {list}: EASE is fitted on one device; drop --devices");
     }
-    let gib = |values: usize| values as f64 * 4.0 / (1u64 << 30) as f64;
-    let too_big = |values: usize| values > EASE_MAX_VALUES;
-    if too_big(n_items * n_items) || too_big(n_users * n_items) {
+    let size = |bytes: f64| match bytes / (1u64 << 30) as f64 {
+        g if g >= 1.0 => format!("{g:.1} GiB"),
+        g => format!("{:.0} MiB", g * 1024.0),
+    };
+    let (b, scores) = ((n_items * n_items * 4) as f64, (n_users * n_items * 4) as f64);
+    let needed = EASE_B_COPIES * b + 2.0 * scores;
+    if let Some(available) = available.filter(|&a| needed > a as f64) {
         anyhow::bail!(
-            "model.kind = \"ease\" keeps an items × items matrix ({n_items} items: {:.1} GiB) and scores users × items ({:.1} GiB); \
-             this ncf fits EASE up to {:.0} GiB each ({} items at most). For this catalogue train model.kind = \"mf\", \
-             e.g. --config configs/implicit-sparse.toml",
-            gib(n_items * n_items),
-            gib(n_users * n_items),
-            gib(EASE_MAX_VALUES),
-            (EASE_MAX_VALUES as f64).sqrt() as usize
+            "model.kind = \"ease\" keeps an items × items matrix ({n_items} items: {}) and scores users × items ({}): \
+             the fit needs about {}, but {} are available. Use a machine with more memory, fewer items \
+             (data.clean.min_item_interactions), or model.kind = \"mf\", e.g. --config configs/implicit-sparse.toml",
+            size(b),
+            size(scores),
+            size(needed),
+            size(available as f64)
         );
     }
     Ok(())
 }
 
-/// Values (f32) an EASE matrix may hold: 4 GiB, about 32k items.
-const EASE_MAX_VALUES: usize = 1 << 30;
+/// Peak memory of an EASE fit in copies of B (the Gram matrix, the inverse's blocks, B itself):
+/// measured 3.3 at 26k items (BENCHMARKS.md), planned with a margin.
+const EASE_B_COPIES: f64 = 3.5;
 
 /// `curves.png`: the loss, and validation and test metrics per epoch (gaps where not evaluated).
 fn write_curves(path: &Path, history: &[EpochRecord], k: usize, full_ranking: bool) -> Result<()> {
