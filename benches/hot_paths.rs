@@ -2,8 +2,8 @@
 //! 1000 batch-shared negatives per loss (MF, factor 64, batch 1024), the embedding-table
 //! update (fused kernel vs composed ops, 10k and 1M rows) and its per-row catch-up factors, the
 //! negative sampler,
-//! scoring against the whole catalogue, and top-k ranking (full-ranking evaluation: score, mask,
-//! top-k, metrics). `cargo bench -p ncf-trainer --bench hot_paths` (add `-- --quick` for a short
+//! scoring against the whole catalogue, top-k ranking (full-ranking evaluation: score, mask,
+//! top-k, metrics) and EASE's closed-form fit. `cargo bench -p ncf-trainer --bench hot_paths` (add `-- --quick` for a short
 //! run). Backend-to-backend comparisons of the same workloads: `ncf bench`.
 
 use std::hint::black_box;
@@ -221,9 +221,26 @@ fn top_k(c: &mut Criterion) {
     }
 }
 
+/// EASE's closed-form fit (Gram matrix, device inverse, B) at ML-1M's 3,706 items: ~1.4·10¹¹
+/// flops, so the figure tracks the flex matmul the inverse is made of.
+fn ease_fit(c: &mut Criterion) {
+    let device = Device::flex();
+    let cfg = ModelConfig { kind: ModelKind::Ease, ..Default::default() };
+    let model = Ncf::init(&cfg, USERS, ITEMS, 1, &device);
+    // 6,040 users with up to 60 items each, hashed over the catalogue. (A regular pattern such
+    // as (13u + 71j) mod n decouples the items so far that P's entries fall towards 1e-29 and
+    // the matmuls run into subnormal products: ~4× slower, and unlike real data, whose P stays
+    // above ~1e-13.)
+    let hash = |u: u32, j: u32| ((u.wrapping_mul(0x9E37_79B1) ^ j.wrapping_mul(0x85EB_CA77)).wrapping_mul(0xC2B2_AE3D) >> 7) % ITEMS as u32;
+    let histories = UserItems::from_pairs(USERS, (0..USERS as u32).flat_map(|u| (0..60u32).map(move |j| (u, hash(u, j)))));
+    c.bench_function(&format!("ease_fit/{ITEMS}-items/flex"), |b| {
+        b.iter(|| black_box(ncf_model::ease::fit(&model, histories.offsets(), histories.all_items(), cfg.ease_lambda).item.val().into_data()))
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10);
-    targets = steps, shared_steps, row_updates, catch_up_factors, sampler, sampler_on_file, scoring, top_k
+    targets = steps, shared_steps, row_updates, catch_up_factors, sampler, sampler_on_file, scoring, top_k, ease_fit
 }
 criterion_main!(benches);
