@@ -1,5 +1,6 @@
 //! NCF models on burn: GMF, MLP, NeuMF (He et al. 2017) and an MF baseline behind one contract,
-//! with their losses, row-sparse optimizers, training step and metrics. Knows nothing of files
+//! with their losses, row-sparse optimizers, training step and metrics; and EASE, an item-item
+//! model fitted in closed form behind the same scoring contract. Knows nothing of files
 //! or command lines; every tensor lives on the `Device` the caller picks.
 
 pub mod config;
