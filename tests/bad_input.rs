@@ -556,7 +556,7 @@ fn output_in_a_read_only_directory() {
 
 /// EASE runs refuse, before writing anything, what they cannot do: a fit larger than the memory
 /// available (lowered here by NCF_HOST_MEMORY_BYTES to 64 MiB: the demo's 2,000 items need
-/// ~99 MiB), λ ≤ 0, and timing in `ncf bench`.
+/// ~99 MiB), λ ≤ 0, timing in `ncf bench`, several devices and side features.
 #[test]
 fn ease_refuses_fits_beyond_memory_bad_lambda_and_bench() {
     let d = temp_dir("ease-refusals");
@@ -569,4 +569,11 @@ fn ease_refuses_fits_beyond_memory_bad_lambda_and_bench() {
     let mut bench = ncf();
     bench.args(["bench", "--models", "ease", "--only", "train"]).arg("--out").arg(d.join("bench"));
     refused(bench, &d, &["--models ease"]);
+    let mut devices = ncf();
+    devices.args(["train", "--backend", "flex", "--model", "ease", "--devices", "0,1"]).arg("--out").arg(d.join("run"));
+    refused(devices, &d, &["--devices 0,1: EASE is fitted on one device"]);
+    let features = write(&d, "users.csv", "user,age\n1,20\n");
+    let mut featured = ncf();
+    featured.args(["train", "--backend", "flex", "--model", "ease", "--user-features"]).arg(&features).arg("--out").arg(d.join("run"));
+    refused(featured, &d, &["learns from interactions alone"]);
 }

@@ -493,10 +493,19 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
     let mut config = job.config.clone();
     config.absolutize_paths();
     let run_dir = claim_run_dir(job, &config)?;
+    let ease = config.model.kind == ModelKind::Ease;
+    if ease && (config.features.user.path.is_some() || config.features.item.path.is_some()) {
+        anyhow::bail!(
+            "model.kind = \"ease\" learns from interactions alone: drop --user-features/--item-features (features.*), or train mf/gmf/mlp/neumf with them"
+        );
+    }
     // A bad list or a loss that cannot be split is refused before anything is read or written.
     if let Some(list) = &job.devices
         && backend::parse_devices(list)?.len() > 1
     {
+        if ease {
+            anyhow::bail!("--devices {list}: EASE is fitted on one device; drop --devices");
+        }
         DataParallel::supports(config.train.loss, config.shared_negatives()).map_err(|e| anyhow::anyhow!("--devices {list}: {e}"))?;
         if config.features.user.path.is_some() || config.features.item.path.is_some() {
             anyhow::bail!("--devices {list}: side features (--user-features, --item-features) train on one device for now; drop --devices");
@@ -530,9 +539,8 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
     }
     let features = RunFeatures::load(&config, &data)?;
     let width = config.model.layout().width();
-    let ease = config.model.kind == ModelKind::Ease;
     if ease {
-        check_ease(&features, job.devices.as_deref(), (data.n_users(), data.n_items()), selected.available_memory())?;
+        check_ease_memory((data.n_users(), data.n_items()), selected.available_memory())?;
         selected.check_table("EASE's items × items matrix", data.n_items(), data.n_items())?;
         selected.check_table("EASE's user scores", data.n_users(), data.n_items())?;
     }
@@ -640,10 +648,8 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
             let bar = progress.batches(samples.len());
             let t_sample = t0.elapsed().as_secs_f64();
             let (m, loss, prof) = if ease {
-                let (offsets, items) = (split.train.offsets(), split.train.all_items());
-                let fitted = ncf_model::ease::fit(&model, offsets, items, config.model.ease_lambda);
-                let error = host::read_f32(ncf_model::ease::reconstruction_error(&fitted.fold_history(offsets, items), offsets, items))[0];
-                (fitted, error as f64, EpochProfile::default())
+                // The loss is read off the folded model the evaluation below builds.
+                (ncf_model::ease::fit(&model, split.train.offsets(), split.train.all_items(), config.model.ease_lambda), f64::NAN, EpochProfile::default())
             } else {
                 run_epoch(
                     model,
@@ -667,6 +673,11 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
             // Scored as `ncf recommend` will: features composed in, the users' training histories
             // folded in.
             let scoring = evaluated.then(|| features.compose(&model).fold_history(split.train.offsets(), split.train.all_items()));
+            // EASE's one epoch is its last, so always evaluated: its loss is the fit's reconstruction error.
+            let loss = match scoring.as_ref().filter(|_| ease) {
+                Some(folded) => host::read_f32(ncf_model::ease::reconstruction_error(folded, split.train.offsets(), split.train.all_items()))[0] as f64,
+                None => loss,
+            };
             let valid = valid_eval.as_ref().zip(scoring.as_ref()).map(|(e, m)| e.evaluate(m, k, device));
             let test = scoring.as_ref().map(|m| test_eval.evaluate(m, k, device));
             if job.profile {
@@ -779,17 +790,9 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
     Ok(run_dir)
 }
 
-/// Refuses what an EASE run cannot do, before anything is written: side features, several
-/// devices, and a fit that would not fit in `available` bytes (when known: the CPU backends).
-fn check_ease(features: &RunFeatures, devices: Option<&str>, (n_users, n_items): (usize, usize), available: Option<u64>) -> Result<()> {
-    if features.table_rows() != (None, None) {
-        anyhow::bail!(
-            "model.kind = \"ease\" learns from interactions alone: drop --user-features/--item-features (features.*), or train mf/gmf/mlp/neumf with them"
-        );
-    }
-    if let Some(list) = devices.filter(|l| l.contains(',')) {
-        anyhow::bail!("--devices {list}: EASE is fitted on one device; drop --devices");
-    }
+/// Refuses, before anything is written, an EASE fit that would not fit in `available` bytes
+/// (when known: the CPU backends).
+fn check_ease_memory((n_users, n_items): (usize, usize), available: Option<u64>) -> Result<()> {
     let size = |bytes: f64| match bytes / (1u64 << 30) as f64 {
         g if g >= 1.0 => format!("{g:.1} GiB"),
         g => format!("{:.0} MiB", g * 1024.0),
