@@ -126,19 +126,20 @@ impl Selected {
         if !self.host_memory() {
             return None;
         }
-        let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
-        let available = meminfo
-            .as_deref()
-            .and_then(|m| m.lines().find(|l| l.starts_with("MemAvailable:")))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map(|kb| kb * 1024);
+        let available = meminfo_kib("MemAvailable").map(|kib| kib * 1024);
         let lowered = std::env::var(HOST_MEMORY_ENV).ok().and_then(|v| v.parse::<u64>().ok());
         match (available, lowered) {
             (Some(a), Some(l)) => Some(a.min(l)),
             (a, l) => a.or(l),
         }
     }
+}
+
+/// A `/proc/meminfo` field in KiB (`MemTotal`, `MemAvailable`, …); `None` where there is none.
+pub(crate) fn meminfo_kib(field: &str) -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.split_once(':').is_some_and(|(name, _)| name == field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Environment variable lowering the host memory ncf plans for on CPU backends (bytes): to try

@@ -239,9 +239,7 @@ impl Machine {
             .find(|l| l.starts_with("model name"))
             .and_then(|l| l.split_once(':'))
             .map_or_else(|| "unknown".to_string(), |(_, v)| v.trim().to_string());
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let kib: f64 =
-            meminfo.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let kib = crate::backend::meminfo_kib("MemTotal").unwrap_or(0) as f64;
         Self {
             cpu,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
