@@ -7,7 +7,7 @@
 //! order the same bits); the inverse runs on the device as a recursive block inversion made of
 //! matmuls, so a GPU does the `O(n³)` work and no value is read back.
 
-use burn::tensor::{Bool, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::config::ModelKind;
 use crate::ncf::Ncf;
@@ -32,7 +32,6 @@ pub fn fit(model: &Ncf, offsets: &[usize], items: &[u32], lambda: f64) -> Ncf {
 /// # Shapes
 /// → `[1]`
 pub fn reconstruction_error(folded: &Ncf, offsets: &[usize], items: &[u32]) -> Tensor<1> {
-    use burn::tensor::Int;
     let device = folded.user.val().device();
     let nnz = items.len();
     let owners: Vec<i32> = offsets.windows(2).enumerate().flat_map(|(u, w)| std::iter::repeat_n(u as i32, w[1] - w[0])).collect();
@@ -67,7 +66,9 @@ pub fn gram(offsets: &[usize], items: &[u32], n_items: usize, lambda: f32) -> Ve
 pub fn weights_from_inverse(p: Tensor<2>) -> Tensor<2> {
     let [n, _] = p.dims();
     let device = p.device();
-    let diag = (p.clone() * Tensor::<2>::eye(n, &device)).sum_dim(0); // [1, n]
+    // P's diagonal, picked from the flat matrix at i·(n + 1) (not summed out of P ⊙ I).
+    let at = Tensor::<1, Int>::arange(0..n as i64, &device).mul_scalar(n as i64 + 1);
+    let diag = p.clone().reshape([n * n]).select(0, at).reshape([1, n]);
     let b = p.div(diag).neg();
     // `diag_mask` is true off the diagonal.
     b.mask_fill(Tensor::<2, Bool>::diag_mask([n, n], 0, &device).bool_not(), 0.0)
