@@ -413,6 +413,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "flex")]
     #[test]
     fn an_item_table_fetched_ahead_and_updated_beside_the_rest_matches_the_composed_ops() {
         // NeuMF factor 8: rows of 40, so 60000 items are past the two-thread split's threshold;
@@ -422,6 +423,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "flex")]
     fn item_table_fetched_ahead_and_updated_beside(n_items: usize) {
         let d = Device::flex();
         let cfg = ModelConfig { kind: ModelKind::Neumf, factors: 8, layers: vec![64, 32, 16, 8], init_std: 0.1, ..Default::default() };
@@ -673,6 +675,7 @@ mod tests {
     /// The first steps of each case agree closely across devices; later ones drift apart with
     /// rounding, which Adam's normalised steps amplify and which can flip a hinge (CCL's
     /// margins, ReLU) to the other side.
+    #[cfg(any(feature = "flex", feature = "cube"))]
     fn agree_early(first: &[Vec<f32>], other: &[Vec<f32>], d: &Device) {
         for (case, (a, b)) in first.iter().zip(other).enumerate() {
             for (step, (x, y)) in a.iter().zip(b).enumerate().take(3) {
@@ -684,6 +687,7 @@ mod tests {
     /// Side features: every model and loss trains with feature tables on both sides, on every
     /// backend; only the feature rows the batch's entities use move, and a pure feature model
     /// (no id embeddings) leaves its zero id tables alone.
+    #[cfg(any(feature = "flex", feature = "cube"))]
     #[test]
     fn feature_tables_train_row_sparsely_with_every_model_and_loss_on_every_backend() {
         use crate::features::HostFeatureRows;

@@ -86,7 +86,8 @@ pub fn expect_update(table: &Tensor<2>, rows: usize) {
 
 /// Whether the fused Adam update of `table` at `rows` unique rows had best start on the second
 /// thread while this one does the step's other updates ([`beside`]), that thread having read
-/// the rows into its caches during the forward and backward passes ([`gather_ahead`]): flex,
+/// the rows of a table past the caches into its own during the forward and backward passes
+/// ([`gather_ahead`]): flex,
 /// and enough rows to pay for the hand-over. (NeuMF factor 8, batch 4096, ML-1M's 3706 items:
 /// 1.83 → 1.77 ms/step; a table past the caches also shares its update between the threads.)
 pub fn update_beside(table: &Tensor<2>, rows: usize) -> bool {
