@@ -697,6 +697,16 @@ fn ease_recommends_history_times_b_and_fits_alike_on_wgpu() {
         let (a, b) = (metric(&stdout, start, name), logged(column));
         assert!((a - b).abs() < 6e-5, "{name}: {a} vs {b}\n{stdout}");
     }
+    // The one epoch is the best: last/ links best/'s weights and split instead of writing them
+    // again, and loads (its checksums verified) to the same metrics.
+    #[cfg(unix)]
+    for name in ["model.safetensors", "train.safetensors"] {
+        use std::os::unix::fs::MetadataExt;
+        let inode = |d: &str| std::fs::metadata(run_dir.join(d).join(name)).unwrap().ino();
+        assert_eq!(inode("best"), inode("last"), "{name} is one file in best/ and last/");
+    }
+    let from_last = ok(run(ncf().args(["evaluate", "--backend", "flex", "--checkpoint"]).arg(run_dir.join("last"))));
+    assert_eq!(metric(&from_last, "full", "NDCG@10"), metric(&stdout, "full", "NDCG@10"));
 
     // `score`: EASE's raw scores (never a sigmoid, though the config's loss is BCE).
     let (user, item) = (data.users.raw(2), data.items.raw(5));

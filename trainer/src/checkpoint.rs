@@ -201,13 +201,34 @@ fn id_bytes(map: &IdMap) -> (Vec<u8>, Vec<u8>) {
 
 /// Writes `saved` into `dir`, replacing any previous checkpoint there only once complete: a crash
 /// at any moment leaves the old checkpoint or the new one at `dir` (see [`output::replace_dir`]).
-pub fn save(dir: &Path, saved: &Saved) -> Result<()> {
+///
+/// `twin`: a checkpoint just written from the same model and split (the run's best/ of this
+/// epoch, beside its last/). Its weights and split files are hard-linked instead of written again
+/// (an EASE fit's B at 26k items is 2.8 GB); written where linking fails. Checkpoint files are
+/// never changed in place, only replaced whole, so the two directories cannot drift apart.
+pub fn save(dir: &Path, saved: &Saved, twin: Option<&Path>) -> Result<()> {
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     output::sweep_leftovers(dir);
     let tmp = output::tmp_path(dir);
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    // The twin's files linked here, with their checksums (read from its checkpoint.json).
+    let linked: std::collections::BTreeMap<String, u32> = twin
+        .and_then(|t| {
+            let meta: Meta = serde_json::from_str(&std::fs::read_to_string(t.join("checkpoint.json")).ok()?).ok()?;
+            Some(
+                ["model.safetensors", "train.safetensors"]
+                    .into_iter()
+                    .filter_map(|name| {
+                        let crc = *meta.checksums.get(name)?;
+                        std::fs::hard_link(t.join(name), tmp.join(name)).ok()?;
+                        Some((name.to_owned(), crc))
+                    })
+                    .collect(),
+            )
+        })
+        .unwrap_or_default();
     let write =
         |file: &str, data: &[u8]| -> Result<()> { std::fs::write(tmp.join(file), data).with_context(|| format!("writing {}", tmp.join(file).display())) };
     write("config.toml", saved.config.to_toml().as_bytes())?;
@@ -253,7 +274,9 @@ pub fn save(dir: &Path, saved: &Saved) -> Result<()> {
     for (name, dtype, b) in &feature_parts {
         views.push((name, TensorView::new(*dtype, vec![b.len() / 4], b)?));
     }
-    safetensors::serialize_to_file(views, None, &tmp.join("train.safetensors"))?;
+    if !linked.contains_key("train.safetensors") {
+        safetensors::serialize_to_file(views, None, &tmp.join("train.safetensors"))?;
+    }
     if let Some(optim) = saved.optim {
         let state: Vec<(String, Vec<u8>, usize)> = optim
             .state_tensors()
@@ -266,14 +289,19 @@ pub fn save(dir: &Path, saved: &Saved) -> Result<()> {
         let views = state.iter().map(|(name, b, n)| Ok((name.clone(), TensorView::new(Dtype::F32, vec![*n], b)?))).collect::<Result<Vec<_>>>()?;
         safetensors::serialize_to_file(views, None, &tmp.join("optim.safetensors"))?;
     }
-    saved.model.save_into(&mut SafetensorsStore::from_file(tmp.join("model.safetensors"))).map_err(|e| anyhow::anyhow!("saving weights: {e}"))?;
+    if !linked.contains_key("model.safetensors") {
+        saved.model.save_into(&mut SafetensorsStore::from_file(tmp.join("model.safetensors"))).map_err(|e| anyhow::anyhow!("saving weights: {e}"))?;
+    }
     let mut meta = saved.meta.clone();
     meta.user_features = saved.features.user.as_ref().map(|f| f.vocab.clone());
     meta.item_features = saved.features.item.as_ref().map(|f| f.vocab.clone());
     for name in ["model.safetensors", "train.safetensors", "optim.safetensors"] {
-        if tmp.join(name).exists() {
-            meta.checksums.insert(name.to_owned(), crc32(&tmp.join(name))?);
-        }
+        let crc = match linked.get(name) {
+            Some(&crc) => crc,
+            None if tmp.join(name).exists() => crc32(&tmp.join(name))?,
+            None => continue,
+        };
+        meta.checksums.insert(name.to_owned(), crc);
     }
     write("checkpoint.json", serde_json::to_string_pretty(&meta)?.as_bytes())?;
     output::replace_dir(&tmp, dir, |d| d.join("checkpoint.json").exists())

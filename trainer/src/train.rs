@@ -740,10 +740,12 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
                 features: &features,
             };
             // best/ first: a run stopped at any moment that has a last/ has a best/ too.
-            if history::best(&history, metric, select_on).is_some_and(|b| b.epoch == epoch) {
-                checkpoint::save(&run_dir.join("best"), &saved(None))?;
+            let best_now = history::best(&history, metric, select_on).is_some_and(|b| b.epoch == epoch);
+            if best_now {
+                checkpoint::save(&run_dir.join("best"), &saved(None), None)?;
             }
-            checkpoint::save(&run_dir.join("last"), &saved(Some(&optim)))?;
+            // last/ shares best/'s weights and split files when they are this epoch's.
+            checkpoint::save(&run_dir.join("last"), &saved(Some(&optim)), best_now.then(|| run_dir.join("best")).as_deref())?;
             progress.epochs.inc(1);
             recorder.phases().write += t_write.elapsed().as_secs_f64();
             recorder.save(&run_dir, &config, &history, Status::Running)?;
