@@ -27,19 +27,31 @@ pub fn fit(model: &Ncf, offsets: &[usize], items: &[u32], lambda: f64) -> Ncf {
 
 /// `‖X − XB‖²_F` divided by the number of training interactions (EASE's reconstruction error,
 /// its objective without the L2 term), from `folded`, the model after
-/// [`Ncf::fold_history`] with the same histories, whose user rows are `XB`.
+/// [`Ncf::fold_history`] with the same histories, whose scores are `XB`; summed over chunks of
+/// users, so no users × items table is formed.
 ///
 /// # Shapes
 /// → `[1]`
 pub fn reconstruction_error(folded: &Ncf, offsets: &[usize], items: &[u32]) -> Tensor<1> {
-    let device = folded.user.val().device();
-    let nnz = items.len();
-    let owners: Vec<i32> = offsets.windows(2).enumerate().flat_map(|(u, w)| std::iter::repeat_n(u as i32, w[1] - w[0])).collect();
-    let ints = |v: Vec<i32>| Tensor::<1, Int>::from_data(TensorData::new(v, [nnz]), &device);
-    let on_x = folded.score_pairs(ints(owners), ints(items.iter().map(|&i| i as i32).collect())).sum();
-    // Σ (x − f)² = Σ f² − 2 Σ_{x = 1} f + nnz
-    (folded.user.val().powf_scalar(2.0).sum() - on_x.mul_scalar(2.0)).add_scalar(nnz as f64).div_scalar(nnz.max(1) as f64)
+    let device = folded.item.val().device();
+    let (n, n_users, nnz) = (folded.n_items(), offsets.len() - 1, items.len());
+    let per_chunk = (ERROR_CHUNK_VALUES / n.max(1)).max(1);
+    let mut total = Tensor::<1>::zeros([1], &device);
+    for start in (0..n_users).step_by(per_chunk) {
+        let users: Vec<usize> = (start..(start + per_chunk).min(n_users)).collect();
+        let f = folded.ease_scores(&users);
+        let on_x: Vec<i32> =
+            users.iter().flat_map(|&u| items[offsets[u]..offsets[u + 1]].iter().map(move |&i| ((u - start) * n + i as usize) as i32)).collect();
+        let m = on_x.len();
+        let on_x = f.clone().reshape([users.len() * n]).select(0, Tensor::<1, Int>::from_data(TensorData::new(on_x, [m]), &device)).sum();
+        // Σ (x − f)² = Σ f² − 2 Σ_{x = 1} f + nnz
+        total = total + f.powf_scalar(2.0).sum() - on_x.mul_scalar(2.0);
+    }
+    total.add_scalar(nnz as f64).div_scalar(nnz.max(1) as f64)
 }
+
+/// Scores per chunk of users in [`reconstruction_error`] (64 MiB of f32).
+const ERROR_CHUNK_VALUES: usize = 1 << 24;
 
 /// `XᵀX + λI` of the binary user × item matrix the histories describe, row-major `[n, n]`:
 /// entry `(i, j)` counts the users who have both items.
@@ -140,10 +152,15 @@ mod tests {
 
     /// Random histories: 40 users over `n` items, 1 to 12 items each, sorted and distinct.
     fn histories(n: usize, seed: u64) -> (Vec<usize>, Vec<u32>) {
+        histories_of(40, n, seed)
+    }
+
+    /// `users` histories of 0 to 12 distinct items among `n`, sorted.
+    fn histories_of(users: usize, n: usize, seed: u64) -> (Vec<usize>, Vec<u32>) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let (mut offsets, mut items) = (vec![0], Vec::new());
-        for _ in 0..40 {
-            let mut h: Vec<u32> = (0..rng.random_range(1..=12)).map(|_| rng.random_range(0..n as u32)).collect();
+        for _ in 0..users {
+            let mut h: Vec<u32> = (0..rng.random_range(0..=12)).map(|_| rng.random_range(0..n as u32)).collect();
             h.sort();
             h.dedup();
             items.extend(h);
@@ -200,6 +217,44 @@ mod tests {
                 let want: f64 = items[offsets[u]..offsets[u + 1]].iter().map(|&j| b[j as usize * n + i]).sum();
                 assert!((all[u * n + i] as f64 - want).abs() < 1e-4, "user {u} item {i}: {} vs {want}", all[u * n + i]);
                 assert_eq!(pairs[u * n + i], all[u * n + i]);
+            }
+        }
+    }
+
+    #[test]
+    fn scores_summed_per_chunk_of_users_equal_the_folded_table() {
+        // 5000 users × 2048 items: three chunks of users per pass (4M values each), and users
+        // with empty histories; B random (the fold does not care how it was fitted).
+        let d = Device::flex();
+        let (n_users, n) = (5000, 2048);
+        let (offsets, items) = histories_of(n_users, n, 5);
+        let cfg = ModelConfig { kind: ModelKind::Ease, ..Default::default() };
+        let mut model = Ncf::init(&cfg, n_users, n, 1, &d);
+        model.item = burn::module::Param::from_tensor(Tensor::random([n, n], burn::tensor::Distribution::Normal(0.0, 0.1), &d));
+        let table = model.fold_history(&offsets, &items);
+        let lazy = model.fold_history_within(&offsets, &items, 0);
+        assert!(table.ease_history.is_none() && lazy.ease_history.is_some());
+        assert_eq!(lazy.user.val().dims(), [n_users, 1], "no users × items table");
+        // Pairs in no particular order, users repeated and far apart.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let p = 20_000;
+        let users: Vec<i32> = (0..p).map(|_| rng.random_range(0..n_users as i32)).collect();
+        let its: Vec<i32> = (0..p).map(|_| rng.random_range(0..n as i32)).collect();
+        let ints = |v: &[i32]| Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), &d);
+        let pairs = |m: &Ncf| m.score_pairs(ints(&users), ints(&its)).into_data().try_into_vec_as::<f32>().unwrap();
+        assert_eq!(pairs(&lazy), pairs(&table));
+        let some = [4999, 0, 17, 17, 2500];
+        let all = |m: &Ncf| vecf(m.score_all(ints(&some), &m.item_side()));
+        assert_eq!(all(&lazy), all(&table));
+        let err = |m: &Ncf| reconstruction_error(m, &offsets, &items).into_scalar::<f32>();
+        assert_eq!(err(&lazy), err(&table));
+        // And the table is x_u·B.
+        let b = vecf(model.item.val());
+        let scores = vecf(table.user.val());
+        for u in [0, 1, 2500, 4999] {
+            for i in [0, 7, 2047] {
+                let want: f32 = items[offsets[u]..offsets[u + 1]].iter().map(|&j| b[j as usize * n + i]).sum();
+                assert!((scores[u * n + i] - want).abs() < 1e-4, "user {u} item {i}");
             }
         }
     }

@@ -29,6 +29,19 @@ pub struct Ncf {
     /// and the model is a pure feature model.
     #[module(skip)]
     pub ids: bool,
+    /// EASE folded with histories too many to score as one users × items table
+    /// ([`Ncf::fold_history`]): the histories, from which each chunk of users' scores `XB` are
+    /// summed when scored. `None` otherwise (an EASE fold that fits holds its scores as the
+    /// user table).
+    #[module(skip)]
+    pub ease_history: Option<std::sync::Arc<Histories>>,
+}
+
+/// Users' histories as CSR: user `u`'s items are `items[offsets[u]..offsets[u + 1]]`.
+#[derive(Debug, Clone)]
+pub struct Histories {
+    pub offsets: Vec<usize>,
+    pub items: Vec<u32>,
 }
 
 /// The dense part: the MLP tower and the output layer. Small; updated densely.
@@ -65,6 +78,15 @@ pub struct HistoryRows {
 /// 65,536 entries at width 64, fewer for EASE's catalogue-wide rows).
 const FOLD_VALUES: usize = 1 << 22;
 
+/// The most users × items scores an EASE fold on `device` keeps as one table: 1 GiB of f32 on
+/// flex, 128 MiB elsewhere (what any wgpu adapter binds in one buffer). Past it, each chunk of
+/// users is summed from the histories whenever scored ([`Ncf::ease_history`]): memory stays
+/// bounded by B whatever the number of users (ML-20M's 138k × 26.7k as a table would take
+/// 14.8 GB), at the cost of a fold per scoring pass instead of one.
+pub fn ease_table_values(device: &Device) -> usize {
+    if crate::rows::on_flex(device) { 1 << 28 } else { 1 << 25 }
+}
+
 /// Item-side work shared by every user chunk when scoring against the whole catalogue.
 pub struct ItemSide {
     /// `[n_items, width]`
@@ -91,6 +113,12 @@ pub const COSINE_EPS: f64 = 1e-12;
 fn normalize(x: Tensor<2>) -> Tensor<2> {
     let norm = x.clone().powf_scalar(2.0).sum_dim(1).add_scalar(COSINE_EPS).sqrt();
     x / norm
+}
+
+/// Host ids as an int tensor on `device`.
+fn int_tensor(v: Vec<i32>, device: &Device) -> Tensor<1, Int> {
+    let n = v.len();
+    Tensor::from_data(TensorData::new(v, [n]), device)
 }
 
 fn host_tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
@@ -143,7 +171,7 @@ impl Ncf {
         };
         let output = (out_width > 0).then(|| linear(out_width, 1, &mut rng, device));
         let head = Head { mlp, output, layout, dropout: config.dropout, cosine: config.cosine, history: config.history };
-        Self { user, item, head, user_features: None, item_features: None, ids: config.id_embeddings }
+        Self { user, item, head, user_features: None, item_features: None, ids: config.id_embeddings, ease_history: None }
     }
 
     /// The model with side-feature tables of `rows` rows per side (`None`: no features on that
@@ -181,6 +209,7 @@ impl Ncf {
             user_features: None,
             item_features: None,
             ids: self.ids,
+            ease_history: self.ease_history.clone(),
         }
     }
 
@@ -235,6 +264,7 @@ impl Ncf {
             user_features: None,
             item_features: None,
             ids: true,
+            ease_history: None,
         })
     }
 
@@ -252,12 +282,72 @@ impl Ncf {
     /// - users, items: `[batch]` → `[batch]`
     pub fn score_pairs(&self, users: Tensor<1, burn::tensor::Int>, items: Tensor<1, burn::tensor::Int>) -> Tensor<1> {
         if self.head.layout.kind == ModelKind::Ease {
-            // A folded EASE user row holds its scores of every item: pick `user·n_items + item`.
-            let table = self.user.val();
-            let [nu, n] = table.dims();
-            return table.reshape([nu * n]).select(0, users.mul_scalar(n as i64) + items);
+            return self.ease_pairs(users, items);
         }
         self.head.forward(self.user.val().select(0, users), self.item.val().select(0, items))
+    }
+
+    /// [`Ncf::score_pairs`] of a folded EASE model: from its table of scores, picking
+    /// `user·n_items + item`; or, summed from the histories, the pairs taken by chunks of users
+    /// (each chunk's `[users, n_items]` scores at most [`FOLD_VALUES`] values, one user at least)
+    /// and put back in the callers' order.
+    fn ease_pairs(&self, users: Tensor<1, Int>, items: Tensor<1, Int>) -> Tensor<1> {
+        let n = self.n_items();
+        let Some(h) = &self.ease_history else {
+            let table = self.user.val();
+            assert_eq!(table.dims()[1], n, "EASE scores through the model Ncf::fold_history returns");
+            let nu = table.dims()[0];
+            return table.reshape([nu * n]).select(0, users.mul_scalar(n as i64) + items);
+        };
+        let device = self.user.val().device();
+        let host = |t: Tensor<1, Int>| -> Vec<usize> { t.into_data().iter::<i64>().map(|v| v as usize).collect() };
+        let (users, items) = (host(users), host(items));
+        let mut order: Vec<usize> = (0..users.len()).collect();
+        order.sort_by_key(|&k| users[k]);
+        let per_chunk = (FOLD_VALUES / n).max(1);
+        let mut parts = Vec::new();
+        let mut at = 0;
+        while at < order.len() {
+            // Pairs of the next `per_chunk` distinct users.
+            let (mut chunk_users, mut flat) = (Vec::new(), Vec::new());
+            while at < order.len() {
+                let u = users[order[at]];
+                if chunk_users.last() != Some(&u) {
+                    if chunk_users.len() == per_chunk {
+                        break;
+                    }
+                    chunk_users.push(u);
+                }
+                flat.push(((chunk_users.len() - 1) * n + items[order[at]]) as i32);
+                at += 1;
+            }
+            let scores = self.fold_rows(&chunk_users, h);
+            let c = chunk_users.len();
+            parts.push(scores.reshape([c * n]).select(0, int_tensor(flat, &device)));
+        }
+        if parts.is_empty() {
+            return Tensor::zeros([0], &device);
+        }
+        // Back from user order to the callers' order.
+        let mut back = vec![0i32; order.len()];
+        for (pos, &k) in order.iter().enumerate() {
+            back[k] = pos as i32;
+        }
+        Tensor::cat(parts, 0).select(0, int_tensor(back, &device))
+    }
+
+    /// A folded EASE model's scores of `users` against every item.
+    ///
+    /// # Shapes
+    /// - `[users.len(), n_items]`
+    pub fn ease_scores(&self, users: &[usize]) -> Tensor<2> {
+        match &self.ease_history {
+            Some(h) => self.fold_rows(users, h),
+            None => {
+                let device = self.user.val().device();
+                self.user.val().select(0, int_tensor(users.iter().map(|&u| u as i32).collect(), &device))
+            }
+        }
     }
 
     /// The model as scoring sees it: with `history` > 0, each user's row is replaced by its
@@ -265,39 +355,63 @@ impl Ncf {
     /// the histories given as CSR (`offsets[u]..offsets[u + 1]` of `items`). Without history,
     /// the model itself.
     pub fn fold_history(&self, offsets: &[usize], items: &[u32]) -> Ncf {
-        if self.head.history == 0.0 && self.head.layout.kind != ModelKind::Ease {
+        self.fold_history_within(offsets, items, ease_table_values(&self.item.val().device()))
+    }
+
+    /// [`Ncf::fold_history`], EASE keeping its scores as a table only up to `table_values`.
+    pub(crate) fn fold_history_within(&self, offsets: &[usize], items: &[u32], table_values: usize) -> Ncf {
+        let ease = self.head.layout.kind == ModelKind::Ease;
+        if self.head.history == 0.0 && !ease {
             return self.clone();
         }
-        let (n_users, device) = (self.n_users(), self.user.val().device());
+        let n_users = self.n_users();
         assert_eq!(offsets.len(), n_users + 1, "one history per user");
+        let h = Histories { offsets: offsets.to_vec(), items: items.to_vec() };
+        let mut folded = self.clone();
+        if ease && n_users * self.n_items() > table_values {
+            folded.ease_history = Some(std::sync::Arc::new(h));
+            return folded;
+        }
+        folded.user = Param::from_tensor(self.fold_rows(&(0..n_users).collect::<Vec<_>>(), &h));
+        folded
+    }
+
+    /// The rows of `users` with their histories `h` folded in ([`Head::with_history`]), gathered
+    /// in chunks of at most [`FOLD_VALUES`] history values (one user at least); each user is
+    /// summed within one chunk, so the bits do not depend on the chunking.
+    ///
+    /// # Shapes
+    /// - `[users.len(), width]` (EASE: `[users.len(), n_items]`)
+    fn fold_rows(&self, users: &[usize], h: &Histories) -> Tensor<2> {
         let (table, item_table) = (self.user.val(), self.item.val());
-        let ints = |v: Vec<i32>| {
-            let n = v.len();
-            Tensor::<1, Int>::from_data(TensorData::new(v, [n]), &device)
-        };
+        let device = table.device();
+        let offsets = &h.offsets;
+        let len = |u: usize| offsets[u + 1] - offsets[u];
+        let per_call = (FOLD_VALUES / item_table.dims()[1]).max(1);
         let mut parts = Vec::new();
         let mut start = 0;
-        let per_call = (FOLD_VALUES / item_table.dims()[1]).max(1);
-        while start < n_users {
+        while start < users.len() {
             // Users until the chunk holds `per_call` entries (at least one user).
-            let mut end = start + 1;
-            while end < n_users && offsets[end + 1] - offsets[start] <= per_call {
+            let (mut end, mut entries) = (start + 1, len(users[start]));
+            while end < users.len() && entries + len(users[end]) <= per_call {
+                entries += len(users[end]);
                 end += 1;
             }
-            let entries = &items[offsets[start]..offsets[end]];
-            let owners = (start..end).flat_map(|u| std::iter::repeat_n((u - start) as i32, offsets[u + 1] - offsets[u])).collect();
+            let chunk = &users[start..end];
             let rows = HistoryRows {
-                item_pos: ints(entries.iter().map(|&i| i as i32).collect()),
-                user_pos: ints(owners),
-                count: ints((start..end).map(|u| (offsets[u + 1] - offsets[u]) as i32).collect()),
+                item_pos: int_tensor(chunk.iter().flat_map(|&u| h.items[offsets[u]..offsets[u + 1]].iter().map(|&i| i as i32)).collect(), &device),
+                user_pos: int_tensor(chunk.iter().enumerate().flat_map(|(k, &u)| std::iter::repeat_n(k as i32, len(u))).collect(), &device),
+                count: int_tensor(chunk.iter().map(|&u| len(u) as i32).collect(), &device),
             };
-            let w = table.dims()[1];
-            parts.push(self.head.with_history(table.clone().slice([start..end, 0..w]), item_table.clone(), &rows));
+            let own = int_tensor(chunk.iter().map(|&u| u as i32).collect(), &device);
+            parts.push(self.head.with_history(table.clone().select(0, own), item_table.clone(), &rows));
             start = end;
         }
-        let mut folded = self.clone();
-        folded.user = Param::from_tensor(Tensor::cat(parts, 0));
-        folded
+        if parts.is_empty() {
+            let w = if self.head.layout.kind == ModelKind::Ease { self.n_items() } else { table.dims()[1] };
+            return Tensor::zeros([0, w], &device);
+        }
+        Tensor::cat(parts, 0)
     }
 
     /// The item-side part of whole-catalogue scoring, computed once per pass.
@@ -311,6 +425,9 @@ impl Ncf {
     /// # Shapes
     /// - users: `[chunk]` → `[chunk, n_items]`
     pub fn score_all(&self, users: Tensor<1, burn::tensor::Int>, items: &ItemSide) -> Tensor<2> {
+        if self.ease_history.is_some() {
+            return self.ease_scores(&users.into_data().iter::<i64>().map(|v| v as usize).collect::<Vec<_>>());
+        }
         let u = self.user.val().select(0, users);
         self.head.score_all(u, items)
     }

@@ -233,7 +233,7 @@ pub fn train_step(mut model: Ncf, optim: &mut Optimizer, input: StepInput, loss:
             Some(gi)
         }
     };
-    let Ncf { user, item, head: _, user_features, item_features, ids } = model;
+    let Ncf { user, item, head: _, user_features, item_features, ids, ease_history } = model;
     let head_and_user = |optim: &mut Optimizer| {
         let head = head.map(&mut HeadUpdate::new(optim, &head_grads));
         (head, if ids { user.map(|table| optim.update_rows(TableSide::User, table, input.users, gu)) } else { user })
@@ -261,7 +261,7 @@ pub fn train_step(mut model: Ncf, optim: &mut Optimizer, input: StepInput, loss:
     };
     let user_features = update_features(TableSide::UserFeatures, user_features, input.user_features, gfu);
     let item_features = update_features(TableSide::ItemFeatures, item_features, input.item_features, gfi);
-    (Ncf { user, item, head, user_features, item_features, ids }, loss)
+    (Ncf { user, item, head, user_features, item_features, ids, ease_history }, loss)
 }
 
 /// A batch's mean loss and its gradients, before any update: the first half of [`train_step`].
@@ -314,7 +314,7 @@ pub fn gradients(head: &Head, (user_rows, item_rows): (Tensor<2>, Tensor<2>), in
 pub fn apply_gradients(model: Ncf, optim: &mut Optimizer, (users, items): (Tensor<1, Int>, Tensor<1, Int>), grads: StepGradients) -> Ncf {
     optim.begin_step();
     let StepGradients { user: gu, item: gi, head: head_grads, tracked, .. } = grads;
-    let Ncf { user, item, head: _, user_features, item_features, ids } = model;
+    let Ncf { user, item, head: _, user_features, item_features, ids, ease_history } = model;
     assert!(user_features.is_none() && item_features.is_none(), "side features train through train_step");
     let head = tracked.map(&mut HeadUpdate::new(optim, &head_grads));
     let (user, item) = if ids {
@@ -322,7 +322,7 @@ pub fn apply_gradients(model: Ncf, optim: &mut Optimizer, (users, items): (Tenso
     } else {
         (user, item)
     };
-    Ncf { user, item, head, user_features, item_features, ids }
+    Ncf { user, item, head, user_features, item_features, ids, ease_history }
 }
 
 /// The loss of a batch of positives against its shared negatives: each positive's user row

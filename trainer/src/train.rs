@@ -540,9 +540,10 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
     let features = RunFeatures::load(&config, &data)?;
     let width = config.model.layout().width();
     if ease {
-        check_ease_memory((data.n_users(), data.n_items()), selected.available_memory())?;
+        check_ease_memory((data.n_users(), data.n_items()), selected.available_memory(), ncf_model::ncf::ease_table_values(device))?;
+        // Its users × items scores are a table only up to what any adapter binds
+        // (`ncf::ease_table_values`), else summed per chunk of users when scored.
         selected.check_table("EASE's items × items matrix", data.n_items(), data.n_items())?;
-        selected.check_table("EASE's user scores", data.n_users(), data.n_items())?;
     }
     selected.check_table("the user embedding table", data.n_users(), width)?;
     selected.check_table("the item embedding table", data.n_items(), width)?;
@@ -793,17 +794,18 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
 }
 
 /// Refuses, before anything is written, an EASE fit that would not fit in `available` bytes
-/// (when known: the CPU backends).
-fn check_ease_memory((n_users, n_items): (usize, usize), available: Option<u64>) -> Result<()> {
+/// (when known: the CPU backends), its scores kept as a table up to `table_values`.
+fn check_ease_memory((n_users, n_items): (usize, usize), available: Option<u64>, table_values: usize) -> Result<()> {
     let size = |bytes: f64| match bytes / (1u64 << 30) as f64 {
         g if g >= 1.0 => format!("{g:.1} GiB"),
         g => format!("{:.0} MiB", g * 1024.0),
     };
-    let (b, scores) = ((n_items * n_items * 4) as f64, (n_users * n_items * 4) as f64);
+    // The scores are a table up to `table_values`, else chunks of users well under it.
+    let (b, scores) = ((n_items * n_items * 4) as f64, ((n_users * n_items).min(table_values) * 4) as f64);
     let needed = EASE_B_COPIES * b + 2.0 * scores;
     if let Some(available) = available.filter(|&a| needed > a as f64) {
         anyhow::bail!(
-            "model.kind = \"ease\" keeps an items × items matrix ({n_items} items: {}) and scores users × items ({}): \
+            "model.kind = \"ease\" keeps an items × items matrix ({n_items} items: {}) and up to {} of user scores at a time: \
              the fit needs about {}, but {} are available. Use a machine with more memory, fewer items \
              (data.clean.min_item_interactions), or model.kind = \"mf\", e.g. --config configs/implicit-sparse.toml",
             size(b),
