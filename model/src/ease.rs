@@ -258,4 +258,39 @@ mod tests {
             }
         }
     }
+
+    /// The chunked sums on every device this build runs (wgpu: host ids, chunks and the way back
+    /// to the callers' order), against flex's table.
+    #[cfg(all(feature = "flex", feature = "cube"))]
+    #[test]
+    fn chunked_scores_agree_across_devices() {
+        let (n_users, n) = (300, 120);
+        let (offsets, items) = histories_of(n_users, n, 8);
+        let cfg = ModelConfig { kind: ModelKind::Ease, ..Default::default() };
+        let b: Vec<f32> = {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+            (0..n * n).map(|_| rng.random_range(-0.1f32..0.1)).collect()
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let users: Vec<i32> = (0..2000).map(|_| rng.random_range(0..n_users as i32)).collect();
+        let its: Vec<i32> = (0..2000).map(|_| rng.random_range(0..n as i32)).collect();
+        let run = |d: &Device, table_values: usize| {
+            let mut model = Ncf::init(&cfg, n_users, n, 1, d);
+            model.item = burn::module::Param::from_tensor(Tensor::from_data(TensorData::new(b.clone(), [n, n]), d));
+            let folded = model.fold_history_within(&offsets, &items, table_values);
+            let ints = |v: &[i32]| Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(v.to_vec(), [v.len()]), d);
+            let pairs = folded.score_pairs(ints(&users), ints(&its)).into_data().try_into_vec_as::<f32>().unwrap();
+            let all = vecf(folded.score_all(ints(&[7, 299, 0]), &folded.item_side()));
+            let err = reconstruction_error(&folded, &offsets, &items).into_scalar::<f32>();
+            (pairs, all, err)
+        };
+        let want = run(&Device::flex(), usize::MAX);
+        for d in crate::optim::fused_tests::devices() {
+            let got = run(&d, 0);
+            for (a, b) in got.0.iter().zip(&want.0).chain(got.1.iter().zip(&want.1)) {
+                assert!((a - b).abs() < 1e-5, "{a} vs {b} on {d:?}");
+            }
+            assert!((got.2 - want.2).abs() < 1e-4 * want.2.abs(), "{} vs {} on {d:?}", got.2, want.2);
+        }
+    }
 }
