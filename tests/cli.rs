@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 #[path = "common.rs"]
 mod common;
 
-use ncf_bin::{ncf, temp_dir};
+use ncf_bin::{ncf, temp_dir, wgpu_available};
 use ncf_datasets::{DemoConfig, Split, SplitConfig};
 
 const USERS: usize = 120;
@@ -121,27 +121,6 @@ fn end_to_end(backend: &str) {
 #[test]
 fn train_then_recommend_on_flex() {
     end_to_end("flex");
-}
-
-/// Whether a wgpu adapter exists (lavapipe in CI). With NCF_REQUIRE_WGPU=1 a missing adapter
-/// fails the calling test instead of skipping it.
-fn wgpu_available() -> bool {
-    static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let probe = ncf()
-        .args(["train", "--backend", "wgpu", "--epochs", "0", "--set", "data.demo.users=20", "--set", "data.demo.items=30"])
-        .arg("--out")
-        .arg(temp_dir(&format!("wgpu-probe-{}", PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed))).join("run"))
-        .output()
-        .unwrap();
-    if probe.status.success() {
-        return true;
-    }
-    let err = String::from_utf8_lossy(&probe.stderr);
-    if std::env::var("NCF_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
-        panic!("NCF_REQUIRE_WGPU=1 but wgpu is unavailable: {err}");
-    }
-    eprintln!("skipping: no wgpu adapter ({err}); install mesa-vulkan-drivers to run it");
-    false
 }
 
 #[test]

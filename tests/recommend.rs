@@ -16,7 +16,7 @@ mod common;
 use assert_cmd::Command;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use ncf_bin::{ncf, temp_dir};
+use ncf_bin::{ncf, temp_dir, wgpu_available};
 use ncf_datasets::{DemoConfig, ReadOptions, Split, SplitConfig, reader};
 use ncf_model::{ModelConfig, Ncf};
 
@@ -192,23 +192,6 @@ fn mf_recommendations_match_brute_force_on_flex() {
 #[test]
 fn neumf_recommendations_match_brute_force_on_flex() {
     matches_reference("flex", "neumf");
-}
-
-/// Whether a wgpu adapter exists (lavapipe in CI); NCF_REQUIRE_WGPU=1 turns a skip into a failure.
-fn wgpu_available() -> bool {
-    let probe = run(ncf()
-        .args(["train", "--backend", "wgpu", "--epochs", "0", "--set", "data.demo.users=20", "--set", "data.demo.items=30"])
-        .arg("--out")
-        .arg(temp_dir("wgpu-probe").join("run")));
-    if probe.status.success() {
-        return true;
-    }
-    let err = String::from_utf8_lossy(&probe.stderr);
-    if std::env::var("NCF_REQUIRE_WGPU").is_ok_and(|v| v == "1") {
-        panic!("NCF_REQUIRE_WGPU=1 but wgpu is unavailable: {err}");
-    }
-    eprintln!("skipping: no wgpu adapter ({err}); install mesa-vulkan-drivers to run it");
-    false
 }
 
 #[test]
