@@ -72,8 +72,9 @@ fn adam_rows_kernel(
         let m0 = m[base + c];
         let v0 = v[base + c];
         let catch = m0 * catch_up / (f32::sqrt(v0) + eps);
-        let m1 = m0 * d1 + one_b1 * g;
-        let v1 = v0 * d2 + one_b2 * g * g;
+        // The flex kernel's association (`flex::adam_row`), so the two round alike.
+        let m1 = m0 * d1 + g * one_b1;
+        let v1 = v0 * d2 + (g * g) * one_b2;
         table[base + c] = x - (m1 * step_size / (f32::sqrt(v1) * inv_sqrt_c2 + eps) + catch);
         m[base + c] = m1;
         v[base + c] = v1;

@@ -251,17 +251,19 @@ pub(crate) fn dense_adam(w: Tensor<1>, g: Tensor<1>, m: Tensor<1>, v: Tensor<1>,
     let g = contiguous(&gf);
     let n = g.len();
     let (step_size, inv_sqrt_c2) = step.corrections();
-    let (b1, b2, one_b1, one_b2) = (step.beta1 as f32, step.beta2 as f32, (1.0 - step.beta1) as f32, (1.0 - step.beta2) as f32);
-    let (step_size, inv_sqrt_c2, eps, l2) = (step_size as f32, inv_sqrt_c2 as f32, step.eps as f32, step.l2 as f32);
-    let (ws, ms, vs) = (&mut wf.storage_mut::<f32>()[..n], &mut mf.storage_mut::<f32>()[..n], &mut vf.storage_mut::<f32>()[..n]);
-    for (((w, m), v), &g) in ws.iter_mut().zip(ms.iter_mut()).zip(vs.iter_mut()).zip(g.iter()) {
-        // Each line is one of the composed ops, in their order: g + w·l2 (only with L2), then
-        // m·β1 + g·(1-β1), v·β2 + (g·g)·(1-β2), m·step / (√v·c + ε), w - update.
-        let g = if step.l2 > 0.0 { g + *w * l2 } else { g };
-        *m = *m * b1 + g * one_b1;
-        *v = *v * b2 + (g * g) * one_b2;
-        *w -= (*m * step_size) / (v.sqrt() * inv_sqrt_c2 + eps);
-    }
+    // A row updated on the previous step: no catch-up, one step's decay.
+    let c = RowConsts {
+        catch_up: 0.0,
+        d1: step.beta1 as f32,
+        d2: step.beta2 as f32,
+        l2: step.l2 as f32,
+        eps: step.eps as f32,
+        one_b1: (1.0 - step.beta1) as f32,
+        one_b2: (1.0 - step.beta2) as f32,
+        step_size: step_size as f32,
+        inv_sqrt_c2: inv_sqrt_c2 as f32,
+    };
+    adam_row(&mut wf.storage_mut::<f32>()[..n], &mut mf.storage_mut::<f32>()[..n], &mut vf.storage_mut::<f32>()[..n], &g, &c);
     (from_flex(wf), from_flex(mf), from_flex(vf))
 }
 
@@ -278,27 +280,32 @@ struct RowConsts {
     inv_sqrt_c2: f32,
 }
 
-/// One row's Adam update. A function of its own so the compiler knows the four rows do not
-/// overlap (they come from raw pointers) and vectorises the loops.
+/// One row's Adam update: the one element formula of the flex kernels, for table rows (with
+/// the catch-up of the steps a row skipped) and dense parameters ([`dense_adam`]). Its f32
+/// operations are those of `Optimizer::adam`'s composed tensor ops, in their order: g + w·l2
+/// (only with L2), m·β1 + g·(1-β1), v·β2 + (g·g)·(1-β2), m·step / (√v·c + ε), w - update; so with
+/// no catch-up it gives their bits. A function of its own so the compiler knows the four rows do
+/// not overlap (they come from raw pointers) and vectorises the loops.
 #[inline(always)]
 fn adam_row(t: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32], c: &RowConsts) {
     let cols = t.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g);
+    let with_l2 = c.l2 > 0.0;
     if c.catch_up == 0.0 {
         // Updated on the previous step (or never): no catch-up term, one square root and one
         // division per value instead of two.
         for (((t, m), v), &g) in cols {
-            let g = g + c.l2 * *t;
-            *m = *m * c.d1 + c.one_b1 * g;
-            *v = *v * c.d2 + c.one_b2 * g * g;
-            *t -= *m * c.step_size / (v.sqrt() * c.inv_sqrt_c2 + c.eps);
+            let g = if with_l2 { g + *t * c.l2 } else { g };
+            *m = *m * c.d1 + g * c.one_b1;
+            *v = *v * c.d2 + (g * g) * c.one_b2;
+            *t -= (*m * c.step_size) / (v.sqrt() * c.inv_sqrt_c2 + c.eps);
         }
     } else {
         for (((t, m), v), &g) in cols {
-            let g = g + c.l2 * *t;
+            let g = if with_l2 { g + *t * c.l2 } else { g };
             let catch = *m * c.catch_up / (v.sqrt() + c.eps);
-            *m = *m * c.d1 + c.one_b1 * g;
-            *v = *v * c.d2 + c.one_b2 * g * g;
-            *t -= *m * c.step_size / (v.sqrt() * c.inv_sqrt_c2 + c.eps) + catch;
+            *m = *m * c.d1 + g * c.one_b1;
+            *v = *v * c.d2 + (g * g) * c.one_b2;
+            *t -= (*m * c.step_size) / (v.sqrt() * c.inv_sqrt_c2 + c.eps) + catch;
         }
     }
 }
