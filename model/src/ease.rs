@@ -1,13 +1,15 @@
 //! EASE (Steck 2019, "Embarrassingly Shallow Autoencoders for Sparse Data"): item-item weights
 //! `B = I - P·diag(1/diag(P))` with `P = (XᵀX + λI)⁻¹`, i.e. `B[j, i] = -P[j, i] / P[i, i]` off
 //! the diagonal and 0 on it, fitted in closed form. A user's scores are `x_u·B`, the sum of its
-//! history items' rows of B ([`crate::Ncf::fold_history`]).
+//! history items' rows of B ([`crate::Ncf::fold_history`]): kept as one table where it is small
+//! enough ([`table_values`]), else summed per chunk of users whenever scored ([`scores`],
+//! [`Ncf::score_pairs`]).
 //!
 //! The Gram matrix is counted exactly on the host from the histories (integer counts, so in any
 //! order the same bits); the inverse runs on the device as a recursive block inversion made of
 //! matmuls, so a GPU does the `O(n³)` work and no value is read back.
 
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::config::ModelKind;
 use crate::ncf::Ncf;
@@ -25,6 +27,78 @@ pub fn fit(model: &Ncf, offsets: &[usize], items: &[u32], lambda: f64) -> Ncf {
     fitted
 }
 
+/// The most users × items scores an EASE fold on `device` keeps as one table: 1 GiB of f32 on
+/// flex, 128 MiB elsewhere (what any wgpu adapter binds in one buffer). Past it, each chunk of
+/// users is summed from the histories whenever scored ([`Ncf::ease_history`]): memory stays
+/// bounded by B whatever the number of users (ML-20M's 138k × 26.7k as a table would take
+/// 14.8 GB), at the cost of a fold per scoring pass instead of one.
+pub fn table_values(device: &Device) -> usize {
+    if crate::rows::on_flex(device) { 1 << 28 } else { 1 << 25 }
+}
+
+/// [`Ncf::score_pairs`] of a folded EASE model: from its table of scores, picking
+/// `user·n_items + item`; or, summed from the histories, the pairs taken by chunks of users
+/// (each chunk's `[users, n_items]` scores at most [`crate::ncf::FOLD_VALUES`] values, one user
+/// at least) and put back in the callers' order.
+pub(crate) fn score_pairs(model: &Ncf, users: Tensor<1, Int>, items: Tensor<1, Int>) -> Tensor<1> {
+    let n = model.n_items();
+    let Some(h) = &model.ease_history else {
+        let table = model.user.val();
+        assert_eq!(table.dims()[1], n, "EASE scores through the model Ncf::fold_history returns");
+        let nu = table.dims()[0];
+        return table.reshape([nu * n]).select(0, users.mul_scalar(n as i64) + items);
+    };
+    let device = model.user.val().device();
+    let host = |t: Tensor<1, Int>| -> Vec<usize> { t.into_data().iter::<i64>().map(|v| v as usize).collect() };
+    let (users, items) = (host(users), host(items));
+    let mut order: Vec<usize> = (0..users.len()).collect();
+    order.sort_by_key(|&k| users[k]);
+    let per_chunk = (crate::ncf::FOLD_VALUES / n).max(1);
+    let mut parts = Vec::new();
+    let mut at = 0;
+    while at < order.len() {
+        // Pairs of the next `per_chunk` distinct users.
+        let (mut chunk_users, mut flat) = (Vec::new(), Vec::new());
+        while at < order.len() {
+            let u = users[order[at]];
+            if chunk_users.last() != Some(&u) {
+                if chunk_users.len() == per_chunk {
+                    break;
+                }
+                chunk_users.push(u);
+            }
+            flat.push(((chunk_users.len() - 1) * n + items[order[at]]) as i32);
+            at += 1;
+        }
+        let scores = model.fold_rows(&chunk_users, h);
+        let c = chunk_users.len();
+        parts.push(scores.reshape([c * n]).select(0, crate::ncf::int_tensor(flat, &device)));
+    }
+    if parts.is_empty() {
+        return Tensor::zeros([0], &device);
+    }
+    // Back from user order to the callers' order.
+    let mut back = vec![0i32; order.len()];
+    for (pos, &k) in order.iter().enumerate() {
+        back[k] = pos as i32;
+    }
+    Tensor::cat(parts, 0).select(0, crate::ncf::int_tensor(back, &device))
+}
+
+/// A folded EASE model's scores of `users` against every item.
+///
+/// # Shapes
+/// - `[users.len(), n_items]`
+pub fn scores(model: &Ncf, users: &[usize]) -> Tensor<2> {
+    match &model.ease_history {
+        Some(h) => model.fold_rows(users, h),
+        None => {
+            let device = model.user.val().device();
+            model.user.val().select(0, crate::ncf::int_tensor(users.iter().map(|&u| u as i32).collect(), &device))
+        }
+    }
+}
+
 /// `‖X − XB‖²_F` divided by the number of training interactions (EASE's reconstruction error,
 /// its objective without the L2 term), from `folded`, the model after
 /// [`Ncf::fold_history`] with the same histories, whose scores are `XB`; summed over chunks of
@@ -39,7 +113,7 @@ pub fn reconstruction_error(folded: &Ncf, offsets: &[usize], items: &[u32]) -> T
     let mut total = Tensor::<1>::zeros([1], &device);
     for start in (0..n_users).step_by(per_chunk) {
         let users: Vec<usize> = (start..(start + per_chunk).min(n_users)).collect();
-        let f = folded.ease_scores(&users);
+        let f = scores(folded, &users);
         let on_x: Vec<i32> =
             users.iter().flat_map(|&u| items[offsets[u]..offsets[u + 1]].iter().map(move |&i| ((u - start) * n + i as usize) as i32)).collect();
         let m = on_x.len();

@@ -76,16 +76,7 @@ pub struct HistoryRows {
 
 /// Values of history rows gathered per device call when folding histories in (16 MiB of f32:
 /// 65,536 entries at width 64, fewer for EASE's catalogue-wide rows).
-const FOLD_VALUES: usize = 1 << 22;
-
-/// The most users × items scores an EASE fold on `device` keeps as one table: 1 GiB of f32 on
-/// flex, 128 MiB elsewhere (what any wgpu adapter binds in one buffer). Past it, each chunk of
-/// users is summed from the histories whenever scored ([`Ncf::ease_history`]): memory stays
-/// bounded by B whatever the number of users (ML-20M's 138k × 26.7k as a table would take
-/// 14.8 GB), at the cost of a fold per scoring pass instead of one.
-pub fn ease_table_values(device: &Device) -> usize {
-    if crate::rows::on_flex(device) { 1 << 28 } else { 1 << 25 }
-}
+pub(crate) const FOLD_VALUES: usize = 1 << 22;
 
 /// Item-side work shared by every user chunk when scoring against the whole catalogue.
 pub struct ItemSide {
@@ -116,7 +107,7 @@ fn normalize(x: Tensor<2>) -> Tensor<2> {
 }
 
 /// Host ids as an int tensor on `device`.
-fn int_tensor(v: Vec<i32>, device: &Device) -> Tensor<1, Int> {
+pub(crate) fn int_tensor(v: Vec<i32>, device: &Device) -> Tensor<1, Int> {
     let n = v.len();
     Tensor::from_data(TensorData::new(v, [n]), device)
 }
@@ -282,72 +273,9 @@ impl Ncf {
     /// - users, items: `[batch]` → `[batch]`
     pub fn score_pairs(&self, users: Tensor<1, burn::tensor::Int>, items: Tensor<1, burn::tensor::Int>) -> Tensor<1> {
         if self.head.layout.kind == ModelKind::Ease {
-            return self.ease_pairs(users, items);
+            return crate::ease::score_pairs(self, users, items);
         }
         self.head.forward(self.user.val().select(0, users), self.item.val().select(0, items))
-    }
-
-    /// [`Ncf::score_pairs`] of a folded EASE model: from its table of scores, picking
-    /// `user·n_items + item`; or, summed from the histories, the pairs taken by chunks of users
-    /// (each chunk's `[users, n_items]` scores at most [`FOLD_VALUES`] values, one user at least)
-    /// and put back in the callers' order.
-    fn ease_pairs(&self, users: Tensor<1, Int>, items: Tensor<1, Int>) -> Tensor<1> {
-        let n = self.n_items();
-        let Some(h) = &self.ease_history else {
-            let table = self.user.val();
-            assert_eq!(table.dims()[1], n, "EASE scores through the model Ncf::fold_history returns");
-            let nu = table.dims()[0];
-            return table.reshape([nu * n]).select(0, users.mul_scalar(n as i64) + items);
-        };
-        let device = self.user.val().device();
-        let host = |t: Tensor<1, Int>| -> Vec<usize> { t.into_data().iter::<i64>().map(|v| v as usize).collect() };
-        let (users, items) = (host(users), host(items));
-        let mut order: Vec<usize> = (0..users.len()).collect();
-        order.sort_by_key(|&k| users[k]);
-        let per_chunk = (FOLD_VALUES / n).max(1);
-        let mut parts = Vec::new();
-        let mut at = 0;
-        while at < order.len() {
-            // Pairs of the next `per_chunk` distinct users.
-            let (mut chunk_users, mut flat) = (Vec::new(), Vec::new());
-            while at < order.len() {
-                let u = users[order[at]];
-                if chunk_users.last() != Some(&u) {
-                    if chunk_users.len() == per_chunk {
-                        break;
-                    }
-                    chunk_users.push(u);
-                }
-                flat.push(((chunk_users.len() - 1) * n + items[order[at]]) as i32);
-                at += 1;
-            }
-            let scores = self.fold_rows(&chunk_users, h);
-            let c = chunk_users.len();
-            parts.push(scores.reshape([c * n]).select(0, int_tensor(flat, &device)));
-        }
-        if parts.is_empty() {
-            return Tensor::zeros([0], &device);
-        }
-        // Back from user order to the callers' order.
-        let mut back = vec![0i32; order.len()];
-        for (pos, &k) in order.iter().enumerate() {
-            back[k] = pos as i32;
-        }
-        Tensor::cat(parts, 0).select(0, int_tensor(back, &device))
-    }
-
-    /// A folded EASE model's scores of `users` against every item.
-    ///
-    /// # Shapes
-    /// - `[users.len(), n_items]`
-    pub fn ease_scores(&self, users: &[usize]) -> Tensor<2> {
-        match &self.ease_history {
-            Some(h) => self.fold_rows(users, h),
-            None => {
-                let device = self.user.val().device();
-                self.user.val().select(0, int_tensor(users.iter().map(|&u| u as i32).collect(), &device))
-            }
-        }
     }
 
     /// The model as scoring sees it: with `history` > 0, each user's row is replaced by its
@@ -355,7 +283,7 @@ impl Ncf {
     /// the histories given as CSR (`offsets[u]..offsets[u + 1]` of `items`). Without history,
     /// the model itself.
     pub fn fold_history(&self, offsets: &[usize], items: &[u32]) -> Ncf {
-        self.fold_history_within(offsets, items, ease_table_values(&self.item.val().device()))
+        self.fold_history_within(offsets, items, crate::ease::table_values(&self.item.val().device()))
     }
 
     /// [`Ncf::fold_history`], EASE keeping its scores as a table only up to `table_values`.
@@ -382,7 +310,7 @@ impl Ncf {
     ///
     /// # Shapes
     /// - `[users.len(), width]` (EASE: `[users.len(), n_items]`)
-    fn fold_rows(&self, users: &[usize], h: &Histories) -> Tensor<2> {
+    pub(crate) fn fold_rows(&self, users: &[usize], h: &Histories) -> Tensor<2> {
         let (table, item_table) = (self.user.val(), self.item.val());
         let device = table.device();
         let offsets = &h.offsets;
@@ -426,7 +354,7 @@ impl Ncf {
     /// - users: `[chunk]` → `[chunk, n_items]`
     pub fn score_all(&self, users: Tensor<1, burn::tensor::Int>, items: &ItemSide) -> Tensor<2> {
         if self.ease_history.is_some() {
-            return self.ease_scores(&users.into_data().iter::<i64>().map(|v| v as usize).collect::<Vec<_>>());
+            return crate::ease::scores(self, &users.into_data().iter::<i64>().map(|v| v as usize).collect::<Vec<_>>());
         }
         let u = self.user.val().select(0, users);
         self.head.score_all(u, items)

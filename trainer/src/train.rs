@@ -540,9 +540,9 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
     let features = RunFeatures::load(&config, &data)?;
     let width = config.model.layout().width();
     if ease {
-        check_ease_memory((data.n_users(), data.n_items()), selected.available_memory(), ncf_model::ncf::ease_table_values(device))?;
+        check_ease_memory((data.n_users(), data.n_items()), selected.available_memory(), ncf_model::ease::table_values(device))?;
         // Its users × items scores are a table only up to what any adapter binds
-        // (`ncf::ease_table_values`), else summed per chunk of users when scored.
+        // (`ease::table_values`), else summed per chunk of users when scored.
         selected.check_table("EASE's items × items matrix", data.n_items(), data.n_items())?;
     }
     selected.check_table("the user embedding table", data.n_users(), width)?;
