@@ -116,8 +116,7 @@ pub fn reconstruction_error(folded: &Ncf, offsets: &[usize], items: &[u32]) -> T
         let f = scores(folded, &users);
         let on_x: Vec<i32> =
             users.iter().flat_map(|&u| items[offsets[u]..offsets[u + 1]].iter().map(move |&i| ((u - start) * n + i as usize) as i32)).collect();
-        let m = on_x.len();
-        let on_x = f.clone().reshape([users.len() * n]).select(0, Tensor::<1, Int>::from_data(TensorData::new(on_x, [m]), &device)).sum();
+        let on_x = f.clone().reshape([users.len() * n]).select(0, crate::ncf::int_tensor(on_x, &device)).sum();
         // Σ (x − f)² = Σ f² − 2 Σ_{x = 1} f + nnz
         total = total + f.powf_scalar(2.0).sum() - on_x.mul_scalar(2.0);
     }
@@ -224,12 +223,12 @@ mod tests {
         inv
     }
 
-    /// Random histories: 40 users over `n` items, 1 to 12 items each, sorted and distinct.
+    /// Random histories: 40 users over `n` items, 0 to 12 items each, sorted and distinct.
     fn histories(n: usize, seed: u64) -> (Vec<usize>, Vec<u32>) {
         histories_of(40, n, seed)
     }
 
-    /// `users` histories of 0 to 12 distinct items among `n`, sorted.
+    /// The same for `users` users.
     fn histories_of(users: usize, n: usize, seed: u64) -> (Vec<usize>, Vec<u32>) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let (mut offsets, mut items) = (vec![0], Vec::new());
