@@ -161,9 +161,9 @@ pub struct Pending {
     pipeline: Option<Pipeline>,
 }
 
-#[cfg(feature = "flex")]
 impl Drop for Pending {
     fn drop(&mut self) {
+        #[cfg(feature = "flex")]
         if let Some(p) = &self.pipeline {
             p.shared.end_gather();
         }
