@@ -232,6 +232,42 @@ pub fn save(dir: &Path, saved: &Saved, twin: Option<&Path>) -> Result<()> {
     let write =
         |file: &str, data: &[u8]| -> Result<()> { std::fs::write(tmp.join(file), data).with_context(|| format!("writing {}", tmp.join(file).display())) };
     write("config.toml", saved.config.to_toml().as_bytes())?;
+    if !linked.contains_key("train.safetensors") {
+        write_split(&tmp.join("train.safetensors"), saved)?;
+    }
+    if let Some(optim) = saved.optim {
+        let state: Vec<(String, Vec<u8>, usize)> = optim
+            .state_tensors()
+            .into_iter()
+            .map(|(name, t)| {
+                let v = host::read_f32(t);
+                (name, bytes(&v), v.len())
+            })
+            .collect();
+        let views = state.iter().map(|(name, b, n)| Ok((name.clone(), TensorView::new(Dtype::F32, vec![*n], b)?))).collect::<Result<Vec<_>>>()?;
+        safetensors::serialize_to_file(views, None, &tmp.join("optim.safetensors"))?;
+    }
+    if !linked.contains_key("model.safetensors") {
+        saved.model.save_into(&mut SafetensorsStore::from_file(tmp.join("model.safetensors"))).map_err(|e| anyhow::anyhow!("saving weights: {e}"))?;
+    }
+    let mut meta = saved.meta.clone();
+    meta.user_features = saved.features.user.as_ref().map(|f| f.vocab.clone());
+    meta.item_features = saved.features.item.as_ref().map(|f| f.vocab.clone());
+    for name in ["model.safetensors", "train.safetensors", "optim.safetensors"] {
+        let crc = match linked.get(name) {
+            Some(&crc) => crc,
+            None if tmp.join(name).exists() => crc32(&tmp.join(name))?,
+            None => continue,
+        };
+        meta.checksums.insert(name.to_owned(), crc);
+    }
+    write("checkpoint.json", serde_json::to_string_pretty(&meta)?.as_bytes())?;
+    output::replace_dir(&tmp, dir, |d| d.join("checkpoint.json").exists())
+}
+
+/// `train.safetensors`: the id maps, each user's training, validation and test items, item
+/// popularity, imported candidates and the feature rows of `saved`.
+fn write_split(path: &Path, saved: &Saved) -> Result<()> {
     let csr = |t: &UserItems| -> (Vec<u8>, Vec<u8>) {
         let offsets: Vec<i64> = t.offsets().iter().map(|&o| o as i64).collect();
         (bytes(&offsets), i32_bytes(t.all_items()))
@@ -274,37 +310,8 @@ pub fn save(dir: &Path, saved: &Saved, twin: Option<&Path>) -> Result<()> {
     for (name, dtype, b) in &feature_parts {
         views.push((name, TensorView::new(*dtype, vec![b.len() / 4], b)?));
     }
-    if !linked.contains_key("train.safetensors") {
-        safetensors::serialize_to_file(views, None, &tmp.join("train.safetensors"))?;
-    }
-    if let Some(optim) = saved.optim {
-        let state: Vec<(String, Vec<u8>, usize)> = optim
-            .state_tensors()
-            .into_iter()
-            .map(|(name, t)| {
-                let v = host::read_f32(t);
-                (name, bytes(&v), v.len())
-            })
-            .collect();
-        let views = state.iter().map(|(name, b, n)| Ok((name.clone(), TensorView::new(Dtype::F32, vec![*n], b)?))).collect::<Result<Vec<_>>>()?;
-        safetensors::serialize_to_file(views, None, &tmp.join("optim.safetensors"))?;
-    }
-    if !linked.contains_key("model.safetensors") {
-        saved.model.save_into(&mut SafetensorsStore::from_file(tmp.join("model.safetensors"))).map_err(|e| anyhow::anyhow!("saving weights: {e}"))?;
-    }
-    let mut meta = saved.meta.clone();
-    meta.user_features = saved.features.user.as_ref().map(|f| f.vocab.clone());
-    meta.item_features = saved.features.item.as_ref().map(|f| f.vocab.clone());
-    for name in ["model.safetensors", "train.safetensors", "optim.safetensors"] {
-        let crc = match linked.get(name) {
-            Some(&crc) => crc,
-            None if tmp.join(name).exists() => crc32(&tmp.join(name))?,
-            None => continue,
-        };
-        meta.checksums.insert(name.to_owned(), crc);
-    }
-    write("checkpoint.json", serde_json::to_string_pretty(&meta)?.as_bytes())?;
-    output::replace_dir(&tmp, dir, |d| d.join("checkpoint.json").exists())
+    safetensors::serialize_to_file(views, None, path)?;
+    Ok(())
 }
 
 /// The directory holding the weights: `RUN/best` when given a run, else `dir` itself.
