@@ -562,7 +562,7 @@ fn ease_refuses_fits_beyond_memory_bad_lambda_and_bench() {
     let d = temp_dir("ease-refusals");
     let mut big = ncf();
     big.env("NCF_HOST_MEMORY_BYTES", (64u64 << 20).to_string()).args(["train", "--backend", "flex", "--model", "ease"]).arg("--out").arg(d.join("run"));
-    refused(big, &d, &["keeps an items × items matrix", "64 MiB are available", "model.kind = \"mf\""]);
+    refused(big, &d, &["keeps an items × items matrix", "64.0 MiB are available", "model.kind = \"mf\""]);
     let mut lambda = ncf();
     lambda.args(["train", "--model", "ease", "--set", "model.ease_lambda=0"]).arg("--out").arg(d.join("run"));
     refused(lambda, &d, &["model.ease_lambda = 0"]);

@@ -160,9 +160,10 @@ impl BackendName {
 
 const MIB: f64 = (1u64 << 20) as f64;
 
-/// Bytes as MiB, or KiB / B when smaller.
-fn human(bytes: u64) -> String {
+/// Bytes as GiB, MiB, KiB or B, whichever is the largest unit they reach.
+pub(crate) fn human(bytes: u64) -> String {
     match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
         b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / MIB),
         b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
         b => format!("{b} B"),

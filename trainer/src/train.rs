@@ -494,7 +494,8 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
     config.absolutize_paths();
     let run_dir = claim_run_dir(job, &config)?;
     let ease = config.model.kind == ModelKind::Ease;
-    if ease && (config.features.user.path.is_some() || config.features.item.path.is_some()) {
+    let features_given = config.features.user.path.is_some() || config.features.item.path.is_some();
+    if ease && features_given {
         anyhow::bail!(
             "model.kind = \"ease\" learns from interactions alone: drop --user-features/--item-features (features.*), or train mf/gmf/mlp/neumf with them"
         );
@@ -507,7 +508,7 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
             anyhow::bail!("--devices {list}: EASE is fitted on one device; drop --devices");
         }
         DataParallel::supports(config.train.loss, config.shared_negatives()).map_err(|e| anyhow::anyhow!("--devices {list}: {e}"))?;
-        if config.features.user.path.is_some() || config.features.item.path.is_some() {
+        if features_given {
             anyhow::bail!("--devices {list}: side features (--user-features, --item-features) train on one device for now; drop --devices");
         }
     }
@@ -796,10 +797,7 @@ pub fn run_with(job: &TrainJob, prune: &mut Pruner) -> Result<PathBuf> {
 /// Refuses, before anything is written, an EASE fit that would not fit in `available` bytes
 /// (when known: the CPU backends), its scores kept as a table up to `table_values`.
 fn check_ease_memory((n_users, n_items): (usize, usize), available: Option<u64>, table_values: usize) -> Result<()> {
-    let size = |bytes: f64| match bytes / (1u64 << 30) as f64 {
-        g if g >= 1.0 => format!("{g:.1} GiB"),
-        g => format!("{:.0} MiB", g * 1024.0),
-    };
+    let size = |bytes: f64| backend::human(bytes as u64);
     // The scores are a table up to `table_values`, else chunks of users well under it.
     let (b, scores) = ((n_items * n_items * 4) as f64, ((n_users * n_items).min(table_values) * 4) as f64);
     let needed = EASE_B_COPIES * b + 2.0 * scores;
