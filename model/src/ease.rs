@@ -49,8 +49,7 @@ pub(crate) fn score_pairs(model: &Ncf, users: Tensor<1, Int>, items: Tensor<1, I
         return table.reshape([nu * n]).select(0, users.mul_scalar(n as i64) + items);
     };
     let device = model.user.val().device();
-    let host = |t: Tensor<1, Int>| -> Vec<usize> { t.into_data().iter::<i64>().map(|v| v as usize).collect() };
-    let (users, items) = (host(users), host(items));
+    let (users, items) = (host_ids(users), host_ids(items));
     let mut order: Vec<usize> = (0..users.len()).collect();
     order.sort_by_key(|&k| users[k]);
     let per_chunk = (crate::ncf::FOLD_VALUES / n).max(1);
@@ -83,6 +82,19 @@ pub(crate) fn score_pairs(model: &Ncf, users: Tensor<1, Int>, items: Tensor<1, I
         back[k] = pos as i32;
     }
     Tensor::cat(parts, 0).select(0, crate::ncf::int_tensor(back, &device))
+}
+
+/// Ids on the host (EASE's chunked scoring groups them by user there).
+fn host_ids(t: Tensor<1, Int>) -> Vec<usize> {
+    t.into_data().iter::<i64>().map(|v| v as usize).collect()
+}
+
+/// [`Ncf::score_all`] of a folded EASE model whose scores are summed from the histories.
+///
+/// # Shapes
+/// - users: `[chunk]` → `[chunk, n_items]`
+pub(crate) fn score_all(model: &Ncf, users: Tensor<1, Int>) -> Tensor<2> {
+    scores(model, &host_ids(users))
 }
 
 /// A folded EASE model's scores of `users` against every item.

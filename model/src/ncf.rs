@@ -354,7 +354,7 @@ impl Ncf {
     /// - users: `[chunk]` → `[chunk, n_items]`
     pub fn score_all(&self, users: Tensor<1, burn::tensor::Int>, items: &ItemSide) -> Tensor<2> {
         if self.ease_history.is_some() {
-            return crate::ease::scores(self, &users.into_data().iter::<i64>().map(|v| v as usize).collect::<Vec<_>>());
+            return crate::ease::score_all(self, users);
         }
         let u = self.user.val().select(0, users);
         self.head.score_all(u, items)
